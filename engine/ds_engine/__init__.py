@@ -1,0 +1,24 @@
+"""ds_engine: the model tier of jupyter-ds (no Jupyter imports here)."""
+
+from ds_engine.interface import (
+    Engine,
+    EngineNotReady,
+    EngineState,
+    FinishReason,
+    GenerationRequest,
+    GenerationResult,
+    StreamChunk,
+)
+from ds_engine.templates import PromptTemplate
+
+__all__ = [
+    "Engine",
+    "EngineNotReady",
+    "EngineState",
+    "FinishReason",
+    "GenerationRequest",
+    "GenerationResult",
+    "PromptTemplate",
+    "StreamChunk",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,143 @@
+"""The narrow interface between the routing tier and a model engine.
+
+The routing tier (``jupyter_ds``) only ever talks to an :class:`Engine`: the in-process
+:class:`ds_engine.local.LocalEngine` today, an HTTP client of ``ds-engine serve`` or of
+vLLM's OpenAI-compatible server later. Requests carry their own state (cancel flag,
+deadline, produced tokens) so that cancellation and timeouts need no registry lookups
+in the hot loop.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from ds_engine.templates import PromptTemplate
+
+
+class EngineState(str, enum.Enum):
+    """Lifecycle of the model behind an engine."""
+
+    UNLOADED = "unloaded"
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class FinishReason(str, enum.Enum):
+    """Why a generation stopped."""
+
+    LENGTH = "length"  # max_tokens reached
+    STOP = "stop"  # a stop sequence or the end-of-sequence token
+    CANCELLED = "cancelled"  # cancel() or a newer request replaced it
+    TIMEOUT = "timeout"  # the request's deadline passed
+
+
+class EngineNotReady(RuntimeError):
+    """Raised when a request reaches an engine whose model is not loaded (yet)."""
+
+    def __init__(self, state: EngineState, message: str = "", retry_after: int = 5):
+        super().__init__(message or f"model is {state.value}")
+        self.state = state
+        self.retry_after = retry_after
+
+
+@dataclass
+class GenerationRequest:
+    """One generation: the prompt text and the sampling parameters.
+
+    ``prompt`` is already formatted (FIM or chat) by the caller through the engine's
+    :class:`PromptTemplate`. ``stop`` sequences are matched on the decoded text and are
+    not included in the output.
+    """
+
+    prompt: str
+    max_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    timeout_s: float | None = None
+    seed: int | None = None
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # Mutable state, owned by the engine while the request runs.
+    cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
+    created_at: float = field(default_factory=time.monotonic, repr=False)
+
+    def cancel(self) -> None:
+        self.cancel_event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel_event.is_set()
+
+    @property
+    def deadline(self) -> float | None:
+        return None if self.timeout_s is None else self.created_at + self.timeout_s
+
+
+@dataclass
+class StreamChunk:
+    """One step of a streamed generation; ``text`` is cumulative, ``delta`` is new."""
+
+    text: str
+    delta: str
+    token_count: int
+    done: bool = False
+    result: GenerationResult | None = None
+
+
+@dataclass
+class GenerationResult:
+    """The outcome of a generation, as the API reports it."""
+
+    text: str
+    token_count: int
+    prompt_tokens: int
+    confidence: float  # exp(mean log-probability of the generated tokens), 0..1
+    finish_reason: FinishReason
+    model: str
+    latency_ms: float
+    time_to_first_token_ms: float | None = None
+    request_id: str = ""
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What every engine offers: load state, generate, stream, cancel, info."""
+
+    @property
+    def state(self) -> EngineState: ...
+
+    @property
+    def template(self) -> PromptTemplate:
+        """Prompt template of the loaded model (FIM family and chat format)."""
+        ...
+
+    def start_loading(self) -> None:
+        """Begin loading the model in the background; returns at once."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens ``text`` takes in the model's tokenizer."""
+        ...
+
+    def context_window(self) -> int:
+        """Maximum prompt + output tokens the model accepts."""
+        ...
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult: ...
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[StreamChunk]: ...
+
+    def cancel(self, request_id: str) -> bool:
+        """Cancel a queued or running request; True if it was known."""
+        ...
+
+    def info(self) -> dict[str, Any]:
+        """JSON-ready description: model name, source, device, dtype, state, counters."""
+        ...

@@ -1,0 +1,54 @@
+"""Engine test fixtures: one tiny random Llama per session, and an engine serving it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from ds_engine.local import LocalEngine
+from ds_engine.testing import make_tiny_model
+
+
+@pytest.fixture(autouse=True)
+def _no_model_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's own DEEPSEEK_MODEL_PATH / cache dir must not leak into tests."""
+    monkeypatch.delenv("DEEPSEEK_MODEL_PATH", raising=False)
+    monkeypatch.delenv("JUPYTER_DS_CACHE_DIR", raising=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("engine-tiny") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model_path: Path) -> Iterator[LocalEngine]:
+    engine = LocalEngine(model_path=tiny_model_path, device="cpu", dtype="float32")
+    engine.load()
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(tiny_engine: LocalEngine):
+    return tiny_engine.loaded
+
+
+async def _wait_idle(engine: LocalEngine, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while True:
+        info = engine.info()
+        if info["active_requests"] == 0 and info["queued_requests"] == 0:
+            return
+        if time.monotonic() > end:
+            raise AssertionError(f"engine still busy: {info}")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def wait_idle():
+    """``await wait_idle(engine)``: until nothing is queued or running (engines are shared)."""
+    return _wait_idle

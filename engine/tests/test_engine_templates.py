@@ -1,0 +1,80 @@
+"""FIM families on tiny tokenizers: sentinels are single tokens and are detected."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from ds_engine.loader import load_model
+from ds_engine.templates import FIM_FORMATS, detect_template, fim_format
+from ds_engine.testing import BASE_SPECIAL_TOKENS, make_tiny_model, make_tiny_tokenizer
+
+
+@pytest.mark.parametrize("family", sorted(FIM_FORMATS))
+def test_each_fim_sentinel_is_one_token_and_family_is_detected(family: str) -> None:
+    tok = make_tiny_tokenizer(family)
+    fmt = FIM_FORMATS[family]
+    for sentinel in fmt.sentinels:
+        ids = tok.encode(sentinel, add_special_tokens=False)
+        assert len(ids) == 1, (sentinel, ids)
+        assert tok.convert_ids_to_tokens(ids[0]) == sentinel
+    template = detect_template(tok.get_vocab(), tok.chat_template)
+    assert template.name == family
+    assert template.supports_fim
+    prompt = template.completion_prompt("def f(x):\n    return ", "\n\nprint(f(2))")
+    ids = tok.encode(prompt, add_special_tokens=False)
+    sentinel_ids = [tok.convert_tokens_to_ids(s) for s in fmt.sentinels]
+    # Every sentinel appears as its own token inside the encoded prompt, in order.
+    positions = [ids.index(i) for i in sentinel_ids]
+    assert positions == sorted(positions)
+
+
+def test_no_fim_tokens_gives_prefix_only() -> None:
+    tok = make_tiny_tokenizer(None)
+    template = detect_template(tok.get_vocab(), tok.chat_template)
+    assert template.name == "prefix-only"
+    assert not template.supports_fim
+    assert template.completion_prompt("a = ", "\nb = 2") == "a = "
+    assert template.filename_token == "<filename>"
+    assert template.file_separator == "<file_sep>"
+    assert set(template.notebook_tokens) == {"code", "output", "text"}
+    for special in BASE_SPECIAL_TOKENS:
+        assert len(tok.encode(special, add_special_tokens=False)) == 1
+
+
+def test_aliases_resolve_to_families() -> None:
+    assert fim_format("codegemma") is FIM_FORMATS["qwen2.5-coder"]
+    assert fim_format("StarCoder2") is FIM_FORMATS["starcoder"]
+    with pytest.raises(KeyError):
+        fim_format("no-such-family")
+
+
+def test_chat_template_is_chatml(tiny_loaded) -> None:
+    prompt = tiny_loaded.template.chat_prompt([{"role": "user", "content": "hi"}], system="S")
+    assert prompt == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n" + (
+        "<|im_start|>assistant\n"
+    )
+
+
+def _digest(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in directory.iterdir()}
+
+
+def test_tiny_model_is_deterministic_per_seed(tmp_path: Path) -> None:
+    a = _digest(make_tiny_model(tmp_path / "a", seed=3))
+    b = _digest(make_tiny_model(tmp_path / "b", seed=3))
+    c = _digest(make_tiny_model(tmp_path / "c", seed=4))
+    assert a == b
+    assert a["model.safetensors"] != c["model.safetensors"]
+    assert a["tokenizer.json"] == c["tokenizer.json"]
+
+
+def test_tiny_model_with_fim_loads_with_that_template(tmp_path: Path) -> None:
+    path = make_tiny_model(tmp_path / "fim", fim_family="starcoder")
+    loaded = load_model(path, device="cpu", warm_up=False)
+    assert loaded.template.name == "starcoder"
+    config = loaded.model.config
+    assert config.num_hidden_layers == 2 and config.tie_word_embeddings is False
+    eos = loaded.tokenizer.eos_token_id
+    assert float(loaded.model.lm_head.weight[eos].abs().sum()) == 0.0
