@@ -1,0 +1,119 @@
+"""The jupyter-ds server extension: configuration, services and routes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ds_engine import Engine
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode
+
+from jupyter_ds import __version__
+from jupyter_ds.handlers import handlers
+from jupyter_ds.services.completion import CompletionService, CompletionSettings
+from jupyter_ds.services.explain import ExplainService, ExplainSettings
+
+
+@dataclass
+class Services:
+    """What handlers reach through ``self.settings["jupyter_ds"]``."""
+
+    engine: Engine
+    completion: CompletionService
+    explain: ExplainService
+    limits: dict[str, int]
+    max_body_bytes: int
+    version: str = __version__
+
+
+class JupyterDsApp(ExtensionApp):
+    """Serves inline completion and explain from a local code LLM."""
+
+    name = "jupyter_ds"
+    description = __doc__
+
+    model_path = Unicode(
+        "",
+        config=True,
+        help=(
+            "Local model: a Hugging Face directory or a GGUF file. Empty means the "
+            "DEEPSEEK_MODEL_PATH environment variable, else the embedded SmolLM2-135M."
+        ),
+    )
+    device = Unicode("auto", config=True, help="cpu, cuda, cuda:N, mps, or auto.")
+    dtype = CaselessStrEnum(
+        ["auto", "float32", "bfloat16", "float16"],
+        default_value="auto",
+        config=True,
+        help="Weights dtype; auto picks bfloat16 on CUDA and float32 on CPU.",
+    )
+    cache_dir = Unicode(
+        "", config=True, help="Where converted GGUF weights are cached (default ~/.cache)."
+    )
+    load_on_start = Bool(
+        True, config=True, help="Load the model in the background when the server starts."
+    )
+    max_tokens = Int(64, config=True, help="Default completion length in tokens.")
+    max_tokens_limit = Int(1024, config=True, help="Largest max_tokens a request may ask.")
+    max_prompt_tokens = Int(
+        1024, config=True, help="Prompt budget for completion context (prefix + suffix)."
+    )
+    explain_max_tokens = Int(256, config=True, help="Default explanation length in tokens.")
+    confidence_threshold = Float(
+        0.7, config=True, help="Completions below this confidence are flagged low_confidence."
+    )
+    completion_timeout = Float(30.0, config=True, help="Seconds before a completion is 504.")
+    explain_timeout = Float(120.0, config=True, help="Seconds before an explanation is 504.")
+    max_input_chars = Int(200_000, config=True, help="Largest code/prefix/suffix field.")
+    max_body_bytes = Int(1_048_576, config=True, help="Largest request body (413 above).")
+
+    engine = None  # set in initialize_settings; tests may read it
+
+    def make_engine(self) -> Engine:
+        from ds_engine.local import LocalEngine
+
+        return LocalEngine(
+            model_path=self.model_path or None,
+            device=self.device,
+            dtype=self.dtype,
+            cache_dir=self.cache_dir or None,
+        )
+
+    def initialize_settings(self) -> None:
+        engine = self.make_engine()
+        self.engine = engine
+        services = Services(
+            engine=engine,
+            completion=CompletionService(
+                engine,
+                CompletionSettings(
+                    max_tokens=self.max_tokens,
+                    max_prompt_tokens=self.max_prompt_tokens,
+                    confidence_threshold=self.confidence_threshold,
+                    timeout_s=self.completion_timeout,
+                ),
+            ),
+            explain=ExplainService(
+                engine,
+                ExplainSettings(max_tokens=self.explain_max_tokens, timeout_s=self.explain_timeout),
+            ),
+            limits={
+                "max_input_chars": self.max_input_chars,
+                "max_tokens_limit": self.max_tokens_limit,
+            },
+            max_body_bytes=self.max_body_bytes,
+        )
+        self.settings.update({"jupyter_ds": services})
+        if self.load_on_start:
+            self.log.info("jupyter-ds: loading the model in the background")
+            engine.start_loading()
+
+    def initialize_handlers(self) -> None:
+        # ExtensionApp prefixes the server's base URL (JupyterHub-style URLs work).
+        self.handlers.extend(handlers("/"))
+
+    async def stop_extension(self) -> None:
+        close: Any = getattr(self.engine, "close", None)
+        if callable(close):
+            close()

@@ -1,0 +1,122 @@
+"""``jupyter-ds`` command line: the same services as the server, the same JSON envelope.
+
+    jupyter-ds complete FILE|- [--cursor LINE:COL] [--language python] [--max-tokens N]
+    jupyter-ds explain FILE|- [--question TEXT]
+
+Code comes from a file or standard input; the answer is printed as one JSON envelope.
+The exit status is 0 on success, 1 when the envelope is an error, 2 for bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from jupyter_ds.envelope import failure, success
+from jupyter_ds.errors import ApiError, bad_request
+from jupyter_ds.requests import CompleteRequest, ExplainRequest, parse_request
+
+
+def _read_source(source: str) -> tuple[str, str | None]:
+    if source == "-":
+        return sys.stdin.read(), None
+    path = Path(source)
+    if not path.is_file():
+        raise ApiError(404, "not_found", f"no such file: {source}", field="file")
+    try:
+        return path.read_text(encoding="utf-8"), str(path)
+    except UnicodeDecodeError:
+        raise bad_request(f"{source} is not UTF-8 text", "file") from None
+
+
+def split_at_cursor(text: str, cursor: str | None) -> tuple[str, str]:
+    """Split ``text`` at ``LINE:COL`` (1-based line, 0-based column); None: at the end."""
+    if cursor is None:
+        return text, ""
+    try:
+        line_s, col_s = cursor.split(":")
+        line, col = int(line_s), int(col_s)
+    except ValueError:
+        raise bad_request(f"--cursor must be LINE:COL, got {cursor!r}", "cursor") from None
+    lines = text.splitlines(keepends=True) or [""]
+    if not 1 <= line <= len(lines) or not 0 <= col <= len(lines[line - 1].rstrip("\r\n")):
+        raise bad_request(f"--cursor {cursor} is outside the file", "cursor")
+    offset = sum(len(x) for x in lines[: line - 1]) + col
+    return text[:offset], text[offset:]
+
+
+def _engine(args: argparse.Namespace) -> Any:
+    from ds_engine.local import LocalEngine
+
+    def progress(stage: str, fraction: float) -> None:
+        print(f"[jupyter-ds] {stage} {fraction:4.0%}", file=sys.stderr, flush=True)
+
+    try:
+        engine = LocalEngine(model_path=args.model_path, device=args.device, dtype=args.dtype)
+        engine.load(progress=progress)
+    except Exception as exc:  # a model that cannot load is an answer, not a traceback
+        raise ApiError(503, "model_failed", f"model failed to load: {exc}") from None
+    return engine
+
+
+async def _run(args: argparse.Namespace) -> dict[str, Any]:
+    from jupyter_ds.services.completion import CompletionService
+    from jupyter_ds.services.explain import ExplainService
+
+    text, path = _read_source(args.source)
+    if args.command == "complete":
+        prefix, suffix = split_at_cursor(text, args.cursor)
+        body: dict[str, Any] = {"prefix": prefix, "suffix": suffix, "language": args.language}
+        if path:
+            body["path"] = path
+        if args.max_tokens is not None:
+            body["max_tokens"] = args.max_tokens
+        req = parse_request(CompleteRequest, body)
+        return await CompletionService(_engine(args)).complete(req)
+    body = {"code": text, "language": args.language}
+    if args.question:
+        body["question"] = args.question
+    if args.max_tokens is not None:
+        body["max_tokens"] = args.max_tokens
+    req_e = parse_request(ExplainRequest, body)
+    return await ExplainService(_engine(args)).explain(req_e)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jupyter-ds", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("complete", "complete code at the cursor (default: end of the input)"),
+        ("explain", "explain code in markdown"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("source", nargs="?", default="-", help="a file, or - for stdin")
+        p.add_argument("--language", default="python")
+        p.add_argument("--max-tokens", type=int, default=None)
+        p.add_argument("--model-path", default=None, help="HF directory or GGUF file")
+        p.add_argument("--device", default="auto")
+        p.add_argument("--dtype", default="auto")
+        if name == "complete":
+            p.add_argument("--cursor", default=None, help="LINE:COL, 1-based line")
+        else:
+            p.add_argument("--question", default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        envelope = success(asyncio.run(_run(args)))
+        code = 0
+    except ApiError as exc:
+        envelope, code = failure(exc), 1
+    print(json.dumps(envelope, indent=2))
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Inline code completion: context fitting, post-processing rules and syntax validation."""

@@ -1,0 +1,51 @@
+"""API errors: one exception type that carries the status code, error code and field.
+
+Handlers, the WebSocket and the CLI all turn an :class:`ApiError` into the same error
+envelope, so a client always sees the code of DESIGN.md and the field that was wrong.
+"""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    """An error the client caused or must wait out; never carries a traceback."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        field: str | None = None,
+        retry_after: int | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.retry_after = retry_after
+
+    def to_dict(self) -> dict:
+        err: dict = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            err["field"] = self.field
+        if self.retry_after is not None:
+            err["retry_after"] = self.retry_after
+        return err
+
+
+def bad_request(message: str, field: str | None = None) -> ApiError:
+    return ApiError(400, "invalid_request", message, field=field)
+
+
+def too_large(message: str, field: str | None = None) -> ApiError:
+    return ApiError(413, "payload_too_large", message, field=field)
+
+
+def not_ready(message: str, retry_after: int = 5) -> ApiError:
+    return ApiError(503, "model_not_ready", message, retry_after=retry_after)
+
+
+def timed_out(message: str) -> ApiError:
+    return ApiError(504, "timeout", message)

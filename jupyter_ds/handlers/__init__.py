@@ -1,0 +1,24 @@
+"""Tornado handlers of the jupyter-ds REST and WebSocket API."""
+
+from __future__ import annotations
+
+from jupyter_server.utils import url_path_join
+
+from jupyter_ds.handlers.complete import CompleteHandler
+from jupyter_ds.handlers.explain import ExplainHandler
+from jupyter_ds.handlers.status import HealthHandler, ModelsHandler
+from jupyter_ds.handlers.stream import CompletionStreamHandler
+
+API_PREFIX = "jupyter-ds/v1"
+
+ROUTES = [
+    ("complete", CompleteHandler),
+    ("complete/stream", CompletionStreamHandler),
+    ("explain", ExplainHandler),
+    ("models", ModelsHandler),
+    ("health", HealthHandler),
+]
+
+
+def handlers(base_url: str = "/") -> list[tuple[str, type]]:
+    return [(url_path_join(base_url, API_PREFIX, path), cls) for path, cls in ROUTES]

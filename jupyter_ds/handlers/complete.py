@@ -1,0 +1,20 @@
+"""``POST jupyter-ds/v1/complete``."""
+
+from __future__ import annotations
+
+from jupyter_server.auth.decorator import authorized
+from tornado import web
+
+from jupyter_ds.handlers.base import DsApiHandler
+from jupyter_ds.requests import CompleteRequest
+
+
+class CompleteHandler(DsApiHandler):
+    auth_resource = "jupyter_ds:completion"
+    endpoint = "complete"
+
+    @web.authenticated
+    @authorized("execute")
+    async def post(self) -> None:
+        req = self.parse(CompleteRequest)
+        self.ok(await self.ds.completion.complete(req))

@@ -1,0 +1,43 @@
+"""``GET jupyter-ds/v1/models`` and ``GET jupyter-ds/v1/health``."""
+
+from __future__ import annotations
+
+from ds_engine import EngineState
+from jupyter_server.auth.decorator import authorized
+from tornado import web
+
+from jupyter_ds.handlers.base import DsApiHandler
+
+
+class ModelsHandler(DsApiHandler):
+    """The models behind each task, with their load state and counters."""
+
+    auth_resource = "jupyter_ds:completion"
+
+    @web.authenticated
+    @authorized("read")
+    async def get(self) -> None:
+        info = self.ds.engine.info()
+        self.ok({"models": [info], "routes": {"completion": info["name"], "explain": info["name"]}})
+
+
+class HealthHandler(DsApiHandler):
+    """Liveness (the server answers) and readiness (the model can take requests)."""
+
+    auth_resource = "jupyter_ds:completion"
+
+    @web.authenticated
+    @authorized("read")
+    async def get(self) -> None:
+        info = self.ds.engine.info()
+        ready = info["state"] == EngineState.READY.value
+        self.ok(
+            {
+                "live": True,
+                "ready": ready,
+                "model_state": info["state"],
+                "model": info["name"],
+                "error": info.get("error"),
+                "version": self.ds.version,
+            }
+        )

@@ -1,0 +1,132 @@
+"""Request bodies as dataclasses, validated field by field.
+
+One small validator serves REST, WebSocket and CLI: a missing or wrong-typed field is a
+400 that names it, text over its size limit is a 413 that names it, numbers outside
+their range are a 400. Unknown fields are ignored so that clients speaking a newer
+protocol (JupyterLab sends ``mime``, ``stream``, ``number``) are not refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from jupyter_ds.errors import bad_request, too_large
+
+T = TypeVar("T")
+
+# Field metadata keys: "min"/"max" bound numbers, "max_chars" names the limit setting
+# (looked up in the limits mapping) that bounds a text field, "choices" lists allowed values.
+
+
+def _field(default: Any = dataclasses.MISSING, **meta: Any) -> Any:
+    if default is dataclasses.MISSING:
+        return field(metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class CompleteRequest:
+    """``POST jupyter-ds/v1/complete`` and one WebSocket completion request."""
+
+    prefix: str = _field(max_chars="max_input_chars")
+    suffix: str = _field("", max_chars="max_input_chars")
+    language: str = _field("python", max_chars="max_name_chars")
+    path: str | None = _field(None, max_chars="max_name_chars")
+    cell_id: str | None = _field(None, max_chars="max_name_chars")
+    max_tokens: int | None = _field(None, min=1, max_setting="max_tokens_limit")
+    temperature: float | None = _field(None, min=0.0, max=2.0)
+    n: int = _field(1, min=1, max=5)
+
+
+@dataclass
+class ExplainRequest:
+    """``POST jupyter-ds/v1/explain``."""
+
+    code: str = _field(max_chars="max_input_chars")
+    language: str = _field("python", max_chars="max_name_chars")
+    question: str | None = _field(None, max_chars="max_name_chars")
+    stream: bool = _field(False)
+    max_tokens: int | None = _field(None, min=1, max_setting="max_tokens_limit")
+
+
+DEFAULT_LIMITS: dict[str, int] = {
+    "max_input_chars": 200_000,
+    "max_name_chars": 2_000,
+    "max_tokens_limit": 1024,
+}
+
+
+def _allowed_types(annotation: Any) -> tuple[type, ...]:
+    hints = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
+    return tuple(type(None) if h is None else h for h in hints)
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
+def _type_name(types_: tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}
+    parts = [names.get(t, t.__name__) for t in types_ if t is not type(None)]
+    text = " or ".join(parts)
+    return text + (" or null" if type(None) in types_ else "")
+
+
+def _check_type(name: str, value: Any, allowed: tuple[type, ...]) -> Any:
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise bad_request(f"field '{name}' must be {_type_name(allowed)}, not null", name)
+    # bool is a subclass of int: refuse true for an integer field and 1 for a boolean one.
+    if isinstance(value, bool):
+        if bool in allowed:
+            return value
+    elif isinstance(value, int) and (int in allowed or float in allowed):
+        return float(value) if int not in allowed else value
+    elif isinstance(value, float) and float in allowed:
+        return value
+    elif isinstance(value, str) and str in allowed:
+        return value
+    raise bad_request(
+        f"field '{name}' must be {_type_name(allowed)}, got {type(value).__name__}", name
+    )
+
+
+def parse_request(cls: type[T], body: Any, limits: dict[str, int] | None = None) -> T:
+    """Build ``cls`` from a decoded JSON body, or raise an ApiError naming the field."""
+    limits = {**DEFAULT_LIMITS, **(limits or {})}
+    if not isinstance(body, dict):
+        raise bad_request("request body must be a JSON object")
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in body:
+            if f.default is dataclasses.MISSING:
+                raise bad_request(f"missing required field '{f.name}'", f.name)
+            continue
+        value = _check_type(f.name, body[f.name], _allowed_types(hints[f.name]))
+        meta = f.metadata
+        if isinstance(value, str) and "max_chars" in meta:
+            limit = limits[meta["max_chars"]]
+            if len(value) > limit:
+                raise too_large(
+                    f"field '{f.name}' is {len(value)} characters, over the limit of {limit}",
+                    f.name,
+                )
+            if "\x00" in value:
+                raise bad_request(f"field '{f.name}' contains a NUL character", f.name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            low = meta.get("min")
+            high = limits[meta["max_setting"]] if "max_setting" in meta else meta.get("max")
+            if value != value or (low is not None and value < low) or (
+                high is not None and value > high
+            ):
+                raise bad_request(
+                    f"field '{f.name}' must be between {low} and {high}, got {value}", f.name
+                )
+        values[f.name] = value
+    return cls(**values)

@@ -1,0 +1,187 @@
+"""Inline completion: context trimming, prompt, generation, post-processing, validation.
+
+Used alike by the REST handler, the WebSocket handler and the CLI. Every item this
+service returns has passed the post-processing rules and, for Python, parses in its
+context (prefix + item + suffix); an item that cannot be made valid is dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from ds_engine import Engine, EngineNotReady, EngineState, FinishReason, GenerationRequest
+
+from jupyter_ds.completion.context import trim_context
+from jupyter_ds.completion.rules import CompletionContext, block_complete, postprocess
+from jupyter_ds.completion.validate import longest_valid
+from jupyter_ds.errors import ApiError, not_ready, timed_out
+from jupyter_ds.requests import CompleteRequest
+
+
+@dataclass
+class CompletionSettings:
+    """Knobs of the completion pipeline (set from the server's traitlets)."""
+
+    max_tokens: int = 64
+    max_prompt_tokens: int = 1024
+    suffix_share: float = 0.25
+    confidence_threshold: float = 0.7
+    timeout_s: float = 30.0
+    sample_temperature: float = 0.6  # used for items after the first when n > 1
+
+
+def ensure_ready(engine: Engine) -> None:
+    """Raise the 503 of DESIGN.md unless the engine can take requests now."""
+    state = engine.state
+    if state is EngineState.READY:
+        return
+    if state is EngineState.UNLOADED:
+        engine.start_loading()
+        state = EngineState.LOADING
+    if state is EngineState.FAILED:
+        error = engine.info().get("error") or "unknown error"
+        raise ApiError(503, "model_failed", f"model failed to load: {error}", retry_after=60)
+    raise not_ready("model is loading; retry shortly", retry_after=5)
+
+
+def engine_errors(exc: EngineNotReady) -> ApiError:
+    return not_ready(str(exc), retry_after=exc.retry_after)
+
+
+class CompletionService:
+    """Turns a :class:`CompleteRequest` into validated completion items."""
+
+    def __init__(self, engine: Engine, settings: CompletionSettings | None = None):
+        self.engine = engine
+        self.settings = settings or CompletionSettings()
+
+    def _prompt(self, req: CompleteRequest) -> tuple[str, int]:
+        max_tokens = req.max_tokens or self.settings.max_tokens
+        budget = max(
+            16,
+            min(self.settings.max_prompt_tokens, self.engine.context_window() - max_tokens) - 8,
+        )
+        prefix, suffix = trim_context(
+            req.prefix,
+            req.suffix if self.engine.template.supports_fim else "",
+            self.engine.count_tokens,
+            budget,
+            suffix_share=self.settings.suffix_share,
+        )
+        return self.engine.template.completion_prompt(prefix, suffix, req.path), max_tokens
+
+    def _generation(
+        self, req: CompleteRequest, index: int = 0, request_id: str | None = None
+    ) -> GenerationRequest:
+        prompt, max_tokens = self._prompt(req)
+        temperature = req.temperature if req.temperature is not None else 0.0
+        if index > 0 and temperature == 0.0:
+            temperature = self.settings.sample_temperature
+        gen = GenerationRequest(
+            prompt=prompt,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            stop=list(self.engine.template.stop),
+            timeout_s=self.settings.timeout_s,
+            seed=index,
+        )
+        if request_id:
+            gen.request_id = request_id
+        return gen
+
+    def _item(self, raw: str, req: CompleteRequest, confidence: float, tokens: int) -> dict | None:
+        ctx = CompletionContext(prefix=req.prefix, suffix=req.suffix, language=req.language)
+        text = longest_valid(postprocess(raw, ctx), req.prefix, req.suffix, req.language)
+        if not text:
+            return None
+        return {
+            "insertText": text,
+            "confidence": round(confidence, 4),
+            "low_confidence": confidence < self.settings.confidence_threshold,
+            "token_count": tokens,
+        }
+
+    async def complete(self, req: CompleteRequest) -> dict[str, Any]:
+        """Generate ``req.n`` candidates and return the API's ``data`` object."""
+        ensure_ready(self.engine)
+        started = time.monotonic()
+        items: list[dict] = []
+        token_count = 0
+        confidence = 0.0
+        model = ""
+        try:
+            for index in range(req.n):
+                result = await self.engine.generate(self._generation(req, index))
+                if result.finish_reason is FinishReason.TIMEOUT:
+                    raise timed_out(f"generation took longer than {self.settings.timeout_s} s")
+                token_count += result.token_count
+                model = result.model
+                if index == 0:
+                    confidence = result.confidence
+                item = self._item(result.text, req, result.confidence, result.token_count)
+                if item and all(i["insertText"] != item["insertText"] for i in items):
+                    items.append(item)
+        except EngineNotReady as exc:
+            raise engine_errors(exc) from None
+        first = items[0] if items else None
+        return {
+            "output": first["insertText"] if first else "",
+            "token_count": token_count,
+            "confidence": first["confidence"] if first else round(confidence, 4),
+            "model": model,
+            "latency_ms": round((time.monotonic() - started) * 1000, 1),
+            "items": items,
+        }
+
+    async def stream(
+        self, req: CompleteRequest, request_id: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Yield ``{"text", "done", ...}`` events with the cumulative post-processed text.
+
+        Generation is cancelled as soon as the post-processing rules say the block is
+        complete, so a streamed suggestion costs no more tokens than it shows. The last
+        event (``done: True``) carries the validated text, which may be shorter.
+        """
+        ensure_ready(self.engine)
+        ctx = CompletionContext(prefix=req.prefix, suffix=req.suffix, language=req.language)
+        gen = self._generation(req, 0, request_id)
+        shown = ""
+        stopped_early = False
+        started = time.monotonic()
+        try:
+            async for chunk in self.engine.stream(gen):
+                if chunk.done:
+                    result = chunk.result
+                    if result is not None and result.finish_reason is FinishReason.TIMEOUT:
+                        raise timed_out(
+                            f"generation took longer than {self.settings.timeout_s} s"
+                        )
+                    final = longest_valid(
+                        postprocess(chunk.text, ctx), req.prefix, req.suffix, req.language
+                    )
+                    reason = result.finish_reason if result else FinishReason.STOP
+                    if reason is FinishReason.CANCELLED and stopped_early:
+                        reason = FinishReason.STOP
+                    yield {
+                        "text": final or "",
+                        "done": True,
+                        "cancelled": reason is FinishReason.CANCELLED,
+                        "finish_reason": reason.value,
+                        "confidence": round(result.confidence, 4) if result else 0.0,
+                        "token_count": chunk.token_count,
+                        "model": result.model if result else "",
+                        "latency_ms": round((time.monotonic() - started) * 1000, 1),
+                    }
+                    return
+                text = postprocess(chunk.text, ctx)
+                if not stopped_early and block_complete(chunk.text, ctx):
+                    stopped_early = True
+                    gen.cancel()  # the rest would be cut anyway: stop paying for it
+                if text != shown:
+                    shown = text
+                    yield {"text": text, "done": False, "token_count": chunk.token_count}
+        except EngineNotReady as exc:
+            raise engine_errors(exc) from None

@@ -1,0 +1,90 @@
+"""Explain: a markdown explanation of a piece of code, through the model's chat template."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from ds_engine import Engine, EngineNotReady, FinishReason, GenerationRequest
+from ds_engine.templates import DEFAULT_SYSTEM_PROMPT
+
+from jupyter_ds.errors import timed_out
+from jupyter_ds.requests import ExplainRequest
+from jupyter_ds.services.completion import engine_errors, ensure_ready
+
+
+@dataclass
+class ExplainSettings:
+    max_tokens: int = 256
+    max_code_tokens: int = 1536
+    timeout_s: float = 120.0
+
+
+def _fence_language(language: str) -> str:
+    return "".join(ch for ch in language.lower() if ch.isalnum() or ch in "+-#") or "text"
+
+
+class ExplainService:
+    """Builds the chat prompt and returns (or streams) the model's markdown answer."""
+
+    def __init__(self, engine: Engine, settings: ExplainSettings | None = None):
+        self.engine = engine
+        self.settings = settings or ExplainSettings()
+
+    def _request(self, req: ExplainRequest) -> GenerationRequest:
+        code = req.code
+        # Keep the head of long code: the definitions usually come first.
+        while self.engine.count_tokens(code) > self.settings.max_code_tokens and "\n" in code:
+            code = code[: code.rstrip("\n").rfind("\n")]
+        fence = _fence_language(req.language)
+        ask = req.question or f"Explain what this {req.language} code does, step by step."
+        user = f"{ask}\n\n```{fence}\n{code.rstrip()}\n```"
+        prompt = self.engine.template.chat_prompt(
+            [{"role": "user", "content": user}], system=DEFAULT_SYSTEM_PROMPT
+        )
+        return GenerationRequest(
+            prompt=prompt,
+            max_tokens=req.max_tokens or self.settings.max_tokens,
+            temperature=0.0,
+            stop=[s for s in self.engine.template.stop if s != "<file_sep>"],
+            timeout_s=self.settings.timeout_s,
+        )
+
+    async def explain(self, req: ExplainRequest) -> dict[str, Any]:
+        ensure_ready(self.engine)
+        try:
+            result = await self.engine.generate(self._request(req))
+        except EngineNotReady as exc:
+            raise engine_errors(exc) from None
+        if result.finish_reason is FinishReason.TIMEOUT:
+            raise timed_out(f"explanation took longer than {self.settings.timeout_s} s")
+        return {
+            "output": result.text.strip(),
+            "format": "markdown",
+            "token_count": result.token_count,
+            "confidence": round(result.confidence, 4),
+            "model": result.model,
+            "latency_ms": round(result.latency_ms, 1),
+            "finish_reason": result.finish_reason.value,
+        }
+
+    async def stream(self, req: ExplainRequest) -> AsyncIterator[dict[str, Any]]:
+        """Yield cumulative markdown as it is generated; the last event has ``done``."""
+        ensure_ready(self.engine)
+        started = time.monotonic()
+        try:
+            async for chunk in self.engine.stream(self._request(req)):
+                event: dict[str, Any] = {"text": chunk.text, "done": chunk.done}
+                if chunk.done and chunk.result is not None:
+                    event.update(
+                        token_count=chunk.result.token_count,
+                        confidence=round(chunk.result.confidence, 4),
+                        model=chunk.result.model,
+                        finish_reason=chunk.result.finish_reason.value,
+                        latency_ms=round((time.monotonic() - started) * 1000, 1),
+                    )
+                yield event
+        except EngineNotReady as exc:
+            raise engine_errors(exc) from None

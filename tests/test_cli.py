@@ -1,0 +1,70 @@
+"""`jupyter-ds complete|explain` print the API envelope from the same services."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jupyter_ds.cli import split_at_cursor
+
+
+def run_cli(*args: str, stdin: str | None = None) -> tuple[int, dict]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "jupyter_ds.cli", *args],
+        input=stdin, capture_output=True, text=True, timeout=120,
+    )
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def test_complete_a_file_at_a_cursor(tmp_path: Path, tiny_model_dir: Path):
+    src = tmp_path / "stats.py"
+    src.write_text("def mean(xs):\n    return \n\nprint(mean([1, 2]))\n")
+    code, env = run_cli("complete", str(src), "--cursor", "2:11", "--max-tokens", "6",
+                        "--model-path", str(tiny_model_dir))
+    assert code == 0, env
+    data = env["data"]
+    assert env["status"] == "success" and 1 <= data["token_count"] <= 6
+    prefix, suffix = split_at_cursor(src.read_text(), "2:11")
+    for item in data["items"]:
+        compile(prefix + item["insertText"] + suffix, "<item>", "exec")
+
+
+def test_explain_from_stdin(tiny_model_dir: Path):
+    code, env = run_cli("explain", "-", "--max-tokens", "5", "--model-path", str(tiny_model_dir),
+                        stdin="print(1 + 1)\n")
+    assert code == 0, env
+    assert env["data"]["format"] == "markdown" and 1 <= env["data"]["token_count"] <= 5
+
+
+@pytest.mark.parametrize(
+    "args, status, field",
+    [
+        (("complete", "/no/such/file.py"), 404, "file"),
+        (("complete", "-", "--cursor", "nine"), 400, "cursor"),
+        (("complete", "-", "--cursor", "99:0"), 400, "cursor"),
+    ],
+)
+def test_errors_are_envelopes_with_exit_status_1(args, status, field, tiny_model_dir):
+    code, env = run_cli(*args, "--model-path", str(tiny_model_dir), stdin="x = 1\n")
+    assert code == 1
+    assert env["status"] == "error" and env["error"]["field"] == field
+
+
+def test_a_model_that_cannot_load_is_an_error_envelope(tmp_path: Path):
+    code, env = run_cli("explain", "-", "--model-path", str(tmp_path / "missing"), stdin="x\n")
+    assert code == 1 and env["status"] == "error"
+    assert "missing" in env["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "text, cursor, prefix",
+    [("ab\ncd\n", "1:1", "a"), ("ab\ncd\n", "2:0", "ab\n"), ("ab\ncd", "2:2", "ab\ncd"),
+     ("ab\r\ncd", "2:1", "ab\r\nc")],
+)
+def test_split_at_cursor(text, cursor, prefix):
+    before, after = split_at_cursor(text, cursor)
+    assert before == prefix and before + after == text

@@ -1,0 +1,225 @@
+"""Golden tests for completion syntax validation, and the rules + validation end to end."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from jupyter_ds.completion.rules import CompletionContext, postprocess
+from jupyter_ds.completion.validate import longest_valid, mask_ipython, parses
+
+PARSES = [
+    pytest.param("x = 1\n", True, id="simple"),
+    pytest.param("", True, id="empty"),
+    pytest.param("x = (1,\n", False, id="unbalanced-paren"),
+    pytest.param("def f(:\n    pass\n", False, id="bad-def"),
+    pytest.param("return 1\n", False, id="return-outside-function-compile-only"),
+    pytest.param("x = 1\0\n", False, id="null-byte"),
+    pytest.param("(" * 300 + ")" * 300, False, id="too-deeply-nested"),
+    pytest.param("@property\n", False, id="decorator-without-def"),
+    pytest.param("@property\ndef f(self):\n    return 1\n", True, id="decorated-def"),
+    pytest.param("%matplotlib inline\nimport os\n", True, id="line-magic"),
+    pytest.param("!pip install x\nimport x\n", True, id="shell-escape"),
+    pytest.param("files = !ls\nprint(files)\n", True, id="shell-assignment"),
+    pytest.param("a, b = %who_ls\n", True, id="magic-assignment"),
+    pytest.param("for i in range(3):\n    %timeit f(i)\n", True, id="indented-magic"),
+    pytest.param("if x:\n    !echo hi\n", True, id="indented-shell"),
+    pytest.param("os.path?\n", True, id="help"),
+    pytest.param("os.path.join??\n", True, id="help-source"),
+    pytest.param("?os\n", True, id="help-leading"),
+    pytest.param("%matplotlib inline\nx = (\n", False, id="magic-then-broken"),
+    pytest.param("x = (a\n     % b)\n", True, id="modulo-continuation-not-a-magic"),
+    pytest.param("y = (a\n     != b)\n", True, id="not-equal-continuation-not-shell"),
+    pytest.param("x = a % b\n", True, id="modulo"),
+    pytest.param("%%bash\nls -la (((\n", True, id="bash-cell"),
+    pytest.param("%%html\n<div>\n", True, id="html-cell"),
+    pytest.param("%%time\nx = sum(range(10))\n", True, id="time-cell-valid"),
+    pytest.param("%%time\nx = sum(range(10)\n", False, id="time-cell-body-checked"),
+    pytest.param("if x:\n\ty = 1\n", True, id="tabs"),
+    pytest.param("if x:\n\ty = 1\n        z = 2\n", False, id="inconsistent-tabs"),
+    pytest.param("größe = 1\nπ = größe\n", True, id="unicode-identifiers"),
+    pytest.param("x = 1\r\nif x:\r\n    y = 2\r\n", True, id="crlf"),
+    pytest.param("%matplotlib inline\r\nx = 1\r\n", True, id="crlf-magic"),
+    pytest.param('s = "\\d"\n', True, id="invalid-escape-warning-is-not-an-error"),
+    pytest.param("data = await fetch()\n", True, id="top-level-await-autoawait"),
+]
+
+
+@pytest.mark.parametrize(("code", "expected"), PARSES)
+def test_parses(code: str, expected: bool) -> None:
+    assert parses(code) is expected
+
+
+MASKS = [
+    pytest.param("%matplotlib inline\nx = 1", "pass\nx = 1", id="line-magic"),
+    pytest.param("if a:\n    !ls -la\n", "if a:\n    pass\n", id="indented-shell"),
+    pytest.param("files = !ls\n", "pass\n", id="shell-assignment"),
+    pytest.param("obj?\n", "pass\n", id="help"),
+    pytest.param("%%time\nx = 1\n", "pass\nx = 1\n", id="time-cell"),
+    pytest.param("%%bash\nls\n", None, id="bash-cell"),
+    pytest.param("x = a % b\n", "x = a % b\n", id="modulo-untouched"),
+    pytest.param("%env A=1\r\nx = 1\r\n", "pass\r\nx = 1\r\n", id="crlf"),
+]
+
+
+@pytest.mark.parametrize(("code", "expected"), MASKS)
+def test_mask_ipython(code: str, expected: str | None) -> None:
+    assert mask_ipython(code) == expected
+
+
+def valid(id_: str, completion: str, prefix: str, suffix: str, expected: str | None,
+          language: str = "python"):
+    return pytest.param(completion, prefix, suffix, language, expected, id=id_)
+
+
+BROKEN_ABOVE = "def broken(:\n    pass\n\n\n"
+SQL = 'QUERY = """\nSELECT *\nFROM t\n"""\n\n'
+
+LONGEST = [
+    valid("whole-valid", "return a + b", "def add(a, b):\n    ", "\n", "return a + b"),
+    valid("unbalanced-line-dropped", "x = foo(1)\ny = bar(", "", "\n", "x = foo(1)"),
+    valid("unbalanced-brackets-trimmed-back", ", 3]]", "x = [1, 2", "\n", ", 3]"),
+    valid("midline-paren-in-suffix", "a, b)", "print(", ")\n", "a, b"),
+    valid("midline-identifier-cut", "total) + oops((", "print(", ")\n", "total"),
+    valid("runs-into-broken-second-function", "return 1\n\ndef g(:\n    pass",
+          "def f():\n    ", "\n", "return 1"),
+    valid("dangling-decorator", "def f(self):\n        return 1\n\n    @property",
+          "class A:\n    ", "\n", "def f(self):\n        return 1"),
+    valid("decorated-function-window", "return 'hi'", "@app.route('/')\ndef index():\n    ",
+          "\n", "return 'hi'"),
+    valid("nested-block-dangling-else", "if x:\n            yield x\n        else:",
+          "def f(xs):\n    for x in xs:\n        ", "\n", "if x:\n            yield x"),
+    valid("suffix-else-kept-in-window", "a = 1", "if x:\n    ", "\nelse:\n    pass\n", "a = 1"),
+    valid("trailing-whitespace-stripped", "return 1   \n\n", "def f():\n    ", "\n", "return 1"),
+    valid("matplotlib-inline-cell", "x = np.arange(10)\nplt.plot(x",
+          "%matplotlib inline\nimport numpy as np\n", "", "x = np.arange(10)"),
+    valid("pip-install-cell", "import requests\nrequests.get(", "!pip install requests\n", "",
+          "import requests"),
+    valid("completion-is-shell", "!pip install requests", "", "", "!pip install requests"),
+    valid("shell-assignment-cell", "for f in files:\n    print(f)", "files = !ls\n", "",
+          "for f in files:\n    print(f)"),
+    valid("time-cell-body", "total = sum(range(10))\nprint(total", "%%time\n", "",
+          "total = sum(range(10))"),
+    valid("bash-cell-unchecked", "ls -la | grep (", "%%bash\n", "", "ls -la | grep ("),
+    valid("tabs", "return (1,\n\t\t2", "def f():\n\t", "\n", "return"),
+    valid("tabs-valid", "x = 1\n\treturn x", "def f():\n\t", "\n", "x = 1\n\treturn x"),
+    valid("unicode-identifiers", "fläche = größe ** 2\nprint(fläche", "größe = 2\n", "",
+          "fläche = größe ** 2"),
+    valid("crlf", "a = 1\r\n    b = 2\r\n    c = (", "def f():\r\n    ", "\r\n",
+          "a = 1\r\n    b = 2"),
+    valid("nothing-valid", ")))", "def f():\n    ", "\n", None),
+    valid("empty", "", "x = ", "\n", None),
+    valid("whitespace-only", "  \n ", "x = ", "\n", None),
+    valid("unrelated-error-above", "return 1", BROKEN_ABOVE + "def f():\n    ", "\n",
+          "return 1"),
+    valid("unrelated-error-below", "return 1", "def f():\n    ", "\n\n\ndef g(:\n    pass\n",
+          "return 1"),
+    valid("unrelated-errors-around", "return 1",
+          "x = 1\n" + BROKEN_ABOVE + "y = 2\n\ndef f():\n    ",
+          "\n\ndef g(:\n    pass\n\ndef h():\n    pass\n", "return 1"),
+    valid("column-0-list-items", "3]", "x = [\n1,\n2,\n", "\n", "3]"),
+    valid("column-0-string-lines-above", "return QUERY", SQL + "def f():\n    ", "\n",
+          "return QUERY"),
+    valid("cursor-after-column-0-string-lines", 'FROM u\n"""', 'def f():\n    q = """\nSELECT *\n',
+          "\n    return q\n", 'FROM u\n"""'),
+    valid("trimmed-prefix-fragment", "return total", "    total = 0\n    for x in xs:\n"
+          "        total += x\n    ", "\n", "return total"),
+    valid("trimmed-prefix-fragment-nested", "y = (1,\n", "        a = 1\n    b = 2\n    ", "\n",
+          "y"),
+    valid("trimmed-prefix-fragment-async", "await asyncio.sleep(1)\n    return x",
+          "    x = 1\n    ", "\n", "await asyncio.sleep(1)\n    return x"),
+    valid("trimmed-suffix-mid-call", "return 1", "def f():\n    ", "\n    g(a,\n      b,",
+          "return 1"),
+    valid("cursor-in-docstring-of-last-function", "Return one.",
+          'def f():\n    """', '\n    """\n    return 1\n', "Return one."),
+    valid("notebook-top-level-await-above", "print(data)",
+          "data = await fetch()\n\nx = 1\n\ndef f():\n    pass\n\n", "", "print(data)"),
+    valid("cursor-inside-string-with-column-0-lines", "y = 2", 'def f():\n    s = """\nx = 1\n',
+          '\n"""\n    return s\n', "y = 2"),
+    valid("javascript-unchecked", "foo(", "const x = ", "", "foo(", "javascript"),
+    valid("javascript-empty", "", "const x = ", "", None, "javascript"),
+]
+
+
+@pytest.mark.parametrize(("completion", "prefix", "suffix", "language", "expected"), LONGEST)
+def test_longest_valid(
+    completion: str, prefix: str, suffix: str, language: str, expected: str | None
+) -> None:
+    assert longest_valid(completion, prefix, suffix, language) == expected
+
+
+def e2e(id_: str, raw: str, prefix: str, suffix: str, expected: str | None,
+        language: str = "python"):
+    return pytest.param(raw, CompletionContext(prefix, suffix, language), expected, id=id_)
+
+
+AREA = "@property\n    def area(self):\n        return self.w * self.h"
+
+END_TO_END = [
+    e2e("fenced-python", "```python\ndef add(a, b):\n    return a + b\n```",
+        "def add(a, b):\n    ", "\n", "return a + b"),
+    e2e("bare-fence-and-chat", "```\nreturn a + b\n```\nThis adds the numbers.",
+        "def add(a, b):\n    ", "\n", "return a + b"),
+    e2e("echoed-line", "    return sum(xs) / len(xs)", "def mean(xs):\n    return sum(", "\n",
+        "xs) / len(xs)"),
+    e2e("echoed-multiline-prefix", "import os\n\ndef ls(path):\n    return os.listdir(path)",
+        "import os\n\ndef ls(path):\n    ", "\n", "return os.listdir(path)"),
+    e2e("into-second-function", "return a - b\n\n\ndef mul(a, b):\n    return a * b\n",
+        "def sub(a, b):\n    ", "\n", "return a - b"),
+    e2e("midline-paren", "x, key=len))\nprint(y)", "y = max(", ")\n", "x, key=len"),
+    e2e("repeated-suffix", "y = x + 1\n    return y\n", "def f(x):\n    ", "\n    return y\n",
+        "y = x + 1"),
+    e2e("unbalanced-call-cut-to-name", "x = compute(a,\n    b", "", "\n", "x = compute"),
+    e2e("unbalanced-lines-trimmed", "a = 1\nb = [a,\n", "", "\n", "a = 1"),
+    e2e("unbalanced-first-line-cut", "(a, b), c(", "pairs = [", "]\n", "(a, b), c"),
+    e2e("decorated-method", AREA + "\n\n    def perimeter(self):\n        return 0",
+        "class Rect:\n    ", "\n", AREA),
+    e2e("notebook-cell", "df = pd.read_csv(path)\ndf.head()",
+        "%matplotlib inline\nimport pandas as pd\n!pip install x\n", "",
+        "df = pd.read_csv(path)\ndf.head()"),
+    e2e("time-cell", "sum(range(10**6))\n", "%%time\n", "", "sum(range(10**6))"),
+    e2e("shell-assignment", "print(len(files))", "files = !ls\n", "", "print(len(files))"),
+    e2e("tabs", "\treturn a + b\nprint(1)", "def add(a, b):\n\t", "\n", "return a + b"),
+    e2e("unicode", "return größe * 2", "def doppelt(größe):\n    ", "\n", "return größe * 2"),
+    e2e("crlf", "```python\r\nreturn 1\r\n```", "def f():\r\n    ", "\r\n", "return 1"),
+    e2e("empty", "", "def f():\n    ", "\n", None),
+    e2e("only-a-fence", "```python\n```", "def f():\n    ", "\n", None),
+    e2e("javascript", "a + b;\n}", "function add(a, b) {\n  return ", "\n", "a + b;\n}",
+        "javascript"),
+]
+
+
+@pytest.mark.parametrize(("raw", "ctx", "expected"), END_TO_END)
+def test_postprocess_then_longest_valid(
+    raw: str, ctx: CompletionContext, expected: str | None
+) -> None:
+    shown = longest_valid(postprocess(raw, ctx), ctx.prefix, ctx.suffix, ctx.language)
+    assert shown == expected
+
+
+def _function(i: int) -> str:
+    return (
+        f"def func_{i}(a, b=1):\n"
+        f'    """Return a number {i}."""\n'
+        "    total = a + b\n"
+        "    for k in range(10):\n"
+        f"        total += k * {i}\n"
+        "    if total > 3:\n"
+        "        return total\n"
+        f"    return [total, (a, b), {{'k': {i}}}]\n"
+        "\n"
+    )
+
+
+def test_large_file_is_fast() -> None:
+    prefix = "".join(_function(i) for i in range(110)) + "def target(x):\n    "
+    suffix = "\n\n" + "".join(_function(i) for i in range(110, 222))
+    assert (prefix + suffix).count("\n") >= 2000
+    body = "".join(f"    v{i} = x + {i}\n" for i in range(59)).lstrip()
+    completion = body + "    return (v0"  # 60 lines, the last one unbalanced
+    start = time.perf_counter()
+    result = longest_valid(completion, prefix, suffix)
+    elapsed = time.perf_counter() - start
+    assert result == body.rstrip()
+    assert elapsed < 1.0, f"validation took {elapsed * 1000:.0f} ms"

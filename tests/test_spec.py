@@ -1,0 +1,41 @@
+"""The REST specification file stays in step with the routes and request dataclasses."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import yaml
+
+from jupyter_ds.handlers import API_PREFIX, ROUTES
+from jupyter_ds.requests import DEFAULT_LIMITS, CompleteRequest, ExplainRequest
+
+SPEC = yaml.safe_load((Path(__file__).parents[1] / "docs" / "openapi.yaml").read_text())
+
+
+def test_every_http_route_is_specified():
+    for path, cls in ROUTES:
+        if path.endswith("stream"):
+            continue
+        spec = SPEC["paths"][f"/{API_PREFIX}/{path}"]
+        verbs = {m for m in ("get", "post", "put", "delete", "patch") if m in vars(cls)}
+        assert set(spec) == verbs, path
+        for verb in verbs:
+            assert cls.auth_resource in spec[verb]["summary"], (path, verb)
+
+
+def test_request_schemas_match_the_dataclasses():
+    for cls, name in ((CompleteRequest, "CompleteRequest"), (ExplainRequest, "ExplainRequest")):
+        schema = SPEC["components"]["schemas"][name]
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        assert set(schema["properties"]) == set(fields), name
+        required = {n for n, f in fields.items() if f.default is dataclasses.MISSING}
+        assert set(schema["required"]) == required, name
+        for fname, f in fields.items():
+            prop = schema["properties"][fname]
+            if "max_chars" in f.metadata and "maxLength" in prop:
+                assert prop["maxLength"] == DEFAULT_LIMITS[f.metadata["max_chars"]]
+            if "max_setting" in f.metadata:
+                assert prop["maximum"] == DEFAULT_LIMITS[f.metadata["max_setting"]]
+            elif "max" in f.metadata:
+                assert prop["maximum"] == f.metadata["max"]
