@@ -11,7 +11,7 @@ STAMP := $(VENV)/.jupyter-ds-setup
 PYTEST_ARGS ?=
 LAB_ARGS ?=
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test lint bench clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,9 @@ lint: setup
 
 test: setup lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python benchmarks/latency.py --fresh-cache
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

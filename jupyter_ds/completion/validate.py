@@ -26,11 +26,9 @@ from functools import lru_cache
 
 import libcst
 
-from jupyter_ds.completion.rules import _scan
+from jupyter_ds.completion.rules import PYTHON_LIKE, _scan
 
 __all__ = ["PYTHON_BODY_CELL_MAGICS", "longest_valid", "mask_ipython", "parses"]
-
-_PYTHON_LIKE = frozenset({"python", "python3", "py", "ipython", "ipython3", "jupyter"})
 
 #: Cell magics whose body is Python: the ``%%`` line is masked and the body validated. Any
 #: other cell that starts with ``%%`` (``%%bash``, ``%%sql``, ...) is not Python: accepted.
@@ -273,7 +271,7 @@ def longest_valid(
     libcst confirms the first that compiles. None when no non-empty candidate parses. Not a
     Python-like language: the completion unchanged (None when empty), for want of a validator.
     """
-    if language.lower() not in _PYTHON_LIKE:
+    if language.lower() not in PYTHON_LIKE:
         return completion or None
     if not completion.strip():
         return None

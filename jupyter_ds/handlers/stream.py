@@ -104,13 +104,7 @@ class CompletionStreamHandler(
                     "done": event["done"],
                 }
                 if event["done"]:
-                    reply.update(
-                        {k: event[k] for k in ("cancelled", "finish_reason", "confidence",
-                                               "token_count", "latency_ms", "model")}
-                    )
-                    reply["low_confidence"] = (
-                        event["confidence"] < self.ds.completion.settings.confidence_threshold
-                    )
+                    reply.update({k: v for k, v in event.items() if k not in ("text", "done")})
                 self._send(reply)
         except ApiError as exc:
             self._send({"type": "error", "reply_to": number, "error": exc.to_dict()})

@@ -92,96 +92,96 @@ class CompletionService:
             gen.request_id = request_id
         return gen
 
-    def _item(self, raw: str, req: CompleteRequest, confidence: float, tokens: int) -> dict | None:
-        ctx = CompletionContext(prefix=req.prefix, suffix=req.suffix, language=req.language)
-        text = longest_valid(postprocess(raw, ctx), req.prefix, req.suffix, req.language)
-        if not text:
-            return None
-        return {
-            "insertText": text,
-            "confidence": round(confidence, 4),
-            "low_confidence": confidence < self.settings.confidence_threshold,
-            "token_count": tokens,
-        }
-
     async def complete(self, req: CompleteRequest) -> dict[str, Any]:
         """Generate ``req.n`` candidates and return the API's ``data`` object."""
         ensure_ready(self.engine)
         started = time.monotonic()
         items: list[dict] = []
         token_count = 0
-        confidence = 0.0
         model = ""
-        try:
-            for index in range(req.n):
-                result = await self.engine.generate(self._generation(req, index))
-                if result.finish_reason is FinishReason.TIMEOUT:
-                    raise timed_out(f"generation took longer than {self.settings.timeout_s} s")
-                token_count += result.token_count
-                model = result.model
-                if index == 0:
-                    confidence = result.confidence
-                item = self._item(result.text, req, result.confidence, result.token_count)
-                if item and all(i["insertText"] != item["insertText"] for i in items):
-                    items.append(item)
-        except EngineNotReady as exc:
-            raise engine_errors(exc) from None
+        confidence = 0.0
+        for index in range(req.n):
+            async for event in self._run(req, self._generation(req, index)):
+                if not event["done"]:
+                    continue
+                token_count += event["token_count"]
+                model = event["model"]
+                confidence = confidence if index else event["confidence"]
+                text = event["text"]
+                if text and all(i["insertText"] != text for i in items):
+                    items.append(
+                        {
+                            "insertText": text,
+                            "confidence": event["confidence"],
+                            "low_confidence": event["low_confidence"],
+                            "token_count": event["token_count"],
+                        }
+                    )
         first = items[0] if items else None
         return {
             "output": first["insertText"] if first else "",
             "token_count": token_count,
-            "confidence": first["confidence"] if first else round(confidence, 4),
+            "confidence": first["confidence"] if first else confidence,
             "model": model,
             "latency_ms": round((time.monotonic() - started) * 1000, 1),
             "items": items,
         }
 
-    async def stream(
+    def stream(
         self, req: CompleteRequest, request_id: str | None = None
     ) -> AsyncIterator[dict[str, Any]]:
         """Yield ``{"text", "done", ...}`` events with the cumulative post-processed text.
 
-        Generation is cancelled as soon as the post-processing rules say the block is
-        complete, so a streamed suggestion costs no more tokens than it shows. The last
-        event (``done: True``) carries the validated text, which may be shorter.
+        The last event (``done: True``) carries the validated text, which may be shorter
+        than the last streamed one, or empty when nothing valid could be made.
         """
         ensure_ready(self.engine)
+        return self._run(req, self._generation(req, 0, request_id))
+
+    async def _run(
+        self, req: CompleteRequest, gen: GenerationRequest
+    ) -> AsyncIterator[dict[str, Any]]:
+        """One generation, post-processed as it streams and validated at the end.
+
+        Generation is cancelled as soon as the rules say the block is complete, so a
+        suggestion costs no more tokens than it can show.
+        """
         ctx = CompletionContext(prefix=req.prefix, suffix=req.suffix, language=req.language)
-        gen = self._generation(req, 0, request_id)
         shown = ""
         stopped_early = False
         started = time.monotonic()
         try:
             async for chunk in self.engine.stream(gen):
-                if chunk.done:
-                    result = chunk.result
-                    if result is not None and result.finish_reason is FinishReason.TIMEOUT:
-                        raise timed_out(
-                            f"generation took longer than {self.settings.timeout_s} s"
-                        )
-                    final = longest_valid(
-                        postprocess(chunk.text, ctx), req.prefix, req.suffix, req.language
-                    )
-                    reason = result.finish_reason if result else FinishReason.STOP
-                    if reason is FinishReason.CANCELLED and stopped_early:
-                        reason = FinishReason.STOP
-                    yield {
-                        "text": final or "",
-                        "done": True,
-                        "cancelled": reason is FinishReason.CANCELLED,
-                        "finish_reason": reason.value,
-                        "confidence": round(result.confidence, 4) if result else 0.0,
-                        "token_count": chunk.token_count,
-                        "model": result.model if result else "",
-                        "latency_ms": round((time.monotonic() - started) * 1000, 1),
-                    }
-                    return
-                text = postprocess(chunk.text, ctx)
-                if not stopped_early and block_complete(chunk.text, ctx):
-                    stopped_early = True
-                    gen.cancel()  # the rest would be cut anyway: stop paying for it
-                if text != shown:
-                    shown = text
-                    yield {"text": text, "done": False, "token_count": chunk.token_count}
+                if not chunk.done:
+                    if not stopped_early and block_complete(chunk.text, ctx):
+                        stopped_early = True
+                        gen.cancel()  # the rest would be cut anyway: stop paying for it
+                    text = postprocess(chunk.text, ctx)
+                    if text != shown:
+                        shown = text
+                        yield {"text": text, "done": False, "token_count": chunk.token_count}
+                    continue
+                result = chunk.result
+                assert result is not None
+                if result.finish_reason is FinishReason.TIMEOUT:
+                    raise timed_out(f"generation took longer than {self.settings.timeout_s} s")
+                reason = result.finish_reason
+                if reason is FinishReason.CANCELLED and stopped_early:
+                    reason = FinishReason.STOP
+                final = longest_valid(
+                    postprocess(chunk.text, ctx), req.prefix, req.suffix, req.language
+                )
+                yield {
+                    "text": final or "",
+                    "done": True,
+                    "cancelled": reason is FinishReason.CANCELLED,
+                    "finish_reason": reason.value,
+                    "confidence": round(result.confidence, 4),
+                    "low_confidence": result.confidence < self.settings.confidence_threshold,
+                    "token_count": result.token_count,
+                    "model": result.model,
+                    "latency_ms": round((time.monotonic() - started) * 1000, 1),
+                }
+                return
         except EngineNotReady as exc:
             raise engine_errors(exc) from None
