@@ -25,8 +25,11 @@ $(STAMP): pyproject.toml engine/pyproject.toml Makefile
 	@touch $@
 	@echo "[setup] done"
 
+# Jupyter refuses to run as root without --allow-root (containers, CI machines).
+ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root)
+
 run: setup
-	$(BIN)/jupyter lab $(LAB_ARGS)
+	$(BIN)/jupyter lab $(ROOT_ARGS) $(LAB_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -200,8 +200,8 @@ async def test_every_route_refuses_unauthenticated_requests(ds_client, path, met
         return
     code, env, _ = await ds_client.call(method, path, {"prefix": "x", "code": "x"},
                                         headers=headers)
-    assert code in (401, 403), env
-    assert env.get("status") == "error" or code == 401
+    assert_error(code, env, 401, "unauthorized")
+    assert "Authorization: token" in env["error"]["message"]
 
 
 def test_every_handler_method_has_auth_decorators():

@@ -116,6 +116,13 @@ class DsApiHandler(ExtensionHandlerMixin, APIHandler):
             exc = not_ready(str(exc), exc.retry_after)
         if isinstance(exc, ApiError):
             error = exc
+        elif status_code in (401, 403) and not self.current_user:
+            # Jupyter answers 403 (often about _xsrf) when no credentials came at all.
+            error = ApiError(
+                401,
+                "unauthorized",
+                "authentication required: send 'Authorization: token <token>' or log in",
+            )
         elif isinstance(exc, HTTPError) and status_code < 500:
             message = exc.log_message or httputil.responses.get(status_code, "error")
             if exc.args and exc.log_message and "%" in exc.log_message:
