@@ -67,6 +67,17 @@ class JupyterDsApp(ExtensionApp):
     explain_timeout = Float(120.0, config=True, help="Seconds before an explanation is 504.")
     max_input_chars = Int(200_000, config=True, help="Largest code/prefix/suffix field.")
     max_body_bytes = Int(1_048_576, config=True, help="Largest request body (413 above).")
+    notebook_context = Bool(
+        True,
+        config=True,
+        help=(
+            "Add the cells above the current one (read from the saved notebook under the "
+            "server root, by the request's path and cell_id) to completion prompts."
+        ),
+    )
+    notebook_max_bytes = Int(
+        20 * 1024 * 1024, config=True, help="Notebooks larger than this give no context."
+    )
 
     engine = None  # set in initialize_settings; tests may read it
 
@@ -92,6 +103,8 @@ class JupyterDsApp(ExtensionApp):
                     max_prompt_tokens=self.max_prompt_tokens,
                     confidence_threshold=self.confidence_threshold,
                     timeout_s=self.completion_timeout,
+                    root_dir=self.serverapp.root_dir if self.notebook_context else None,
+                    notebook_max_bytes=self.notebook_max_bytes,
                 ),
             ),
             explain=ExplainService(

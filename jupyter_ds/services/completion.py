@@ -14,7 +14,14 @@ from typing import Any
 
 from ds_engine import Engine, EngineNotReady, EngineState, FinishReason, GenerationRequest
 
-from jupyter_ds.completion.context import trim_context
+from jupyter_ds.completion.context import CountTokens, trim_context
+from jupyter_ds.completion.notebook import (
+    MAX_NOTEBOOK_BYTES,
+    CountMemo,
+    NotebookFormat,
+    NotebookReader,
+    notebook_context,
+)
 from jupyter_ds.completion.rules import CompletionContext, block_complete, postprocess
 from jupyter_ds.completion.validate import longest_valid
 from jupyter_ds.errors import ApiError, not_ready, timed_out
@@ -31,6 +38,9 @@ class CompletionSettings:
     confidence_threshold: float = 0.7
     timeout_s: float = 30.0
     sample_temperature: float = 0.6  # used for items after the first when n > 1
+    # Server root for notebook context (path + cell_id of a request); None turns it off.
+    root_dir: str | None = None
+    notebook_max_bytes: int = MAX_NOTEBOOK_BYTES
 
 
 def ensure_ready(engine: Engine) -> None:
@@ -57,6 +67,39 @@ class CompletionService:
     def __init__(self, engine: Engine, settings: CompletionSettings | None = None):
         self.engine = engine
         self.settings = settings or CompletionSettings()
+        self.notebooks: NotebookReader | None = None
+        if self.settings.root_dir is not None:
+            self.notebooks = NotebookReader(
+                self.settings.root_dir, max_bytes=self.settings.notebook_max_bytes
+            )
+        # Rendered notebook context repeats from keystroke to keystroke: count it once.
+        self._count_context = CountMemo(lambda text: self.engine.count_tokens(text))
+
+    def _notebook_context(
+        self, req: CompleteRequest, prefix: str, suffix: str, budget: int, count: CountTokens
+    ) -> str:
+        """The preceding cells of the request's notebook that fit what the cell left over.
+
+        The current cell keeps priority: cells are added only when its whole prefix fits,
+        and only into the budget that its prefix and suffix leave.
+        """
+        if self.notebooks is None or not req.path or not req.cell_id:
+            return ""
+        fmt = NotebookFormat.from_tokens(self.engine.template.notebook_tokens)
+        # A path that leaves the root is a 400 here, before anything is read.
+        preceding = self.notebooks.preceding(
+            req.path, req.cell_id, include_markdown=fmt.includes_markdown
+        )
+        if preceding is None or not preceding.cells or prefix != req.prefix:
+            return ""
+        used = (count(prefix) if prefix else 0) + (count(suffix) if suffix else 0)
+        left = budget - used - 2  # the template's own sentinels around the context
+        if left <= 0:
+            return ""
+        chars_per_token = len(prefix + suffix) / used if used else 3.0
+        return notebook_context(
+            preceding, fmt, self._count_context, left, chars_per_token=chars_per_token
+        )
 
     def _prompt(self, req: CompleteRequest) -> tuple[str, int]:
         max_tokens = req.max_tokens or self.settings.max_tokens
@@ -64,14 +107,26 @@ class CompletionService:
             16,
             min(self.settings.max_prompt_tokens, self.engine.context_window() - max_tokens) - 8,
         )
+        counts: dict[str, int] = {}  # trim_context has counted what fits: reuse it
+
+        def count(text: str) -> int:
+            if text not in counts:
+                counts[text] = self.engine.count_tokens(text)
+            return counts[text]
+
         prefix, suffix = trim_context(
             req.prefix,
             req.suffix if self.engine.template.supports_fim else "",
-            self.engine.count_tokens,
+            count,
             budget,
             suffix_share=self.settings.suffix_share,
         )
-        return self.engine.template.completion_prompt(prefix, suffix, req.path), max_tokens
+        template = self.engine.template
+        context = self._notebook_context(req, prefix, suffix, budget, count)
+        path = req.path
+        if context and "code" in template.notebook_tokens:
+            path = None  # notebooks were trained on without a <filename> line
+        return template.completion_prompt(context + prefix, suffix, path), max_tokens
 
     def _generation(
         self, req: CompleteRequest, index: int = 0, request_id: str | None = None
@@ -100,11 +155,13 @@ class CompletionService:
         token_count = 0
         model = ""
         confidence = 0.0
+        prompt_tokens = 0
         for index in range(req.n):
             async for event in self._run(req, self._generation(req, index)):
                 if not event["done"]:
                     continue
                 token_count += event["token_count"]
+                prompt_tokens = prompt_tokens or event["prompt_tokens"]
                 model = event["model"]
                 confidence = confidence if index else event["confidence"]
                 text = event["text"]
@@ -124,6 +181,7 @@ class CompletionService:
             "confidence": first["confidence"] if first else confidence,
             "model": model,
             "latency_ms": round((time.monotonic() - started) * 1000, 1),
+            "prompt_tokens": prompt_tokens,
             "items": items,
         }
 
@@ -179,6 +237,7 @@ class CompletionService:
                     "confidence": round(result.confidence, 4),
                     "low_confidence": result.confidence < self.settings.confidence_threshold,
                     "token_count": result.token_count,
+                    "prompt_tokens": result.prompt_tokens,
                     "model": result.model,
                     "latency_ms": round((time.monotonic() - started) * 1000, 1),
                 }
