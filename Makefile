@@ -10,10 +10,18 @@ TORCH_INDEX_URL ?=
 STAMP := $(VENV)/.jupyter-ds-setup
 PYTEST_ARGS ?=
 LAB_ARGS ?=
+# The JupyterLab extension: TypeScript in labextension/, built (jlpm from the venv, npm
+# registry only, yarn.lock) into jupyter_ds/labextension/ and linked into the venv.
+LABEXT_SRC := $(wildcard labextension/src/*.ts labextension/schema/*.json labextension/style/*) \
+	labextension/package.json labextension/yarn.lock labextension/tsconfig.json
+LABEXT_STAMP := jupyter_ds/labextension/.jupyter-ds-built
+JLPM := PATH="$(abspath $(BIN)):$$PATH" $(abspath $(BIN))/jlpm
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench clean labextension test-js
 
-setup: $(STAMP)
+setup: $(STAMP) $(LABEXT_STAMP)
+	@# Debian's Chromium for the browser tests (silent when it is already installed).
+	@bash scripts/ensure-chromium.sh
 
 $(STAMP): pyproject.toml engine/pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +33,16 @@ $(STAMP): pyproject.toml engine/pyproject.toml Makefile
 	@touch $@
 	@echo "[setup] done"
 
+labextension: $(LABEXT_STAMP)
+
+$(LABEXT_STAMP): $(STAMP) $(LABEXT_SRC)
+	@echo "[setup] building the JupyterLab extension (labextension/ -> jupyter_ds/labextension)"
+	@command -v node >/dev/null || { echo "[setup] node (>= 20.19) is needed to build labextension/"; exit 1; }
+	@cd labextension && { $(JLPM) install --immutable && $(JLPM) build; } >.build.log 2>&1 \
+		|| { tail -n 40 .build.log; echo "[setup] labextension build failed (labextension/.build.log)"; exit 1; }
+	@PATH="$(abspath $(BIN)):$$PATH" $(BIN)/jupyter-builder develop --overwrite . >/dev/null 2>&1
+	@touch $@
+
 # Jupyter refuses to run as root without --allow-root (containers, CI machines).
 ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 
@@ -34,11 +52,16 @@ run: setup
 lint: setup
 	$(BIN)/ruff check .
 
-test: setup lint
+test: setup lint test-js
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Lint (tsc --noEmit, eslint) and unit tests (vitest) of the labextension's TypeScript.
+test-js: setup
+	@cd labextension && $(JLPM) lint && $(JLPM) test
 
 bench: setup
 	$(BIN)/python benchmarks/latency.py --fresh-cache
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf labextension/node_modules labextension/lib labextension/tsconfig.tsbuildinfo jupyter_ds/labextension

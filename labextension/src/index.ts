@@ -1,0 +1,162 @@
+/** jupyter-ds: inline completion, Explain and model status for JupyterLab 4. */
+import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
+import { ICommandPalette, WidgetTracker } from '@jupyterlab/apputils';
+import { ICompletionProviderManager } from '@jupyterlab/completer';
+import { IEditorTracker } from '@jupyterlab/fileeditor';
+import { INotebookTracker } from '@jupyterlab/notebook';
+import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
+import { ISettingRegistry } from '@jupyterlab/settingregistry';
+import { IStatusBar } from '@jupyterlab/statusbar';
+import { Token } from '@lumino/coreutils';
+import { ISignal, Signal } from '@lumino/signaling';
+
+import { ICompletionDone } from './connection';
+import { ExplainPanel, findCode, runExplain } from './explain';
+import { ErrorNotifier } from './notifier';
+import { JupyterDsInlineProvider } from './provider';
+import { DEFAULT_SETTINGS, IDsSettings, readSettings } from './settings';
+import { DsStatus } from './status';
+
+export const PLUGIN_IDS = {
+  completion: 'jupyter-ds:plugin',
+  explain: 'jupyter-ds:explain',
+  status: 'jupyter-ds:status'
+};
+
+export const COMMAND_IDS = {
+  explain: 'jupyter-ds:explain'
+};
+
+/** What the completion plugin shares with the others. */
+export interface IJupyterDs {
+  readonly settings: IDsSettings;
+  readonly notifier: ErrorNotifier;
+  /** Fires after each finished completion. */
+  readonly completed: ISignal<IJupyterDs, ICompletionDone>;
+}
+
+export const IJupyterDs = new Token<IJupyterDs>(
+  'jupyter-ds:IJupyterDs',
+  'Settings, error notifier and completion events of jupyter-ds.'
+);
+
+class DsCore implements IJupyterDs {
+  settings: IDsSettings = { ...DEFAULT_SETTINGS };
+  readonly notifier = new ErrorNotifier();
+  readonly completedSignal = new Signal<IJupyterDs, ICompletionDone>(this);
+  get completed(): ISignal<IJupyterDs, ICompletionDone> {
+    return this.completedSignal;
+  }
+}
+
+const completionPlugin: JupyterFrontEndPlugin<IJupyterDs> = {
+  id: PLUGIN_IDS.completion,
+  description: 'Ghost-text inline completion from the jupyter-ds server.',
+  autoStart: true,
+  provides: IJupyterDs,
+  requires: [ICompletionProviderManager],
+  optional: [ISettingRegistry],
+  activate: (
+    app: JupyterFrontEnd,
+    manager: ICompletionProviderManager,
+    registry: ISettingRegistry | null
+  ): IJupyterDs => {
+    const core = new DsCore();
+    const provider = new JupyterDsInlineProvider({
+      settings: () => core.settings,
+      notifier: core.notifier,
+      onDone: done => core.completedSignal.emit(done)
+    });
+    manager.registerInlineProvider(provider);
+    if (registry) {
+      registry
+        .load(PLUGIN_IDS.completion)
+        .then(settings => {
+          const apply = (): void => {
+            core.settings = readSettings(settings.composite as Record<string, unknown>);
+          };
+          apply();
+          settings.changed.connect(apply);
+        })
+        .catch(reason => {
+          console.warn('jupyter-ds: could not load settings, using defaults', reason);
+        });
+    }
+    return core;
+  }
+};
+
+const explainPlugin: JupyterFrontEndPlugin<void> = {
+  id: PLUGIN_IDS.explain,
+  description: 'The "jupyter-ds: Explain" command and its side panel.',
+  autoStart: true,
+  requires: [IRenderMimeRegistry, IJupyterDs],
+  optional: [ICommandPalette, INotebookTracker, IEditorTracker],
+  activate: (
+    app: JupyterFrontEnd,
+    rendermime: IRenderMimeRegistry,
+    core: IJupyterDs,
+    palette: ICommandPalette | null,
+    notebooks: INotebookTracker | null,
+    editors: IEditorTracker | null
+  ): void => {
+    let panel: ExplainPanel | null = null;
+    const tracker = new WidgetTracker<ExplainPanel>({ namespace: 'jupyter-ds-explain' });
+    const getPanel = (): ExplainPanel => {
+      if (!panel || panel.isDisposed) {
+        panel = new ExplainPanel(rendermime);
+        void tracker.add(panel);
+        app.shell.add(panel, 'right', { rank: 900 });
+      }
+      return panel;
+    };
+    app.commands.addCommand(COMMAND_IDS.explain, {
+      label: 'jupyter-ds: Explain',
+      caption: 'Explain the selected code, or the whole cell or file, with the local model',
+      isEnabled: () => Boolean(notebooks?.currentWidget || editors?.currentWidget),
+      execute: async () => {
+        const code = findCode(app, notebooks, editors);
+        if (!code) {
+          core.notifier.report(
+            { code: 'nothing_to_explain', message: 'select some code first' },
+            'explain'
+          );
+          return;
+        }
+        const target = getPanel();
+        app.shell.activateById(target.id);
+        await runExplain(target, code, core.notifier);
+      }
+    });
+    palette?.addItem({ command: COMMAND_IDS.explain, category: 'jupyter-ds' });
+    app.contextMenu.addItem({
+      command: COMMAND_IDS.explain,
+      selector: '.jp-Notebook .jp-Cell',
+      rank: 20
+    });
+    app.contextMenu.addItem({
+      command: COMMAND_IDS.explain,
+      selector: '.jp-FileEditor',
+      rank: 20
+    });
+  }
+};
+
+const statusPlugin: JupyterFrontEndPlugin<void> = {
+  id: PLUGIN_IDS.status,
+  description: 'Status bar item: jupyter-ds model state and last completion latency.',
+  autoStart: true,
+  requires: [IJupyterDs],
+  optional: [IStatusBar],
+  activate: (app: JupyterFrontEnd, core: IJupyterDs, statusBar: IStatusBar | null): void => {
+    if (!statusBar) {
+      return;
+    }
+    const item = new DsStatus();
+    statusBar.registerStatusItem(PLUGIN_IDS.status, { item, align: 'left', rank: 900 });
+    core.completed.connect((_, done) => item.setLatency(done.elapsedMs));
+    void app.restored.then(() => item.start());
+  }
+};
+
+export default [completionPlugin, explainPlugin, statusPlugin];
