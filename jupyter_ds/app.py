@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,8 @@ from jupyter_ds import __version__
 from jupyter_ds.handlers import handlers
 from jupyter_ds.services.completion import CompletionService, CompletionSettings
 from jupyter_ds.services.explain import ExplainService, ExplainSettings
+from jupyter_ds.testgen.sandbox import detect_sandbox
+from jupyter_ds.testgen.service import TestgenService, TestgenSettings
 
 
 @dataclass
@@ -22,6 +25,7 @@ class Services:
     engine: Engine
     completion: CompletionService
     explain: ExplainService
+    testgen: TestgenService
     limits: dict[str, int]
     max_body_bytes: int
     version: str = __version__
@@ -65,6 +69,10 @@ class JupyterDsApp(ExtensionApp):
     )
     completion_timeout = Float(30.0, config=True, help="Seconds before a completion is 504.")
     explain_timeout = Float(120.0, config=True, help="Seconds before an explanation is 504.")
+    testgen_runs = Int(
+        5, config=True, help="A kept generated test passes this many runs out of as many."
+    )
+    testgen_max_tokens = Int(320, config=True, help="Tokens the model writes per round of tests.")
     max_input_chars = Int(200_000, config=True, help="Largest code/prefix/suffix field.")
     max_body_bytes = Int(1_048_576, config=True, help="Largest request body (413 above).")
     notebook_context = Bool(
@@ -111,6 +119,14 @@ class JupyterDsApp(ExtensionApp):
                 engine,
                 ExplainSettings(max_tokens=self.explain_max_tokens, timeout_s=self.explain_timeout),
             ),
+            testgen=TestgenService(
+                engine,
+                TestgenSettings(
+                    runs=self.testgen_runs,
+                    max_tokens=self.testgen_max_tokens,
+                    root_dir=self.serverapp.root_dir if self.serverapp else None,
+                ),
+            ),
             limits={
                 "max_input_chars": self.max_input_chars,
                 "max_tokens_limit": self.max_tokens_limit,
@@ -118,6 +134,9 @@ class JupyterDsApp(ExtensionApp):
             max_body_bytes=self.max_body_bytes,
         )
         self.settings.update({"jupyter_ds": services})
+        # Probe bubblewrap once, off the event loop; health and results report the mode.
+        threading.Thread(target=detect_sandbox, name="jupyter-ds-sandbox-probe",
+                         daemon=True).start()
         if self.load_on_start:
             self.log.info("jupyter-ds: loading the model in the background")
             engine.start_loading()

@@ -2,6 +2,8 @@
 
     jupyter-ds complete FILE|- [--cursor LINE:COL] [--language python] [--max-tokens N]
     jupyter-ds explain FILE|- [--question TEXT]
+    jupyter-ds tests generate PATH[::FUNCTION] [--rounds N]
+    jupyter-ds tests run TESTFILE --source PATH [--runs N]
 
 Code comes from a file or standard input; the answer is printed as one JSON envelope.
 The exit status is 0 on success, 1 when the envelope is an error, 2 for bad usage.
@@ -67,6 +69,8 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     from jupyter_ds.services.completion import CompletionService
     from jupyter_ds.services.explain import ExplainService
 
+    if args.command == "tests":
+        return await _run_tests(args)
     text, path = _read_source(args.source)
     if args.command == "complete":
         prefix, suffix = split_at_cursor(text, args.cursor)
@@ -84,6 +88,33 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         body["max_tokens"] = args.max_tokens
     req_e = parse_request(ExplainRequest, body)
     return await ExplainService(_engine(args)).explain(req_e)
+
+
+async def _run_tests(args: argparse.Namespace) -> dict[str, Any]:
+    """``tests generate PATH[::FUNCTION]`` and ``tests run TESTFILE --source PATH``."""
+    import os
+
+    from jupyter_ds.requests import TestsRequest, TestsRunRequest
+    from jupyter_ds.testgen.service import TestgenService, TestgenSettings
+
+    settings = TestgenSettings(root_dir=os.getcwd())
+    if args.tests_command == "run":
+        tests, _ = _read_source(args.testfile)
+        source, path = _read_source(args.source_path)
+        req = parse_request(TestsRunRequest, {"tests": tests, "source": source,
+                                              "path": path, "runs": args.runs})
+        # Running given tests needs no model.
+        return await TestgenService(None, settings).run_tests(req)  # type: ignore[arg-type]
+    target_path, _, function = args.target.partition("::")
+    source, path = _read_source(target_path)
+    rel = os.path.relpath(path, os.getcwd()) if path else None
+    body: dict[str, Any] = {"source": source, "path": rel, "rounds": args.rounds}
+    if function:
+        body["target"] = function
+    if args.max_tokens is not None:
+        body["max_tokens"] = args.max_tokens
+    req_g = parse_request(TestsRequest, body)
+    return await TestgenService(_engine(args), settings).generate(req_g)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--cursor", default=None, help="LINE:COL, 1-based line")
         else:
             p.add_argument("--question", default=None)
+    tests = sub.add_parser("tests", help="generate verified tests, or run tests, in the sandbox")
+    tests_sub = tests.add_subparsers(dest="tests_command", required=True)
+    gen = tests_sub.add_parser("generate", help="generate tests for PATH[::FUNCTION]")
+    gen.add_argument("target", help="a .py file, optionally ::FUNCTION (default: first public)")
+    gen.add_argument("--rounds", type=int, default=2)
+    gen.add_argument("--max-tokens", type=int, default=None)
+    gen.add_argument("--model-path", default=None, help="HF directory or GGUF file")
+    gen.add_argument("--device", default="auto")
+    gen.add_argument("--dtype", default="auto")
+    run = tests_sub.add_parser("run", help="run TESTFILE against --source PATH")
+    run.add_argument("testfile")
+    run.add_argument("--source", dest="source_path", required=True)
+    run.add_argument("--runs", type=int, default=1)
     return parser
 
 

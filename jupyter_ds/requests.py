@@ -22,7 +22,9 @@ T = TypeVar("T")
 # (looked up in the limits mapping) that bounds a text field, "choices" lists allowed values.
 
 
-def _field(default: Any = dataclasses.MISSING, **meta: Any) -> Any:
+def _field(default: Any = dataclasses.MISSING, *, default_factory: Any = None, **meta: Any) -> Any:
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
     if default is dataclasses.MISSING:
         return field(metadata=meta)
     return field(default=default, metadata=meta)
@@ -51,6 +53,47 @@ class ExplainRequest:
     question: str | None = _field(None, max_chars="max_name_chars")
     stream: bool = _field(False)
     max_tokens: int | None = _field(None, min=1, max_setting="max_tokens_limit")
+
+
+@dataclass
+class TestsRequest:
+    """``POST jupyter-ds/v1/tests``: generate verified tests for one function.
+
+    The code comes as ``source`` text, or from ``path`` (a ``.py`` file under the server
+    root); ``path`` also names the module (``pkg/stats.py`` -> ``stats``).
+    """
+
+    __test__ = False  # not a pytest class
+    source: str | None = _field(None, max_chars="max_input_chars")
+    path: str | None = _field(None, max_chars="max_name_chars")
+    target: str | None = _field(None, max_chars="max_name_chars")
+    existing_tests: str | None = _field(None, max_chars="max_input_chars")
+    rounds: int = _field(2, min=1, max=5)
+    max_tokens: int | None = _field(None, min=16, max_setting="max_tokens_limit")
+    stream: bool = _field(False)
+
+
+@dataclass
+class TestsRunRequest:
+    """``POST jupyter-ds/v1/tests/run``: run given tests against given source."""
+
+    __test__ = False
+    tests: str = _field(max_chars="max_input_chars")
+    source: str | None = _field(None, max_chars="max_input_chars")
+    path: str | None = _field(None, max_chars="max_name_chars")
+    module: str | None = _field(None, max_chars="max_name_chars")
+    runs: int = _field(1, min=1, max=10)
+
+
+@dataclass
+class TestsInsertRequest:
+    """``POST jupyter-ds/v1/tests/insert``: write kept tests next to ``path``'s tests."""
+
+    __test__ = False
+    path: str = _field(max_chars="max_name_chars")
+    tests: list[str] = _field(max_items=200)  # noqa: RUF009 - a dataclasses.field
+    imports: list[str] = _field(default_factory=list, max_items=200)  # noqa: RUF009
+    test_path: str | None = _field(None, max_chars="max_name_chars")
 
 
 DEFAULT_LIMITS: dict[str, int] = {
@@ -96,6 +139,20 @@ def _check_type(name: str, value: Any, allowed: tuple[type, ...]) -> Any:
     )
 
 
+def _check_list(name: str, value: Any, meta: Any, limits: dict[str, int]) -> list[str]:
+    """A list of strings: its length bounded by ``max_items``, each item by the input limit."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise bad_request(f"field '{name}' must be a list of strings", name)
+    if len(value) > meta.get("max_items", 100):
+        raise too_large(f"field '{name}' has {len(value)} items, over the limit of "
+                        f"{meta.get('max_items', 100)}", name)
+    limit = limits["max_input_chars"]
+    if any(len(v) > limit for v in value):
+        raise too_large(f"an item of field '{name}' is over the limit of {limit} characters",
+                        name)
+    return list(value)
+
+
 def parse_request(cls: type[T], body: Any, limits: dict[str, int] | None = None) -> T:
     """Build ``cls`` from a decoded JSON body, or raise an ApiError naming the field."""
     limits = {**DEFAULT_LIMITS, **(limits or {})}
@@ -105,8 +162,11 @@ def parse_request(cls: type[T], body: Any, limits: dict[str, int] | None = None)
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if f.name not in body:
-            if f.default is dataclasses.MISSING:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise bad_request(f"missing required field '{f.name}'", f.name)
+            continue
+        if typing.get_origin(hints[f.name]) is list:
+            values[f.name] = _check_list(f.name, body[f.name], f.metadata, limits)
             continue
         value = _check_type(f.name, body[f.name], _allowed_types(hints[f.name]))
         meta = f.metadata

@@ -107,3 +107,29 @@ async def test_server_answers_the_readme_curl_on_the_embedded_model(ds_client):
         "explain", {"code": "print(sorted({3, 1, 2}))", "max_tokens": 40}
     )
     assert code == 200 and env["data"]["output"], env
+
+
+async def test_generated_tests_on_the_embedded_model_prove_themselves(engine):
+    from jupyter_ds.requests import TestsRequest, TestsRunRequest
+    from jupyter_ds.testgen.service import TestgenService
+
+    source = (
+        "def clamp(x, low, high):\n"
+        "    if x < low:\n        return low\n"
+        "    if x > high:\n        return high\n"
+        "    return x\n"
+    )
+    service = TestgenService(engine)
+    data = await service.generate(
+        TestsRequest(source=source, path="clamp.py", rounds=1, max_tokens=160)
+    )
+    funnel = data["funnel"]
+    assert funnel["candidates"] >= 1  # the model wrote something test-shaped
+    assert funnel["candidates"] == len(data["verdicts"])
+    assert funnel["candidates"] >= funnel["parse"] >= funnel["pass"] >= funnel["kept"]
+    if data["kept"]:  # whatever was kept passes again, every time
+        check = await service.run_tests(
+            TestsRunRequest(tests=data["test_file"], source=source, path="clamp.py", runs=2)
+        )
+        assert all(t["passed_runs"] == 2 for t in check["tests"]), check
+        assert data["coverage"]["after"]["lines"] > 0

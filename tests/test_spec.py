@@ -8,7 +8,14 @@ from pathlib import Path
 import yaml
 
 from jupyter_ds.handlers import API_PREFIX, ROUTES
-from jupyter_ds.requests import DEFAULT_LIMITS, CompleteRequest, ExplainRequest
+from jupyter_ds.requests import (
+    DEFAULT_LIMITS,
+    CompleteRequest,
+    ExplainRequest,
+    TestsInsertRequest,
+    TestsRequest,
+    TestsRunRequest,
+)
 
 SPEC = yaml.safe_load((Path(__file__).parents[1] / "docs" / "openapi.yaml").read_text())
 
@@ -25,11 +32,16 @@ def test_every_http_route_is_specified():
 
 
 def test_request_schemas_match_the_dataclasses():
-    for cls, name in ((CompleteRequest, "CompleteRequest"), (ExplainRequest, "ExplainRequest")):
+    for cls in (CompleteRequest, ExplainRequest, TestsRequest, TestsRunRequest,
+                TestsInsertRequest):
+        name = cls.__name__
         schema = SPEC["components"]["schemas"][name]
         fields = {f.name: f for f in dataclasses.fields(cls)}
         assert set(schema["properties"]) == set(fields), name
-        required = {n for n, f in fields.items() if f.default is dataclasses.MISSING}
+        required = {
+            n for n, f in fields.items()
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        }
         assert set(schema["required"]) == required, name
         for fname, f in fields.items():
             prop = schema["properties"][fname]

@@ -145,3 +145,70 @@ def make_tiny_model(path: str | Path, fim_family: str | None = None, seed: int =
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out
+
+
+class ScriptedEngine:
+    """An :class:`~ds_engine.interface.Engine` whose "model" answers from a script.
+
+    For tests of the loops above the model (test generation, post-processing): the real
+    pipeline runs, only the text the model would write is fixed. Each generate/stream
+    call takes the next answer (the last one repeats) and records the prompt it got.
+    """
+
+    def __init__(self, answers: list[str], name: str = "scripted", vocab: tuple[str, ...] = ()):
+        from ds_engine.interface import EngineState
+        from ds_engine.templates import detect_template
+
+        self.answers = list(answers)
+        self.prompts: list[str] = []
+        self.name = name
+        self._template = detect_template(vocab or BASE_SPECIAL_TOKENS, CHATML_TEMPLATE)
+        self._state = EngineState.READY
+
+    @property
+    def state(self):
+        return self._state
+
+    @property
+    def template(self):
+        return self._template
+
+    def start_loading(self) -> None:
+        return None
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def context_window(self) -> int:
+        return 8192
+
+    def _answer(self, request):
+        from ds_engine.interface import FinishReason, GenerationResult
+
+        self.prompts.append(request.prompt)
+        text = self.answers[min(len(self.prompts), len(self.answers)) - 1]
+        return GenerationResult(
+            text=text,
+            token_count=max(1, len(text.split())),
+            prompt_tokens=self.count_tokens(request.prompt),
+            confidence=1.0,
+            finish_reason=FinishReason.STOP,
+            model=self.name,
+            latency_ms=0.0,
+            request_id=request.request_id,
+        )
+
+    async def generate(self, request):
+        return self._answer(request)
+
+    async def stream(self, request):
+        from ds_engine.interface import StreamChunk
+
+        result = self._answer(request)
+        yield StreamChunk(result.text, result.text, result.token_count, True, result)
+
+    def cancel(self, request_id: str) -> bool:
+        return False
+
+    def info(self) -> dict:
+        return {"name": self.name, "state": self._state.value, "template": self._template.name}

@@ -8,6 +8,7 @@ from jupyter_ds.handlers.complete import CompleteHandler
 from jupyter_ds.handlers.explain import ExplainHandler
 from jupyter_ds.handlers.status import HealthHandler, ModelsHandler
 from jupyter_ds.handlers.stream import CompletionStreamHandler
+from jupyter_ds.handlers.tests import TestsHandler, TestsInsertHandler, TestsRunHandler
 
 API_PREFIX = "jupyter-ds/v1"
 
@@ -15,6 +16,9 @@ ROUTES = [
     ("complete", CompleteHandler),
     ("complete/stream", CompletionStreamHandler),
     ("explain", ExplainHandler),
+    ("tests", TestsHandler),
+    ("tests/run", TestsRunHandler),
+    ("tests/insert", TestsInsertHandler),
     ("models", ModelsHandler),
     ("health", HealthHandler),
 ]

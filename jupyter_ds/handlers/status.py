@@ -39,5 +39,7 @@ class HealthHandler(DsApiHandler):
                 "model": info["name"],
                 "error": info.get("error"),
                 "version": self.ds.version,
+                # How generated tests are isolated; never a silent downgrade (issue 4).
+                "sandbox": self.ds.testgen.sandbox.to_dict(),
             }
         )

@@ -8,7 +8,7 @@ import { IRenderMimeRegistry, MimeModel } from '@jupyterlab/rendermime';
 import { ServerConnection } from '@jupyterlab/services';
 import { Panel, Widget } from '@lumino/widgets';
 
-import { ExplainEvent, LineSplitter, parseExplainLine } from './ndjson';
+import { ExplainEvent, parseExplainLine, readNdjsonLines } from './ndjson';
 import { ErrorNotifier } from './notifier';
 import { mimeToLanguage } from './request';
 
@@ -21,12 +21,31 @@ export interface ICodeToExplain {
   source: string;
 }
 
-function selectedText(editor: CodeEditor.IEditor): string {
-  const text = editor.model.sharedModel.getSource();
+/** The selected text of an editor and where it starts ('' when nothing is selected). */
+export function selectionOf(editor: CodeEditor.IEditor): { text: string; start: number } {
+  const source = editor.model.sharedModel.getSource();
   const sel = editor.getSelection();
-  const start = editor.getOffsetAt(sel.start);
-  const end = editor.getOffsetAt(sel.end);
-  return start === end ? '' : text.slice(Math.min(start, end), Math.max(start, end));
+  const a = editor.getOffsetAt(sel.start);
+  const b = editor.getOffsetAt(sel.end);
+  const start = Math.min(a, b);
+  return { text: a === b ? '' : source.slice(start, Math.max(a, b)), start };
+}
+
+function selectedText(editor: CodeEditor.IEditor): string {
+  return selectionOf(editor).text;
+}
+
+/** Whether a command should act on the current notebook rather than the file editor. */
+export function notebookIsCurrent(
+  app: JupyterFrontEnd,
+  notebooks: INotebookTracker | null,
+  editors: IEditorTracker | null
+): boolean {
+  const current = app.shell.currentWidget;
+  const nb = notebooks?.currentWidget;
+  return Boolean(
+    nb && (current === nb || !editors?.currentWidget || current !== editors.currentWidget)
+  );
 }
 
 export function findCode(
@@ -34,9 +53,8 @@ export function findCode(
   notebooks: INotebookTracker | null,
   editors: IEditorTracker | null
 ): ICodeToExplain | null {
-  const current = app.shell.currentWidget;
   const nb = notebooks?.currentWidget;
-  if (nb && (current === nb || !editors?.currentWidget || current !== editors.currentWidget)) {
+  if (nb && notebookIsCurrent(app, notebooks, editors)) {
     const notebook = nb.content;
     const active = notebook.activeCell;
     if (active) {
@@ -192,31 +210,12 @@ export async function streamExplain(
     );
     return;
   }
-  const splitter = new LineSplitter();
-  const handle = (lines: string[]): void => {
-    for (const line of lines) {
-      const event = parseExplainLine(line);
-      if (event) {
-        onEvent(event);
-      }
+  await readNdjsonLines(response, line => {
+    const event = parseExplainLine(line);
+    if (event) {
+      onEvent(event);
     }
-  };
-  if (!response.body) {
-    handle(splitter.push(await response.text()));
-    handle(splitter.flush());
-    return;
-  }
-  const reader = response.body.getReader();
-  const decoder = new TextDecoder();
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) {
-      break;
-    }
-    handle(splitter.push(decoder.decode(value, { stream: true })));
-  }
-  handle(splitter.push(decoder.decode()));
-  handle(splitter.flush());
+  });
 }
 
 /** Run one explanation into the panel. */

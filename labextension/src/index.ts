@@ -1,4 +1,4 @@
-/** jupyter-ds: inline completion, Explain and model status for JupyterLab 4. */
+/** jupyter-ds: inline completion, Explain, Generate tests and model status for JupyterLab 4. */
 import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { ICommandPalette, WidgetTracker } from '@jupyterlab/apputils';
 import { ICompletionProviderManager } from '@jupyterlab/completer';
@@ -16,15 +16,18 @@ import { ErrorNotifier } from './notifier';
 import { JupyterDsInlineProvider } from './provider';
 import { DEFAULT_SETTINGS, IDsSettings, readSettings } from './settings';
 import { DsStatus } from './status';
+import { TestsPanel, findTestsTarget, runTests } from './testgen';
 
 export const PLUGIN_IDS = {
   completion: 'jupyter-ds:plugin',
   explain: 'jupyter-ds:explain',
+  tests: 'jupyter-ds:tests',
   status: 'jupyter-ds:status'
 };
 
 export const COMMAND_IDS = {
-  explain: 'jupyter-ds:explain'
+  explain: 'jupyter-ds:explain',
+  generateTests: 'jupyter-ds:generate-tests'
 };
 
 /** What the completion plugin shares with the others. */
@@ -142,6 +145,69 @@ const explainPlugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
+const testsPlugin: JupyterFrontEndPlugin<void> = {
+  id: PLUGIN_IDS.tests,
+  description: 'The "jupyter-ds: Generate tests" command and its side panel.',
+  autoStart: true,
+  requires: [IJupyterDs],
+  optional: [ICommandPalette, INotebookTracker, IEditorTracker],
+  activate: (
+    app: JupyterFrontEnd,
+    core: IJupyterDs,
+    palette: ICommandPalette | null,
+    notebooks: INotebookTracker | null,
+    editors: IEditorTracker | null
+  ): void => {
+    let panel: TestsPanel | null = null;
+    const tracker = new WidgetTracker<TestsPanel>({ namespace: 'jupyter-ds-tests' });
+    const open = (path: string): void => {
+      if (app.commands.hasCommand('docmanager:open')) {
+        app.commands.execute('docmanager:open', { path }).catch(reason => {
+          console.warn(`jupyter-ds: could not open ${path}`, reason);
+        });
+      }
+    };
+    const getPanel = (): TestsPanel => {
+      if (!panel || panel.isDisposed) {
+        panel = new TestsPanel({ notifier: core.notifier, open });
+        void tracker.add(panel);
+        app.shell.add(panel, 'right', { rank: 901 });
+      }
+      return panel;
+    };
+    app.commands.addCommand(COMMAND_IDS.generateTests, {
+      label: 'jupyter-ds: Generate tests',
+      caption:
+        'Generate unit tests for the selected function (or the cell or file), keep those that pass in the sandbox and add coverage',
+      isEnabled: () => Boolean(notebooks?.currentWidget || editors?.currentWidget),
+      execute: async () => {
+        const target = findTestsTarget(app, notebooks, editors);
+        if (!target || 'error' in target) {
+          core.notifier.report(
+            { code: 'nothing_to_test', message: target?.error ?? 'select a function first' },
+            'generate tests'
+          );
+          return;
+        }
+        const widget = getPanel();
+        app.shell.activateById(widget.id);
+        await runTests(widget, target, core.notifier);
+      }
+    });
+    palette?.addItem({ command: COMMAND_IDS.generateTests, category: 'jupyter-ds' });
+    app.contextMenu.addItem({
+      command: COMMAND_IDS.generateTests,
+      selector: '.jp-Notebook .jp-Cell',
+      rank: 21
+    });
+    app.contextMenu.addItem({
+      command: COMMAND_IDS.generateTests,
+      selector: '.jp-FileEditor',
+      rank: 21
+    });
+  }
+};
+
 const statusPlugin: JupyterFrontEndPlugin<void> = {
   id: PLUGIN_IDS.status,
   description: 'Status bar item: jupyter-ds model state and last completion latency.',
@@ -159,4 +225,4 @@ const statusPlugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
-export default [completionPlugin, explainPlugin, statusPlugin];
+export default [completionPlugin, explainPlugin, testsPlugin, statusPlugin];

@@ -66,3 +66,37 @@ export function parseExplainBody(body: string): ExplainEvent[] {
   const lines = [...splitter.push(body), ...splitter.flush()];
   return lines.map(parseExplainLine).filter((e): e is ExplainEvent => e !== null);
 }
+
+/** What `readNdjsonLines` needs of a fetch `Response`. */
+export interface INdjsonResponse {
+  body: { getReader(): { read(): Promise<{ done: boolean; value?: Uint8Array }> } } | null;
+  text(): Promise<string>;
+}
+
+/**
+ * Feed each complete line of an NDJSON response body to `onLine` as it arrives (the
+ * whole text at once where the body cannot be streamed).
+ */
+export async function readNdjsonLines(
+  response: INdjsonResponse,
+  onLine: (line: string) => void
+): Promise<void> {
+  const splitter = new LineSplitter();
+  const handle = (lines: string[]): void => lines.forEach(line => onLine(line));
+  if (!response.body) {
+    handle(splitter.push(await response.text()));
+    handle(splitter.flush());
+    return;
+  }
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) {
+      break;
+    }
+    handle(splitter.push(decoder.decode(value, { stream: true })));
+  }
+  handle(splitter.push(decoder.decode()));
+  handle(splitter.flush());
+}

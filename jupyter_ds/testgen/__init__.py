@@ -1,0 +1,1 @@
+"""Test generation: candidate parsing and validation, sandboxed runs, insertion."""

@@ -1,0 +1,485 @@
+"""Test generation that proves itself: generate, validate, run, keep what passes and helps.
+
+Per round: the model continues a test file (see ``prompt``); its answer is split into
+candidates and validated without running anything (``candidates``); the valid ones run
+together in the sandbox, the passing ones run again until each has passed ``runs`` times
+out of ``runs`` (flaky otherwise), and a test is kept only if its own coverage adds lines
+or branch arcs to what the existing tests and the tests kept so far already cover.
+Failures go back into the next round's prompt. Every candidate ends with a verdict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import posixpath
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ds_engine import Engine, EngineNotReady, FinishReason, GenerationRequest
+
+from jupyter_ds.errors import ApiError, bad_request
+from jupyter_ds.requests import TestsInsertRequest, TestsRequest, TestsRunRequest
+from jupyter_ds.services.completion import engine_errors, ensure_ready
+from jupyter_ds.testgen.candidates import Candidate, build_test_module, extract_candidates
+from jupyter_ds.testgen.context import TargetContext, target_context
+from jupyter_ds.testgen.insert import find_test_file, insert_tests
+from jupyter_ds.testgen.insert import test_path_for as matching_test_path
+from jupyter_ds.testgen.prompt import Failure, build_prompt
+from jupyter_ds.testgen.sandbox import RunReport, SandboxInfo, detect_sandbox, run_pytest
+
+# Verdict reasons (besides the candidate parser's: does_not_parse, side_effect, ...).
+KEPT = "kept"
+FAILS = "fails"
+ERROR = "error"
+FLAKY = "flaky"
+NO_COVERAGE = "adds_no_coverage"
+TIMED_OUT = "timed_out"
+KILLED = "killed_by_sandbox"
+IMPORT_ERROR = "import_error"
+
+
+@dataclass
+class TestgenSettings:
+    __test__ = False
+    max_tokens: int = 320
+    runs: int = 5  # a kept test passes runs out of runs
+    run_timeout_s: float = 60.0
+    test_timeout_s: float = 10.0
+    # PYTHONHASHSEED of each run's child processes; None: random (as in real use).
+    hash_seeds: Sequence[int] | None = None
+    root_dir: str | None = None
+
+
+@dataclass
+class Coverage:
+    """Lines and branch arcs of the module under test that some kept test runs."""
+
+    statements: int = 0
+    branches: int = 0
+    lines: set[int] = field(default_factory=set)
+    arcs: set[tuple[int, int]] = field(default_factory=set)
+    # Lines that run when any test imports the module (``def`` lines, constants): covered
+    # as soon as one test exists, but no test's own contribution.
+    import_lines: set[int] = field(default_factory=set)
+
+    def percent(self) -> dict[str, float]:
+        lines = self.lines | self.import_lines if self.lines else set()
+        return {
+            "lines": round(100 * len(lines) / self.statements, 1) if self.statements else 0.0,
+            "branches": round(100 * len(self.arcs) / self.branches, 1) if self.branches else 0.0,
+            "covered_lines": len(lines),
+            "statements": self.statements,
+            "covered_branches": len(self.arcs),
+            "total_branches": self.branches,
+        }
+
+
+def module_name(path: str | None) -> str:
+    """``pkg/stats.py`` -> ``stats``; a request without a path tests ``module_under_test``."""
+    if not path:
+        return "module_under_test"
+    stem = posixpath.basename(path.replace("\\", "/"))
+    stem = stem[:-3] if stem.endswith(".py") else stem
+    name = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in stem) or "module"
+    return name if not name[0].isdigit() else f"m_{name}"
+
+
+def _read_under_root(root: str | None, path: str, field_name: str = "path") -> str:
+    from jupyter_ds.completion.notebook import resolve_notebook_path
+
+    if root is None:
+        raise bad_request(
+            f"field '{field_name}' needs a server root; send the code instead", field_name
+        )
+    real = resolve_notebook_path(root, path)
+    if real is None or not real.is_file():
+        raise ApiError(
+            404, "not_found", f"no such file under the server root: {path}", field=field_name
+        )
+    try:
+        return real.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise bad_request(f"{path} is not UTF-8 text", field_name) from None
+
+
+def _with_prompt_imports(imports: list[str], candidates: Sequence[Candidate]) -> list[str]:
+    """The answer's imports plus ``import pytest``, which the prompt's test file already had
+    (so the model does not repeat it), when a candidate uses it."""
+    if "import pytest" in imports or not any("pytest." in c.source for c in candidates):
+        return imports
+    return ["import pytest", *imports]
+
+
+def _lines_arcs(report: RunReport, name: str, label: str) -> tuple[set[int], set[tuple[int, int]]]:
+    result = report.tests.get(name)
+    if result is None:
+        return set(), set()
+    lines = set(result.lines.get(label, []))
+    arcs = {(a, b) for a, b in result.arcs.get(label, []) if b >= 0}
+    return lines, arcs
+
+
+class TestgenService:
+    """Generates tests for a function and returns only those that proved themselves."""
+
+    __test__ = False
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: TestgenSettings | None = None,
+        runner: Callable[..., RunReport] = run_pytest,
+    ):
+        self.engine = engine
+        self.settings = settings or TestgenSettings()
+        self.run_pytest = runner
+
+    @property
+    def sandbox(self) -> SandboxInfo:
+        return detect_sandbox()
+
+    # -- running -------------------------------------------------------------------
+
+    async def _run(self, tests: str, module: str, source: str, seed: int | None) -> RunReport:
+        label = f"{module}.py"
+        return await asyncio.to_thread(
+            self.run_pytest,
+            tests,
+            {label: source},
+            targets=[label],
+            timeout=self.settings.run_timeout_s,
+            test_timeout=self.settings.test_timeout_s,
+            hash_seed=seed,
+        )
+
+    def _seed(self, index: int) -> int | None:
+        seeds = self.settings.hash_seeds
+        return seeds[index % len(seeds)] if seeds else None
+
+    async def run_tests(self, req: TestsRunRequest) -> dict[str, Any]:
+        """``POST tests/run``: per-test results of ``runs`` runs of the given test file."""
+        source = req.source
+        if source is None:
+            if not req.path:
+                raise bad_request("send 'source' (the code under test) or 'path'", "source")
+            source = _read_under_root(self.settings.root_dir, req.path)
+        module = req.module or module_name(req.path)
+        if not module.isidentifier():
+            raise bad_request(
+                f"field 'module' must be a Python identifier, got {module!r}", "module"
+            )
+        started = time.monotonic()
+        reports = [
+            await self._run(req.tests, module, source, self._seed(i)) for i in range(req.runs)
+        ]
+        names = sorted({n for r in reports for n in r.tests})
+        per_test = []
+        for name in names:
+            passes = sum(r.passed(name) for r in reports)
+            last = next(r.tests[name] for r in reversed(reports) if name in r.tests)
+            per_test.append(
+                {
+                    "name": name,
+                    "passed_runs": passes,
+                    "runs": req.runs,
+                    "outcome": last.outcome if passes in (0, req.runs) else FLAKY,
+                    "message": last.message,
+                }
+            )
+        first = reports[0]
+        label = f"{module}.py"
+        cov = first.coverage.get(label)
+        return {
+            "tests": per_test,
+            "ok": all(r.ok for r in reports),
+            "failure": next((r.failure for r in reports if not r.ok), None),
+            "reason": next((r.reason for r in reports if not r.ok), None),
+            "coverage": (
+                {"lines": cov.line_percent, "branches": cov.branch_percent} if cov else None
+            ),
+            "sandbox": first.sandbox,
+            "duration_ms": round((time.monotonic() - started) * 1000, 1),
+        }
+
+    def insert(self, req: TestsInsertRequest) -> dict[str, Any]:
+        """Append kept tests to the test file matching ``req.path`` (created if missing)."""
+        from jupyter_ds.completion.notebook import resolve_notebook_path
+
+        root = self.settings.root_dir
+        if root is None:
+            raise bad_request("inserting tests needs a server root", "path")
+        resolve_notebook_path(root, req.path)  # the source path must stay under the root
+        rel = req.test_path or find_test_file(req.path, root) or matching_test_path(req.path)
+        real = resolve_notebook_path(root, rel)
+        if real is None or real.suffix != ".py":
+            raise bad_request(
+                f"test file {rel!r} must be a .py file under the server root", "test_path"
+            )
+        existing = real.read_text(encoding="utf-8") if real.is_file() else None
+        try:
+            text = insert_tests(existing, req.imports, req.tests)
+        except ValueError as exc:
+            raise bad_request(f"cannot insert the tests: {exc}", "tests") from None
+        real.parent.mkdir(parents=True, exist_ok=True)
+        tmp = real.with_name(f".{real.name}.jupyter-ds-tmp")
+        tmp.write_text(text, encoding="utf-8", newline="")
+        tmp.replace(real)  # atomic: the file is never half written
+        return {"test_path": rel, "created": existing is None, "added": len(req.tests)}
+
+    # -- generating ----------------------------------------------------------------
+
+    def _context(self, req: TestsRequest) -> tuple[TargetContext, str, str | None]:
+        source = req.source
+        if source is None:
+            if not req.path:
+                raise bad_request("send 'source' (the code to test) or 'path'", "source")
+            source = _read_under_root(self.settings.root_dir, req.path)
+        existing = req.existing_tests
+        if existing is None and req.path and self.settings.root_dir:
+            found = find_test_file(req.path, self.settings.root_dir)
+            if found:
+                existing = (Path(self.settings.root_dir) / found).read_text(encoding="utf-8")
+        module = module_name(req.path)
+        ctx = target_context(source, module, req.target, existing)
+        return ctx, source, existing
+
+    async def generate(self, req: TestsRequest) -> dict[str, Any]:
+        final: dict[str, Any] = {}
+        async for event in self.events(req):
+            if event["type"] == "done":
+                final = event
+        final.pop("type", None)
+        return final
+
+    async def events(self, req: TestsRequest) -> AsyncIterator[dict[str, Any]]:
+        """Progress events (``candidate``, ``verdict``, ``round``) and a final ``done``."""
+        ensure_ready(self.engine)
+        ctx, source, existing = self._context(req)
+        started = time.monotonic()
+        label = f"{ctx.module}.py"
+        sandbox = self.sandbox.to_dict()
+        yield {"type": "start", "function": ctx.function, "module": ctx.module, "sandbox": sandbox}
+
+        covered = Coverage()
+        if existing:
+            base = await self._run(existing, ctx.module, source, self._seed(0))
+            for name in base.tests:
+                if base.passed(name):
+                    lines, arcs = _lines_arcs(base, name, label)
+                    covered.lines |= lines
+                    covered.arcs |= arcs
+            self._totals(covered, base, label)
+        base_lines, base_arcs = set(covered.lines), set(covered.arcs)
+
+        kept: list[dict[str, Any]] = []
+        kept_sources: list[str] = []
+        kept_imports: list[str] = []
+        kept_fixtures: list[Candidate] = []
+        verdicts: list[dict[str, Any]] = []
+        failures: list[Failure] = []
+        funnel = {
+            "candidates": 0,
+            "parse": 0,
+            "pass": 0,
+            "stable": 0,
+            "adds_coverage": 0,
+            "kept": 0,
+        }
+        for round_no in range(1, req.rounds + 1):
+            prompt, head = build_prompt(self.engine.template, ctx, kept_sources, failures)
+            gen = GenerationRequest(
+                prompt=prompt,
+                max_tokens=req.max_tokens or self.settings.max_tokens,
+                temperature=0.0 if round_no == 1 else 0.7,
+                stop=[s for s in self.engine.template.stop],
+                seed=round_no,
+                timeout_s=120.0,
+            )
+            try:
+                result = await self.engine.generate(gen)
+            except EngineNotReady as exc:
+                raise engine_errors(exc) from None
+            answer = head + result.text
+            known = "\n\n".join(filter(None, [existing or "", *kept_sources]))
+            cands = extract_candidates(
+                answer,
+                existing=known or None,
+                truncated=result.finish_reason is FinishReason.LENGTH,
+            )
+            yield {
+                "type": "round",
+                "round": round_no,
+                "tokens": result.token_count,
+                "candidates": len(cands.tests) + len(cands.rejected),
+            }
+            funnel["candidates"] += len(cands.tests) + len(cands.rejected)
+            funnel["parse"] += len(cands.tests)
+            for rej in cands.rejected:
+                verdict = {
+                    "name": rej.name,
+                    "source": rej.source,
+                    "status": "rejected",
+                    "reason": rej.reason,
+                    "message": rej.message,
+                    "round": round_no,
+                }
+                verdicts.append(verdict)
+                yield {"type": "verdict", **verdict}
+            for cand in cands.tests:
+                yield {
+                    "type": "candidate",
+                    "name": cand.name,
+                    "source": cand.source,
+                    "round": round_no,
+                }
+            failures = []
+            if not cands.tests:
+                continue
+            imports = _with_prompt_imports(cands.imports, [*cands.tests, *cands.fixtures])
+            outcome = await self._judge(
+                ctx, source, imports, cands.fixtures, cands.tests, covered, label
+            )
+            for cand, verdict in outcome:
+                verdict["round"] = round_no
+                verdicts.append(verdict)
+                if verdict["status"] == KEPT:
+                    kept.append(verdict)
+                    kept_sources.append(cand.source)
+                    kept_imports.extend(i for i in imports if i not in kept_imports)
+                    kept_fixtures.extend(f for f in cands.fixtures if f not in kept_fixtures)
+                if verdict["reason"] in (FAILS, ERROR):
+                    failures.append(Failure(cand.name, verdict["message"]))
+                for key, reasons in (
+                    ("pass", {KEPT, FLAKY, NO_COVERAGE}),
+                    ("stable", {KEPT, NO_COVERAGE}),
+                    ("adds_coverage", {KEPT}),
+                    ("kept", {KEPT}),
+                ):
+                    funnel[key] += verdict["reason"] in reasons
+                yield {"type": "verdict", **verdict}
+
+        before = Coverage(
+            covered.statements, covered.branches, base_lines, base_arcs, covered.import_lines
+        )
+        yield {
+            "type": "done",
+            "function": ctx.function,
+            "module": ctx.module,
+            "kept": kept,
+            "verdicts": verdicts,
+            "funnel": funnel,
+            "coverage": {"before": before.percent(), "after": covered.percent()},
+            "imports": [*kept_imports, ctx.import_line],
+            "fixtures": [f.source for f in kept_fixtures],
+            "test_file": build_test_module(
+                kept_imports, kept_fixtures, kept_sources, module_import=ctx.import_line
+            )
+            if kept
+            else "",
+            "sandbox": sandbox,
+            "model": self.engine.info().get("name"),
+            "latency_ms": round((time.monotonic() - started) * 1000, 1),
+        }
+
+    @staticmethod
+    def _totals(covered: Coverage, report: RunReport, label: str) -> None:
+        cov = report.coverage.get(label)
+        if cov is not None:
+            covered.statements = len(cov.statements)
+            covered.branches = len(cov.branches)
+            covered.import_lines = set(cov.import_lines)
+
+    async def _judge(
+        self,
+        ctx: TargetContext,
+        source: str,
+        imports: list[str],
+        fixtures: list[Candidate],
+        tests: list[Candidate],
+        covered: Coverage,
+        label: str,
+    ) -> list[tuple[Candidate, dict[str, Any]]]:
+        """Run the candidates; verdict each: fails, flaky, adds no coverage, or kept."""
+        module_text = build_test_module(imports, fixtures, tests, module_import=ctx.import_line)
+        first = await self._run(module_text, ctx.module, source, self._seed(0))
+        self._totals(covered, first, label)
+        verdicts: dict[str, dict[str, Any]] = {}
+
+        def verdict(cand: Candidate, reason: str, message: str = "", **extra: Any) -> None:
+            verdicts[cand.name] = {
+                "name": cand.name,
+                "source": cand.source,
+                "status": KEPT if reason == KEPT else "rejected",
+                "reason": reason,
+                "message": message,
+                **extra,
+            }
+
+        if not first.ok:
+            # The file as a whole failed (import error, a test that kills the runner...):
+            # run each candidate alone so one bad test does not sink the others.
+            if len(tests) > 1:
+                results = []
+                for cand in tests:
+                    results += await self._judge(
+                        ctx, source, imports, fixtures, [cand], covered, label
+                    )
+                return results
+            reason = {
+                "timeout": TIMED_OUT,
+                "killed": KILLED,
+                "cpu_limit": KILLED,
+                "collection_error": IMPORT_ERROR,
+            }.get(first.failure or "", ERROR)
+            verdict(tests[0], reason, first.reason or first.collection_error or "")
+            return [(tests[0], verdicts[tests[0].name])]
+
+        passing = []
+        for cand in tests:
+            res = first.tests.get(cand.name)
+            if res is None:
+                verdict(cand, ERROR, "the test was not collected")
+            elif res.timed_out:
+                verdict(cand, TIMED_OUT, res.message)
+            elif res.outcome != "passed":
+                verdict(cand, FAILS if res.outcome == "failed" else ERROR, res.message)
+            else:
+                passing.append(cand)
+
+        passes = {c.name: 1 for c in passing}
+        if passing and self.settings.runs > 1:
+            again = build_test_module(imports, fixtures, passing, module_import=ctx.import_line)
+            for i in range(1, self.settings.runs):
+                report = await self._run(again, ctx.module, source, self._seed(i))
+                for cand in passing:
+                    passes[cand.name] += report.passed(cand.name)
+        for cand in passing:
+            runs = self.settings.runs
+            if passes[cand.name] < runs:
+                verdict(
+                    cand,
+                    FLAKY,
+                    f"passed {passes[cand.name]} of {runs} runs",
+                    passed_runs=passes[cand.name],
+                )
+                continue
+            lines, arcs = _lines_arcs(first, cand.name, label)
+            new_lines, new_arcs = lines - covered.lines, arcs - covered.arcs
+            if not new_lines and not new_arcs:
+                verdict(
+                    cand, NO_COVERAGE, "covers nothing the other tests do not", passed_runs=runs
+                )
+                continue
+            covered.lines |= new_lines
+            covered.arcs |= new_arcs
+            verdict(
+                cand,
+                KEPT,
+                f"passed {runs} of {runs} runs",
+                passed_runs=runs,
+                adds={"lines": len(new_lines), "branches": len(new_arcs)},
+            )
+        return [(c, verdicts[c.name]) for c in tests]
