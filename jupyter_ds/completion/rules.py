@@ -298,12 +298,27 @@ def _block_cut(text: str, ctx: CompletionContext) -> int | None:
     depth, quote = _scan(first, cursor.depth, cursor.quote)
     at_statement = cursor.depth == 0 and cursor.quote is None
     seen_def = at_statement and _DEF.match(first.lstrip(" \t")) is not None
+    # Typed text before the cursor: the user is inside a statement, and the suggestion
+    # ends with it (unless it is a block header, whose body is then the suggestion).
+    typed = ctx.current_line.strip()
+    # (Not after a decorator, a comment, or a string opener such as a docstring's quotes.)
+    mid_statement = bool(typed) and not typed.lstrip("rRbBuUfF").startswith(
+        ("@", "#", '"', "'")
+    )
+    header_level: int | None = None
     for i in range(1, len(lines)):
         line = lines[i]
+        if mid_statement and depth == 0 and quote is None:
+            if not _COLON_END.search(first if i == 1 else lines[i - 1]):
+                return i
+            mid_statement = False
+            header_level = cursor.level  # the header's body ends back at its level
         if depth == 0 and quote is None and line.strip():
             stripped = line.lstrip(" \t")
             indent = _indent(line)
             if indent < cursor.block_indent and stripped[0] not in _CLOSERS:
+                return i
+            if header_level is not None and indent <= header_level:
                 return i
             if at_statement and indent == cursor.level:
                 if stripped.startswith("@") and seen_def:
@@ -320,6 +335,9 @@ def _block_cut(text: str, ctx: CompletionContext) -> int | None:
 def stop_at_block_end(text: str, ctx: CompletionContext) -> str:
     """Stop before the first line that leaves the cursor's block (Python-like languages only).
 
+    When the cursor line already has text before the cursor, the user is inside a
+    statement: the suggestion ends where that statement does (brackets closed), unless the
+    statement is a block header ending with ``:``, whose body then follows the rules below.
     The block is the cursor line's (the line's statement, when the cursor is inside brackets),
     or one level deeper when the prefix's last logical line ends with ``:``. Lines inside
     brackets or triple-quoted strings, and lines that start with a closing bracket, never end

@@ -214,7 +214,10 @@ class CompletionService:
                     if not stopped_early and block_complete(chunk.text, ctx):
                         stopped_early = True
                         gen.cancel()  # the rest would be cut anyway: stop paying for it
-                    text = postprocess(chunk.text, ctx)
+                    # Only ever show text that is valid in its context, even mid-stream.
+                    text = longest_valid(
+                        postprocess(chunk.text, ctx), req.prefix, req.suffix, req.language
+                    ) or ""
                     if text != shown:
                         shown = text
                         yield {"text": text, "done": False, "token_count": chunk.token_count}
