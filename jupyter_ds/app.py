@@ -8,9 +8,11 @@ from typing import Any
 
 from ds_engine import Engine
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode
+from traitlets import Bool, CaselessStrEnum, Float, Int, List, Unicode
 
 from jupyter_ds import __version__
+from jupyter_ds.git.runner import DEFAULT_EXCLUDE
+from jupyter_ds.git.service import GitService, GitSettings
 from jupyter_ds.handlers import handlers
 from jupyter_ds.services.completion import CompletionService, CompletionSettings
 from jupyter_ds.services.explain import ExplainService, ExplainSettings
@@ -28,6 +30,7 @@ class Services:
     testgen: TestgenService
     limits: dict[str, int]
     max_body_bytes: int
+    git: GitService | None = None
     version: str = __version__
 
 
@@ -86,6 +89,18 @@ class JupyterDsApp(ExtensionApp):
     notebook_max_bytes = Int(
         20 * 1024 * 1024, config=True, help="Notebooks larger than this give no context."
     )
+    git_exclude = List(
+        Unicode(),
+        default_value=list(DEFAULT_EXCLUDE),
+        config=True,
+        help=(
+            "Glob patterns refused by the git API: a pattern without '/' matches any path "
+            "component (.ssh, *.pem), one with '/' the path relative to the server root."
+        ),
+    )
+    git_timeout = Float(
+        60.0, config=True, help="Seconds before a git command is killed (504)."
+    )
 
     engine = None  # set in initialize_settings; tests may read it
 
@@ -132,6 +147,11 @@ class JupyterDsApp(ExtensionApp):
                 "max_tokens_limit": self.max_tokens_limit,
             },
             max_body_bytes=self.max_body_bytes,
+            git=GitService(
+                self.serverapp.root_dir,
+                engine,
+                GitSettings(timeout_s=self.git_timeout, exclude=tuple(self.git_exclude)),
+            ),
         )
         self.settings.update({"jupyter_ds": services})
         # Probe bubblewrap once, off the event loop; health and results report the mode.

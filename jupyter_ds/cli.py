@@ -4,6 +4,7 @@
     jupyter-ds explain FILE|- [--question TEXT]
     jupyter-ds tests generate PATH[::FUNCTION] [--rounds N]
     jupyter-ds tests run TESTFILE --source PATH [--runs N]
+    jupyter-ds git VERB [--path REPO] [--files ...] [--message ...]  (see jupyter_ds/git/cli.py)
 
 Code comes from a file or standard input; the answer is printed as one JSON envelope.
 The exit status is 0 on success, 1 when the envelope is an error, 2 for bad usage.
@@ -71,6 +72,10 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.command == "tests":
         return await _run_tests(args)
+    if args.command == "git":
+        from jupyter_ds.git import cli as git_cli
+
+        return await git_cli.run(args)
     text, path = _read_source(args.source)
     if args.command == "complete":
         prefix, suffix = split_at_cursor(text, args.cursor)
@@ -148,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("testfile")
     run.add_argument("--source", dest="source_path", required=True)
     run.add_argument("--runs", type=int, default=1)
+    from jupyter_ds.git.cli import add_parser as add_git_parser
+
+    add_git_parser(sub)
     return parser
 
 

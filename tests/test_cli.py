@@ -68,3 +68,29 @@ def test_a_model_that_cannot_load_is_an_error_envelope(tmp_path: Path):
 def test_split_at_cursor(text, cursor, prefix):
     before, after = split_at_cursor(text, cursor)
     assert before == prefix and before + after == text
+
+
+def test_git_verbs_print_the_envelope(tmp_path: Path, monkeypatch):
+    import os
+
+    env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True, env=env)
+    (repo / "a.py").write_text("x = 1\n")
+
+    def git_cli(*args: str) -> tuple[int, dict]:
+        proc = subprocess.run([sys.executable, "-m", "jupyter_ds.cli", "git", *args,
+                               "--root", str(tmp_path)], capture_output=True, text=True,
+                              timeout=60, env=env)
+        return proc.returncode, json.loads(proc.stdout)
+
+    code, env_out = git_cli("add", "--path", "repo", "--files", "a.py")
+    assert code == 0 and env_out["data"]["status"]["staged"][0]["path"] == "a.py"
+    code, env_out = git_cli("commit", "--path", "repo", "--message", "first")
+    assert code == 0 and env_out["data"]["summary"] == "first"  # author: the OS user
+    code, env_out = git_cli("log", "--path", "repo")
+    assert [c["summary"] for c in env_out["data"]["commits"]] == ["first"]
+    code, env_out = git_cli("status", "--path", "../")
+    assert code == 1 and env_out["error"]["code"] == "forbidden"
+    code, env_out = git_cli("branch", "--path", "repo", "--name=-x")
+    assert code == 1 and env_out["error"]["field"] == "name"

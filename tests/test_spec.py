@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from jupyter_ds.git.requests import GIT_REQUESTS, READ_VERBS, wire_name
 from jupyter_ds.handlers import API_PREFIX, ROUTES
 from jupyter_ds.requests import (
     DEFAULT_LIMITS,
@@ -33,10 +34,10 @@ def test_every_http_route_is_specified():
 
 def test_request_schemas_match_the_dataclasses():
     for cls in (CompleteRequest, ExplainRequest, TestsRequest, TestsRunRequest,
-                TestsInsertRequest):
+                TestsInsertRequest, *GIT_REQUESTS):
         name = cls.__name__
         schema = SPEC["components"]["schemas"][name]
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        fields = {wire_name(f.name): f for f in dataclasses.fields(cls)}
         assert set(schema["properties"]) == set(fields), name
         required = {
             n for n, f in fields.items()
@@ -51,3 +52,11 @@ def test_request_schemas_match_the_dataclasses():
                 assert prop["maximum"] == DEFAULT_LIMITS[f.metadata["max_setting"]]
             elif "max" in f.metadata:
                 assert prop["maximum"] == f.metadata["max"]
+
+
+def test_git_query_parameters_match_the_dataclasses():
+    for verb, cls in READ_VERBS.items():
+        params = SPEC["paths"][f"/{API_PREFIX}/git/{verb}"]["get"]["parameters"]
+        assert {p["name"] for p in params} == {wire_name(f.name)
+                                               for f in dataclasses.fields(cls)}, verb
+        assert all(p["in"] == "query" for p in params), verb

@@ -37,14 +37,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import posixpath
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PureWindowsPath
+from pathlib import Path
 
 from jupyter_ds.errors import bad_request
+from jupyter_ds.paths import is_within, normalise_relative
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +91,10 @@ def resolve_notebook_path(root_dir: str | os.PathLike[str], path: str) -> Path |
         path = path[len("RTC:"):]
     if not path:
         raise bad_request("field 'path' is empty", "path")
-    if path.startswith(("/", "\\")) or PureWindowsPath(path).drive or os.path.isabs(path):
-        raise bad_request("field 'path' must be relative to the server root", "path")
-    normal = posixpath.normpath(path)
-    if normal == ".." or normal.startswith("../"):
-        raise bad_request("field 'path' leaves the server root", "path")
+    normal = normalise_relative(path, "path", allow_root=True)
     root = Path(os.path.realpath(root_dir))
     real = Path(os.path.realpath(root / normal))
-    if real != root and root not in real.parents:
+    if not is_within(root, real):
         log.debug("notebook context: %s resolves outside the server root; not read", path)
         return None
     return real

@@ -6,6 +6,7 @@ from jupyter_server.utils import url_path_join
 
 from jupyter_ds.handlers.complete import CompleteHandler
 from jupyter_ds.handlers.explain import ExplainHandler
+from jupyter_ds.handlers.git import GIT_ROUTES
 from jupyter_ds.handlers.status import HealthHandler, ModelsHandler
 from jupyter_ds.handlers.stream import CompletionStreamHandler
 from jupyter_ds.handlers.tests import TestsHandler, TestsInsertHandler, TestsRunHandler
@@ -21,6 +22,7 @@ ROUTES = [
     ("tests/insert", TestsInsertHandler),
     ("models", ModelsHandler),
     ("health", HealthHandler),
+    *GIT_ROUTES,
 ]
 
 

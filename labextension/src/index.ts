@@ -1,7 +1,8 @@
-/** jupyter-ds: inline completion, Explain, Generate tests and model status for JupyterLab 4. */
+/** jupyter-ds: inline completion, Explain, Generate tests, Git and model status for JupyterLab 4. */
 import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { ICommandPalette, WidgetTracker } from '@jupyterlab/apputils';
 import { ICompletionProviderManager } from '@jupyterlab/completer';
+import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
 import { IEditorTracker } from '@jupyterlab/fileeditor';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
@@ -12,6 +13,7 @@ import { ISignal, Signal } from '@lumino/signaling';
 
 import { ICompletionDone } from './connection';
 import { ExplainPanel, findCode, runExplain } from './explain';
+import { GitPanel } from './git';
 import { ErrorNotifier } from './notifier';
 import { JupyterDsInlineProvider } from './provider';
 import { DEFAULT_SETTINGS, IDsSettings, readSettings } from './settings';
@@ -22,12 +24,15 @@ export const PLUGIN_IDS = {
   completion: 'jupyter-ds:plugin',
   explain: 'jupyter-ds:explain',
   tests: 'jupyter-ds:tests',
+  git: 'jupyter-ds:git',
   status: 'jupyter-ds:status'
 };
 
 export const COMMAND_IDS = {
   explain: 'jupyter-ds:explain',
-  generateTests: 'jupyter-ds:generate-tests'
+  generateTests: 'jupyter-ds:generate-tests',
+  gitStatus: 'jupyter-ds:git-status',
+  draftCommitMessage: 'jupyter-ds:draft-commit-message'
 };
 
 /** What the completion plugin shares with the others. */
@@ -208,6 +213,83 @@ const testsPlugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
+const gitPlugin: JupyterFrontEndPlugin<void> = {
+  id: PLUGIN_IDS.git,
+  description:
+    'The "jupyter-ds: Git status" and "jupyter-ds: Draft commit message" commands and the git side panel.',
+  autoStart: true,
+  requires: [IJupyterDs],
+  optional: [ICommandPalette, IDefaultFileBrowser],
+  activate: (
+    app: JupyterFrontEnd,
+    core: IJupyterDs,
+    palette: ICommandPalette | null,
+    browser: IDefaultFileBrowser | null
+  ): void => {
+    let panel: GitPanel | null = null;
+    const tracker = new WidgetTracker<GitPanel>({ namespace: 'jupyter-ds-git' });
+    const open = (path: string): void => {
+      if (app.commands.hasCommand('docmanager:open')) {
+        app.commands.execute('docmanager:open', { path }).catch(reason => {
+          console.warn(`jupyter-ds: could not open ${path}`, reason);
+        });
+      }
+    };
+    const getPanel = (): GitPanel => {
+      if (!panel || panel.isDisposed) {
+        panel = new GitPanel({
+          notifier: core.notifier,
+          folder: () => browser?.model.path ?? '',
+          open
+        });
+        void tracker.add(panel);
+        app.shell.add(panel, 'right', { rank: 902 });
+      }
+      return panel;
+    };
+    const show = async (): Promise<GitPanel> => {
+      const widget = getPanel();
+      const wasVisible = widget.isVisible;
+      app.shell.activateById(widget.id);
+      if (wasVisible) {
+        await widget.refresh(); // showing it refreshes it otherwise
+      }
+      return widget;
+    };
+    // Keep an open panel current: another folder in the file browser, a file saved.
+    let pending = 0;
+    const refreshSoon = (): void => {
+      window.clearTimeout(pending);
+      pending = window.setTimeout(() => {
+        if (panel && !panel.isDisposed && panel.isVisible) {
+          void panel.refresh();
+        }
+      }, 300);
+    };
+    browser?.model.pathChanged.connect(refreshSoon);
+    browser?.model.fileChanged.connect(refreshSoon);
+
+    app.commands.addCommand(COMMAND_IDS.gitStatus, {
+      label: 'jupyter-ds: Git status',
+      caption:
+        'Show the git status of the file browser\'s repository: stage, unstage, discard, commit',
+      execute: async () => {
+        await show();
+      }
+    });
+    app.commands.addCommand(COMMAND_IDS.draftCommitMessage, {
+      label: 'jupyter-ds: Draft commit message',
+      caption: 'Draft a commit message from the staged diff with the local model (for editing)',
+      execute: async () => {
+        const widget = await show();
+        await widget.draft();
+      }
+    });
+    palette?.addItem({ command: COMMAND_IDS.gitStatus, category: 'jupyter-ds' });
+    palette?.addItem({ command: COMMAND_IDS.draftCommitMessage, category: 'jupyter-ds' });
+  }
+};
+
 const statusPlugin: JupyterFrontEndPlugin<void> = {
   id: PLUGIN_IDS.status,
   description: 'Status bar item: jupyter-ds model state and last completion latency.',
@@ -225,4 +307,4 @@ const statusPlugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
-export default [completionPlugin, explainPlugin, testsPlugin, statusPlugin];
+export default [completionPlugin, explainPlugin, testsPlugin, gitPlugin, statusPlugin];
