@@ -8,12 +8,13 @@ are logged with their traceback on the server and answered as a bare 500.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from ds_engine import EngineNotReady
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
-from tornado import httputil
+from tornado import httputil, iostream
 from tornado.web import HTTPError
 
 from jupyter_ds.envelope import failure, success
@@ -104,6 +105,34 @@ class DsApiHandler(ExtensionHandlerMixin, APIHandler):
 
     def parse(self, cls: type[T]) -> T:
         return parse_request(cls, self.body(), self.ds.limits)
+
+    async def stream_ndjson(
+        self,
+        events: AsyncIterator[dict[str, Any]],
+        line: Callable[[dict[str, Any]], dict[str, Any]],
+    ) -> None:
+        """Send ``events`` as NDJSON, one ``line(event)`` each, flushed as they come.
+
+        An error before the first line is a normal HTTP error; a later one ends the stream
+        with an error-envelope line. A client that goes away stops the generation.
+        """
+        started = False
+        try:
+            async for event in events:
+                if not started:
+                    self.set_header("Content-Type", "application/x-ndjson")
+                    self.set_header("Cache-Control", "no-cache")
+                    started = True
+                self.write(json.dumps(line(event)) + "\n")
+                await self.flush()
+        except iostream.StreamClosedError:
+            await events.aclose()  # type: ignore[attr-defined]
+            return
+        except ApiError as exc:
+            if not started:
+                raise
+            self.write(json.dumps(failure(exc)) + "\n")
+        self.finish()
 
     def ok(self, data: dict[str, Any]) -> None:
         self.set_header("Content-Type", "application/json")

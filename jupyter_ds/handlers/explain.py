@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 from jupyter_server.auth.decorator import authorized
-from tornado import iostream, web
+from tornado import web
 
-from jupyter_ds.envelope import failure, success
-from jupyter_ds.errors import ApiError
+from jupyter_ds.envelope import success
 from jupyter_ds.handlers.base import DsApiHandler
 from jupyter_ds.requests import ExplainRequest
 
@@ -24,26 +21,11 @@ class ExplainHandler(DsApiHandler):
         if not req.stream:
             self.ok(await self.ds.explain.explain(req))
             return
-        # Streaming: one JSON object per line; each carries the cumulative markdown, the
-        # last one is the usual success envelope. Errors before the first line are normal
-        # HTTP errors; later ones end the stream with an error envelope line.
-        events = self.ds.explain.stream(req)
-        started = False
-        try:
-            async for event in events:
-                if not started:
-                    self.set_header("Content-Type", "application/x-ndjson")
-                    self.set_header("Cache-Control", "no-cache")
-                    started = True
-                line = success({**event, "output": event["text"]}) if event["done"] else {
-                    "type": "stream", "text": event["text"], "done": False}
-                self.write(json.dumps(line) + "\n")
-                await self.flush()
-        except iostream.StreamClosedError:
-            await events.aclose()  # the client left: stop generating
-            return
-        except ApiError as exc:
-            if not started:
-                raise
-            self.write(json.dumps(failure(exc)) + "\n")
-        self.finish()
+        # Streaming: one JSON object per line, each with the cumulative markdown; the
+        # last one is the usual success envelope.
+        await self.stream_ndjson(
+            self.ds.explain.stream(req),
+            lambda e: success({**e, "output": e["text"]})
+            if e["done"]
+            else {"type": "stream", "text": e["text"], "done": False},
+        )

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 from jupyter_server.auth.decorator import authorized
-from tornado import iostream, web
+from tornado import web
 
-from jupyter_ds.envelope import failure, success
-from jupyter_ds.errors import ApiError
+from jupyter_ds.envelope import success
 from jupyter_ds.handlers.base import DsApiHandler
 from jupyter_ds.requests import TestsInsertRequest, TestsRequest, TestsRunRequest
 
@@ -27,26 +24,12 @@ class TestsHandler(DsApiHandler):
         if not req.stream:
             self.ok(await self.ds.testgen.generate(req))
             return
-        events = self.ds.testgen.events(req)
-        started = False
-        try:
-            async for event in events:
-                if not started:
-                    self.set_header("Content-Type", "application/x-ndjson")
-                    self.set_header("Cache-Control", "no-cache")
-                    started = True
-                if event["type"] == "done":
-                    event = success({k: v for k, v in event.items() if k != "type"})
-                self.write(json.dumps(event) + "\n")
-                await self.flush()
-        except iostream.StreamClosedError:
-            await events.aclose()
-            return
-        except ApiError as exc:
-            if not started:
-                raise
-            self.write(json.dumps(failure(exc)) + "\n")
-        self.finish()
+        await self.stream_ndjson(
+            self.ds.testgen.events(req),
+            lambda e: success({k: v for k, v in e.items() if k != "type"})
+            if e["type"] == "done"
+            else e,
+        )
 
 
 class TestsRunHandler(DsApiHandler):

@@ -8,7 +8,7 @@ import { IRenderMimeRegistry, MimeModel } from '@jupyterlab/rendermime';
 import { ServerConnection } from '@jupyterlab/services';
 import { Panel, Widget } from '@lumino/widgets';
 
-import { ExplainEvent, parseExplainLine, readNdjsonLines } from './ndjson';
+import { ExplainEvent, feedNdjsonResponse, parseExplainLine } from './ndjson';
 import { ErrorNotifier } from './notifier';
 import { mimeToLanguage } from './request';
 
@@ -196,26 +196,7 @@ export async function streamExplain(
     },
     settings
   );
-  if (!response.ok) {
-    let event: ExplainEvent | null = null;
-    try {
-      event = parseExplainLine(await response.text());
-    } catch {
-      event = null;
-    }
-    onEvent(
-      event && event.kind === 'error'
-        ? event
-        : { kind: 'error', code: `http_${response.status}`, message: response.statusText }
-    );
-    return;
-  }
-  await readNdjsonLines(response, line => {
-    const event = parseExplainLine(line);
-    if (event) {
-      onEvent(event);
-    }
-  });
+  await feedNdjsonResponse(response, parseExplainLine, onEvent);
 }
 
 /** Run one explanation into the panel. */

@@ -62,6 +62,7 @@ import {
   tryParentAfter
 } from './gitModel';
 import { ErrorNotifier } from './notifier';
+import { el } from './dom';
 
 export const GIT_PANEL_ID = 'jupyter-ds-git';
 
@@ -151,18 +152,6 @@ export interface IGitPanelOptions {
   open?: (path: string) => void;
 }
 
-function el<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  className: string,
-  text?: string
-): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  node.className = className;
-  if (text !== undefined) {
-    node.textContent = text;
-  }
-  return node;
-}
 
 function button(className: string, label: string, title: string): HTMLButtonElement {
   const node = el('button', `jp-ds-GitPanel-button ${className}`, label);

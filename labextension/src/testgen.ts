@@ -12,7 +12,7 @@ import { ServerConnection } from '@jupyterlab/services';
 import { Panel, Widget } from '@lumino/widgets';
 
 import { notebookIsCurrent, selectionOf } from './explain';
-import { readNdjsonLines } from './ndjson';
+import { feedNdjsonResponse } from './ndjson';
 import { ErrorNotifier } from './notifier';
 import { mimeToLanguage } from './request';
 import {
@@ -39,6 +39,7 @@ import {
   statusText,
   verdictText
 } from './testgenModel';
+import { el } from './dom';
 
 export const TESTS_PANEL_ID = 'jupyter-ds-tests';
 
@@ -118,26 +119,7 @@ export async function streamTests(
     },
     settings
   );
-  if (!response.ok) {
-    let event: TestsEvent | null = null;
-    try {
-      event = parseTestsLine(await response.text());
-    } catch {
-      event = null;
-    }
-    onEvent(
-      event && event.kind === 'error'
-        ? event
-        : { kind: 'error', code: `http_${response.status}`, message: response.statusText }
-    );
-    return;
-  }
-  await readNdjsonLines(response, line => {
-    const event = parseTestsLine(line);
-    if (event) {
-      onEvent(event);
-    }
-  });
+  await feedNdjsonResponse(response, parseTestsLine, onEvent);
 }
 
 /** POST the kept tests to `tests/insert`; resolves to where they were written. */
@@ -177,18 +159,6 @@ export interface ITestsPanelOptions {
   copy?: (text: string) => void;
 }
 
-function el<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  className: string,
-  text?: string
-): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  node.className = className;
-  if (text !== undefined) {
-    node.textContent = text;
-  }
-  return node;
-}
 
 /**
  * The side panel. DOM (for users' styles and the browser tests):
