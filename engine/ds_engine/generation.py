@@ -25,6 +25,7 @@ from ds_engine.interface import (
     GenerationResult,
     StreamChunk,
 )
+from ds_engine.prefix_cache import PrefixCache, extract_layers, fill_cache
 
 ChunkCallback = Callable[[StreamChunk], None]
 
@@ -161,6 +162,8 @@ def run_generation(
     on_chunk: ChunkCallback | None = None,
     on_token: Callable[[int], None] | None = None,
     model_name: str = "",
+    prefix_cache: PrefixCache | None = None,
+    on_prompt: Callable[[int, int], None] | None = None,
 ) -> GenerationResult:
     """Generate for ``request`` on the calling thread; see the module docstring.
 
@@ -172,6 +175,13 @@ def run_generation(
     every token whose text is complete (a token that ends inside a multi-byte character
     waits for the next) and a final ``done`` chunk carrying the result; ``on_token`` gets
     every generated token id, for counters.
+
+    With a ``prefix_cache``, the prompt forward starts from the stored KV of the longest
+    shared token prefix (see :mod:`ds_engine.prefix_cache`) and the prompt's KV is stored
+    afterwards, also for a cancelled request once its prompt was forwarded. Greedy
+    output is the same with or without it up to floating-point rounding of the attention
+    over a split prompt. ``on_prompt(prompt_tokens, reused_tokens)`` is called once the
+    prompt is about to be forwarded, for counters.
     """
     started = time.monotonic()
     device = next(model.parameters()).device
@@ -216,7 +226,15 @@ def run_generation(
             finish = reason or FinishReason.LENGTH
         else:
             cache = _new_cache(model)
-            inputs = torch.tensor([ids], dtype=torch.long, device=device)
+            reused = 0
+            if prefix_cache is not None:
+                hit = prefix_cache.lookup(ids)
+                if hit is not None:
+                    fill_cache(cache, hit.layers)
+                    reused = hit.length
+            if on_prompt is not None:
+                on_prompt(prompt_tokens, reused)
+            inputs = torch.tensor([ids[reused:]], dtype=torch.long, device=device)
             while True:
                 out = model(input_ids=inputs, use_cache=True, logits_to_keep=1, **{cache_kw: cache})
                 logits = out.logits[0, -1].float()
@@ -259,6 +277,11 @@ def run_generation(
                     finish = FinishReason.LENGTH
                     break
                 inputs = torch.tensor([[token]], dtype=torch.long, device=device)
+            if prefix_cache is not None:
+                # Every path out of the loop above ran the prompt forward at least once.
+                layers = extract_layers(cache, prompt_tokens)
+                if layers is not None:
+                    prefix_cache.store(ids, layers)
 
     now = time.monotonic()
     confidence = math.exp(sum(logprobs) / len(logprobs)) if logprobs else 1.0

@@ -11,8 +11,13 @@ token loop between tokens and by the worker before it starts a queued request.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
+import json
 import logging
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,12 +36,15 @@ from ds_engine.interface import (
     StreamChunk,
 )
 from ds_engine.loader import LoadedModel, ProgressCallback, load_model
+from ds_engine.prefix_cache import PrefixCache
 from ds_engine.templates import PromptTemplate
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_LOADING_S = 5
 RETRY_AFTER_FAILED_S = 60
+# Finish reasons whose result depends on when the request was stopped, not on its input.
+_UNCACHEABLE = frozenset({FinishReason.CANCELLED, FinishReason.TIMEOUT})
 
 
 @dataclass
@@ -58,13 +66,22 @@ class LocalEngine:
         name: str | None = None,
         num_threads: int | None = None,
         progress: ProgressCallback | None = None,
+        prefix_cache_entries: int = 4,
+        prefix_cache_bytes: int | None = None,
+        result_cache_entries: int = 256,
+        quantization: str = "none",
     ) -> None:
+        """``prefix_cache_entries`` recent prompts keep their KV cache for reuse by the
+        next prompt sharing a token prefix (0 disables; ``prefix_cache_bytes`` bounds
+        their memory); ``result_cache_entries`` greedy results are kept for identical
+        repeated requests (0 disables)."""
         self.model_path = model_path
         self.device = device
         self.dtype = dtype
         self.cache_dir = cache_dir
         self.name = name
         self.num_threads = num_threads
+        self.quantization = quantization  # "none" | "int8", see ds_engine.quantize
         self._progress_cb = progress
 
         self._lock = threading.Lock()
@@ -85,6 +102,21 @@ class LocalEngine:
         self._queued = 0
         self._cancelled_total = 0
         self._closed = False
+
+        # Touched by the worker thread only.
+        self._prefix_cache = (
+            PrefixCache(prefix_cache_entries, max_bytes=prefix_cache_bytes)
+            if prefix_cache_entries > 0
+            else None
+        )
+        self._prefix_hits = 0
+        self._prefix_misses = 0
+        self._prompt_tokens_total = 0
+        self._prompt_tokens_reused_total = 0
+        # Shared between the callers' loop (lookups) and the worker (stores): under _lock.
+        self._result_cache_entries = max(0, result_cache_entries)
+        self._results: OrderedDict[str, GenerationResult] = OrderedDict()
+        self._result_hits = 0
 
     # ----------------------------------------------------------------- loading
 
@@ -135,6 +167,7 @@ class LocalEngine:
                 cache_dir=self.cache_dir,
                 progress=self._on_progress,
                 name=self.name,
+                quantization=self.quantization,
             )
             eos = eos_token_ids(loaded.model, loaded.tokenizer)
         except Exception as exc:  # every failure must land in FAILED, never in a hang
@@ -208,6 +241,63 @@ class LocalEngine:
         with self._lock:
             self._tokens_total += 1
 
+    def _count_prompt(self, prompt_tokens: int, reused: int) -> None:
+        with self._lock:
+            self._prompt_tokens_total += prompt_tokens
+            self._prompt_tokens_reused_total += reused
+            if self._prefix_cache is not None:
+                if reused:
+                    self._prefix_hits += 1
+                else:
+                    self._prefix_misses += 1
+
+    # ----------------------------------------------------------------- result cache
+
+    def _result_key(self, request: GenerationRequest) -> str | None:
+        """Cache key of a deterministic (greedy) request, or None if not cacheable."""
+        if self._result_cache_entries == 0 or request.temperature > 0.0:
+            return None
+        loaded = self._loaded
+        name = loaded.name if loaded is not None else self.name
+        material = json.dumps(
+            [name, request.prompt, request.max_tokens, list(request.stop), request.temperature]
+        )
+        return hashlib.sha256(material.encode("utf-8")).hexdigest()
+
+    def _cached_result(self, request: GenerationRequest) -> GenerationResult | None:
+        """A stored result for an identical greedy request, stamped for this request."""
+        key = self._result_key(request)
+        if key is None or request.cancelled:
+            return None
+        with self._lock:
+            if self._closed:
+                raise EngineNotReady(self._state, "engine is closed")
+            cached = self._results.get(key)
+            if cached is None:
+                return None
+            self._results.move_to_end(key)
+            self._result_hits += 1
+            self._requests_total += 1
+        latency = (time.monotonic() - request.created_at) * 1000.0
+        return dataclasses.replace(
+            cached,
+            request_id=request.request_id,
+            latency_ms=latency,
+            time_to_first_token_ms=None if cached.token_count == 0 else latency,
+        )
+
+    def _store_result(self, request: GenerationRequest, result: GenerationResult) -> None:
+        if result.finish_reason in _UNCACHEABLE:
+            return
+        key = self._result_key(request)
+        if key is None:
+            return
+        with self._lock:
+            self._results[key] = result
+            self._results.move_to_end(key)
+            while len(self._results) > self._result_cache_entries:
+                self._results.popitem(last=False)
+
     def _run(
         self, request: GenerationRequest, on_chunk: Callable[[StreamChunk], None] | None
     ) -> GenerationResult:
@@ -227,6 +317,8 @@ class LocalEngine:
                 on_chunk=on_chunk,
                 on_token=self._count_token,
                 model_name=loaded.name,
+                prefix_cache=self._prefix_cache,
+                on_prompt=self._count_prompt,
             )
         finally:
             with self._lock:
@@ -235,6 +327,7 @@ class LocalEngine:
         if result.finish_reason is FinishReason.CANCELLED:
             with self._lock:
                 self._cancelled_total += 1
+        self._store_result(request, result)
         return result
 
     def _submit(
@@ -258,7 +351,14 @@ class LocalEngine:
             raise
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
-        """Run ``request`` on the worker; cancelling the awaiting task cancels it."""
+        """Run ``request`` on the worker; cancelling the awaiting task cancels it.
+
+        An identical greedy request answered before returns its stored result at once.
+        """
+        self._check_ready()
+        cached = self._cached_result(request)
+        if cached is not None:
+            return cached
         future = self._submit(request, None)
         try:
             # shield: a cancelled await must not cancel the concurrent future itself
@@ -274,9 +374,17 @@ class LocalEngine:
         Raises :class:`EngineNotReady` here, at call time, so a handler can answer 503
         before it starts streaming. Leaving the iteration early (``aclose``, a cancelled
         task, a disconnected client) cancels the generation.
+        A result-cache hit streams a single ``done`` chunk.
         """
         self._check_ready()
+        cached = self._cached_result(request)
+        if cached is not None:
+            return self._replay(cached)
         return self._stream(request)
+
+    @staticmethod
+    async def _replay(result: GenerationResult) -> AsyncIterator[StreamChunk]:
+        yield StreamChunk(result.text, result.text, result.token_count, done=True, result=result)
 
     async def _stream(self, request: GenerationRequest) -> AsyncIterator[StreamChunk]:
         loop = asyncio.get_running_loop()
@@ -343,6 +451,13 @@ class LocalEngine:
                 "active_requests": self._active,
                 "queued_requests": self._queued,
                 "cancelled_total": self._cancelled_total,
+                "prefix_cache_hits": self._prefix_hits,
+                "prefix_cache_misses": self._prefix_misses,
+                "prefix_cache_entries": len(self._prefix_cache) if self._prefix_cache else 0,
+                "prompt_tokens_total": self._prompt_tokens_total,
+                "prompt_tokens_reused_total": self._prompt_tokens_reused_total,
+                "result_cache_hits": self._result_hits,
+                "result_cache_entries": len(self._results),
             }
         stage = self._load_stage
         return {
@@ -360,6 +475,8 @@ class LocalEngine:
             "context_window": loaded.context_window if loaded else None,
             "load_time_s": round(loaded.load_time_s, 3) if loaded else None,
             "from_cache": loaded.from_cache if loaded else None,
+            "quantization": loaded.quantization if loaded else self.quantization,
+            "model_memory_bytes": loaded.memory_bytes if loaded else None,
             **counters,
         }
 
