@@ -55,6 +55,15 @@ class JupyterDsApp(ExtensionApp):
         config=True,
         help="Weights dtype; auto picks bfloat16 on CUDA and float32 on CPU.",
     )
+    quantization = CaselessStrEnum(
+        ["none", "int8"],
+        default_value="none",
+        config=True,
+        help=(
+            "int8: 8-bit weights for the Linear layers (CPU: dynamic quantization, float32 "
+            "activations; CUDA: needs bitsandbytes). Embeddings and norms stay float."
+        ),
+    )
     cache_dir = Unicode(
         "", config=True, help="Where converted GGUF weights are cached (default ~/.cache)."
     )
@@ -112,6 +121,7 @@ class JupyterDsApp(ExtensionApp):
             device=self.device,
             dtype=self.dtype,
             cache_dir=self.cache_dir or None,
+            quantization=self.quantization.lower(),
         )
 
     def initialize_settings(self) -> None:

@@ -26,6 +26,14 @@ from typing import Any, Literal
 
 import torch
 
+from ds_engine.quantize import (
+    Quantization,
+    bnb_int8_config,
+    check_quantization,
+    model_memory_bytes,
+    quantize_int8_cpu,
+    resolve_quantization,
+)
 from ds_engine.templates import PromptTemplate, detect_template
 
 log = logging.getLogger(__name__)
@@ -74,6 +82,8 @@ class LoadedModel:
     dtype: torch.dtype
     from_cache: bool
     load_time_s: float
+    quantization: Quantization = "none"
+    memory_bytes: int = 0  # parameters + buffers, packed int8 weights included
 
     @property
     def context_window(self) -> int:
@@ -263,6 +273,7 @@ def load_model(
     progress: ProgressCallback | None = None,
     name: str | None = None,
     warm_up: bool = True,
+    quantization: str = "none",
 ) -> LoadedModel:
     """Resolve, (convert and cache,) load and place a model; see the module docstring."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -272,13 +283,21 @@ def load_model(
     source = resolve_model_source(model_path)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    quant = resolve_quantization(quantization)
+    check_quantization(quant, dev, dt)
+    bnb = quant == "int8" and dev.type == "cuda"
     log.info(
-        "model source: %s (%s, from %s); device %s, dtype %s",
+        "model source: %s (%s, from %s); device %s, dtype %s, quantization %s",
         source.path,
         source.kind,
         source.origin,
         dev,
         dt,
+        quant,
+    )
+    # bitsandbytes quantizes while loading and places the model itself.
+    extra: dict[str, Any] = (
+        {"quantization_config": bnb_int8_config(), "device_map": {"": str(dev)}} if bnb else {}
     )
 
     from_cache = False
@@ -286,7 +305,7 @@ def load_model(
     if source.kind == "hf":
         _report(progress, "loading weights", 0.2)
         tokenizer = AutoTokenizer.from_pretrained(source.path)
-        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dt)
+        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dt, **extra)
     else:
         cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         entry = cache_root / gguf_cache_key(source.path)
@@ -295,7 +314,7 @@ def load_model(
             _report(progress, "loading weights", 0.2)
             log.info("using converted model cache %s", entry)
             tokenizer = AutoTokenizer.from_pretrained(entry)
-            model = AutoModelForCausalLM.from_pretrained(entry, dtype=dt)
+            model = AutoModelForCausalLM.from_pretrained(entry, dtype=dt, **extra)
         else:
             _report(progress, "converting GGUF", 0.1)
             gdir, gname = source.path.parent, source.path.name
@@ -310,11 +329,25 @@ def load_model(
                 # A read-only home must not stop the engine; it only costs the next start.
                 log.warning("could not cache converted model at %s", entry, exc_info=True)
             _report(progress, "loading weights", 0.7)
-            model = model.to(dt)
+            if bnb:
+                if not _is_valid_cache(entry):
+                    raise RuntimeError(
+                        f"quantization='int8' on CUDA loads from the converted cache, "
+                        f"which could not be written at {entry}"
+                    )
+                del model
+                model = AutoModelForCausalLM.from_pretrained(entry, dtype=dt, **extra)
+            else:
+                model = model.to(dt)
 
-    _report(progress, "moving to device", 0.8)
-    model = model.to(dev).eval()
+    if not bnb:
+        _report(progress, "moving to device", 0.8)
+        model = model.to(dev)
+    model = model.eval()
     model.requires_grad_(False)
+    if quant == "int8" and dev.type == "cpu":
+        _report(progress, "quantizing to int8", 0.85)
+        quantize_int8_cpu(model)
     if warm_up:
         _report(progress, "warm-up", 0.9)
         _warm_up(model, tokenizer, dev)
@@ -333,4 +366,6 @@ def load_model(
         dtype=dt,
         from_cache=from_cache,
         load_time_s=elapsed,
+        quantization=quant,
+        memory_bytes=model_memory_bytes(model),
     )
