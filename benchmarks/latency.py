@@ -39,6 +39,70 @@ def cursor_points(source: str, count: int) -> list[tuple[str, str]]:
     return points
 
 
+def typing_points(source: str, start_line: int, lines: int) -> list[tuple[str, str]]:
+    """(prefix, suffix) at every word end of ``lines`` consecutive lines: a person typing."""
+    rows = source.splitlines(keepends=True)
+    offset = sum(len(x) for x in rows[:start_line])
+    points = []
+    for row in rows[start_line : start_line + lines]:
+        for i, ch in enumerate(row):
+            if ch in " (\n" and i > 0 and row[i - 1].isalnum():
+                points.append((source[: offset + i], source[offset + i :]))
+        offset += len(row)
+    return points
+
+
+async def typing_run(args: argparse.Namespace) -> dict:
+    """Replay typing; the engine with its KV-prefix cache vs. without vs. naive generate."""
+    source = inspect.getsource(textwrap)
+    points = typing_points(source, args.start_line, args.lines)[: args.requests]
+    variants = {
+        "prefix_cache": LocalEngine(result_cache_entries=0),
+        "no_cache": LocalEngine(prefix_cache_entries=0, result_cache_entries=0),
+    }
+    for engine in variants.values():
+        engine.load()
+    timings: dict[str, list[float]] = {name: [] for name in [*variants, "naive_generate"]}
+    services = {
+        name: CompletionService(engine, CompletionSettings(max_tokens=16))
+        for name, engine in variants.items()
+    }
+    loaded = variants["no_cache"].loaded
+    for n, (prefix, suffix) in enumerate(points, 1):
+        req = CompleteRequest(prefix=prefix, suffix=suffix, path="textwrap.py", max_tokens=16)
+        for name, service in services.items():
+            t0 = time.perf_counter()
+            await service.complete(req)
+            timings[name].append(time.perf_counter() - t0)
+        prompt, _ = services["no_cache"]._prompt(req)
+        ids = loaded.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            loaded.model.generate(**ids, max_new_tokens=16, min_new_tokens=16, do_sample=False)
+        timings["naive_generate"].append(time.perf_counter() - t0)
+        print(f"  keystroke {n}/{len(points)}: " + ", ".join(
+            f"{k} {v[-1] * 1000:.0f} ms" for k, v in timings.items()), file=sys.stderr,
+            flush=True)
+    naive = percentile(timings["naive_generate"], 0.5)
+    info = variants["prefix_cache"].info()
+    for engine in variants.values():
+        engine.close()
+    return {
+        "mode": "typing",
+        "file": "textwrap.py (standard library)",
+        "keystrokes": len(points),
+        "p50_ms": {k: round(percentile(v, 0.5) * 1000) for k, v in timings.items()},
+        "p95_ms": {k: round(percentile(v, 0.95) * 1000) for k, v in timings.items()},
+        "p50_speedup_vs_naive": {
+            k: round(naive / percentile(v, 0.5), 2) for k, v in timings.items()
+        },
+        "prompt_tokens_reused_share": round(
+            info["prompt_tokens_reused_total"] / max(1, info["prompt_tokens_total"]), 3
+        ),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -102,7 +166,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--fresh-cache", action="store_true",
                         help="convert the GGUF into a new temporary cache (first-start time)")
-    print(json.dumps(asyncio.run(run(parser.parse_args())), indent=2))
+    parser.add_argument("--typing", action="store_true",
+                        help="replay typing word by word (KV-prefix cache vs. none vs. naive)")
+    parser.add_argument("--start-line", type=int, default=240)
+    parser.add_argument("--lines", type=int, default=12)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(typing_run(args) if args.typing else run(args)), indent=2))
 
 
 if __name__ == "__main__":

@@ -65,3 +65,20 @@ def test_few_tokenizer_calls_on_long_files():
 def test_budget_must_be_positive(budget):
     with pytest.raises(ValueError, match="budget"):
         trim_context("a", "b", words, budget)
+
+
+def test_anchored_window_start_stays_put_while_typing():
+    """The kept prefix starts on a multiple of anchor_lines, so it does not slide per line."""
+    starts = set()
+    for typed in range(60, 90):  # the user types line after line
+        prefix = "".join(f"l{i} w\n" for i in range(typed))
+        tail, _ = trim_context(prefix, "", words, 80, suffix_share=0.0, anchor_lines=16)
+        first = int(tail.split()[0][1:])
+        assert first % 16 == 0 and words(tail) <= 80
+        starts.add(first)
+    assert len(starts) <= 3  # without anchoring the start moves on all 30 lines
+    unanchored = {
+        trim_context("".join(f"l{i} w\n" for i in range(t)), "", words, 80, 0.0)[0].split()[0]
+        for t in range(60, 90)
+    }
+    assert len(unanchored) == 30

@@ -12,8 +12,14 @@ from collections.abc import Callable
 CountTokens = Callable[[str], int]
 
 
-def _keep_tail(text: str, count: CountTokens, budget: int) -> str:
-    """The longest suffix of ``text`` (whole lines where possible) within ``budget``."""
+def _keep_tail(text: str, count: CountTokens, budget: int, anchor_lines: int = 0) -> str:
+    """The longest suffix of ``text`` (whole lines where possible) within ``budget``.
+
+    With ``anchor_lines`` the first kept line is rounded up to a multiple of it, so the
+    start of the prompt stays put while the user types on: the engine can then reuse the
+    cached keys and values of the prompt's beginning instead of recomputing everything
+    each time the window would have slid by one line.
+    """
     if budget <= 0 or not text:
         return ""
     if count(text) <= budget:
@@ -27,6 +33,10 @@ def _keep_tail(text: str, count: CountTokens, budget: int) -> str:
             high = mid
         else:
             low = mid + 1
+    if anchor_lines > 1 and low < len(lines):
+        anchored = -(-low // anchor_lines) * anchor_lines  # round up: fewer tokens, fits
+        if anchored < len(lines):
+            low = anchored
     tail = "".join(lines[low:])
     if tail:
         return tail
@@ -82,6 +92,7 @@ def trim_context(
     count_tokens: CountTokens,
     budget: int,
     suffix_share: float = 0.25,
+    anchor_lines: int = 0,
 ) -> tuple[str, str]:
     """Trim (prefix, suffix) so that their tokens together stay within ``budget``.
 
@@ -94,5 +105,5 @@ def trim_context(
         raise ValueError(f"suffix_share must be within 0..1, got {suffix_share}")
     head = _keep_head(suffix, count_tokens, int(budget * suffix_share))
     used = count_tokens(head) if head else 0
-    tail = _keep_tail(prefix, count_tokens, budget - used)
+    tail = _keep_tail(prefix, count_tokens, budget - used, anchor_lines)
     return tail, head

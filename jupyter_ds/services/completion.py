@@ -35,6 +35,9 @@ class CompletionSettings:
     max_tokens: int = 64
     max_prompt_tokens: int = 1024
     suffix_share: float = 0.25
+    # Start the trimmed prefix on a multiple of this many lines: a cache-friendly window
+    # that does not slide with every line typed (the engine reuses its KV prefix).
+    anchor_lines: int = 32
     confidence_threshold: float = 0.7
     timeout_s: float = 30.0
     sample_temperature: float = 0.6  # used for items after the first when n > 1
@@ -120,6 +123,7 @@ class CompletionService:
             count,
             budget,
             suffix_share=self.settings.suffix_share,
+            anchor_lines=self.settings.anchor_lines,
         )
         template = self.engine.template
         context = self._notebook_context(req, prefix, suffix, budget, count)
