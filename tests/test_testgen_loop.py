@@ -173,3 +173,16 @@ async def test_bad_requests_name_the_field(service, request_, field):
     with pytest.raises(ApiError) as info:
         await service.generate(request_)
     assert info.value.field == field
+
+
+async def test_a_branch_that_leaves_the_function_counts_as_coverage():
+    source = "def f(x):\n    if x:\n        print(1)\n"
+    engine = ScriptedEngine(["_true():\n    f(1)\n\n\ndef test_f_false():\n    f(0)\n"])
+    service = TestgenService(engine, TestgenSettings(hash_seeds=SEEDS))
+    done = await service.generate(TestsRequest(source=source, path="m.py", rounds=1))
+    by_name = {v["name"]: v for v in done["verdicts"]}
+    assert by_name["test_f_true"]["status"] == "kept"
+    # f(0) runs no new line, only the branch from the `if` out of the function.
+    assert by_name["test_f_false"]["status"] == "kept", by_name["test_f_false"]
+    assert by_name["test_f_false"]["adds"] == {"lines": 0, "branches": 1}
+    assert done["coverage"]["after"]["branches"] == 100.0
