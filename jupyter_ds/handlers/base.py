@@ -38,7 +38,11 @@ PRIMARY_FIELD = {"complete": "prefix", "explain": "code"}
 
 
 class DsApiHandler(ExtensionHandlerMixin, APIHandler):
-    """Base of every jupyter-ds REST handler."""
+    """Base of every jupyter-ds REST handler.
+
+    It defines no HTTP verb itself: each subclass decorates every verb it defines with
+    ``@web.authenticated`` and ``@authorized`` on its ``auth_resource`` (a test checks it).
+    """
 
     endpoint = ""
 
