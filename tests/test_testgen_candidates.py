@@ -64,6 +64,17 @@ CASES = [
         ["from calc import add"],
     ),
     Case(
+        # The model continues the prompt's test file, then closes a fence and explains.
+        "code-then-closing-fence-then-prose",
+        SIMPLE + "\n\ndef test_sub():\n    assert sub(2, 1) == 1\n```\n\nThese check it.\n",
+        tests=["test_add", "test_sub"],
+    ),
+    Case(
+        "prose-then-bare-fence-is-still-an-opening-fence",
+        "Here are the tests:\n```\n" + SIMPLE + "```\n",
+        tests=["test_add"],
+    ),
+    Case(
         "no-fence-prose-around-code",
         "Sure! Here are the tests:\n\n" + SIMPLE + "\nThese check addition.\n",
         tests=["test_add"],

@@ -170,6 +170,9 @@ def _closes(line: str, fence: str) -> bool:
     return stripped.startswith(fence) and set(stripped) == {fence[0]}
 
 
+_CODE_STARTS = ("def ", "async def ", "class ", "import ", "from ", "@")
+
+
 def code_blocks(answer: str) -> list[_Block]:
     """The Python fenced blocks of ``answer``, or the whole answer when it has no fence.
 
@@ -180,6 +183,16 @@ def code_blocks(answer: str) -> list[_Block]:
     blocks: list[_Block] = []
     saw_fence = False
     index = 0
+    # An answer that starts as code and then closes a bare fence (a model continuing a
+    # test file, then explaining itself in prose): the code before that fence is a block.
+    first = next((i for i, line in enumerate(lines) if _FENCE.match(line)), None)
+    head = "\n".join(lines[:first]).lstrip() if first is not None else ""
+    if first is not None and not _FENCE.match(lines[first])["info"] and head.startswith(
+        _CODE_STARTS
+    ):
+        blocks.append(_Block("\n".join(lines[:first]) + "\n", True))
+        saw_fence = True
+        index = first + 1
     while index < len(lines):
         match = _FENCE.match(lines[index])
         index += 1
