@@ -7,6 +7,7 @@ from ds_engine.interface import (
     FinishReason,
     GenerationRequest,
     GenerationResult,
+    Priority,
     StreamChunk,
 )
 from ds_engine.templates import PromptTemplate
@@ -18,6 +19,7 @@ __all__ = [
     "FinishReason",
     "GenerationRequest",
     "GenerationResult",
+    "Priority",
     "PromptTemplate",
     "StreamChunk",
 ]

@@ -6,6 +6,9 @@ needs. This loop forwards the prompt once, then feeds back one token at a time t
 ``DynamicCache``; between two tokens it checks the request's cancel flag and deadline,
 decodes the text so far (never emitting half a UTF-8 character or the start of a stop
 sequence that may still complete) and reports a cumulative :class:`StreamChunk`.
+
+The per-request part of that loop lives in :class:`SequenceState`, so that the batched
+decode of :mod:`ds_engine.batch` and the single-request :func:`run_generation` share it.
 """
 
 from __future__ import annotations
@@ -152,6 +155,242 @@ def fit_prompt(
     return prompt_ids[-keep:], max_new
 
 
+class SequenceState:
+    """One request's generation state, advanced one token at a time.
+
+    The request carries its own state (vLLM's style), so the same code serves the
+    single-request loop below and the batched decode of :mod:`ds_engine.batch`: the
+    caller forwards the model and hands each step's logits to :meth:`accept`, which
+    samples, detokenizes, checks stops, streams and says when the request is finished.
+    """
+
+    def __init__(
+        self,
+        request: GenerationRequest,
+        tokenizer: Any,
+        *,
+        context_window: int,
+        stop_token_ids: Iterable[int] = (),
+        on_chunk: ChunkCallback | None = None,
+        on_token: Callable[[int], None] | None = None,
+        model_name: str = "",
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.request = request
+        self.started = time.monotonic()
+        self.on_chunk = on_chunk
+        self.on_token = on_token
+        self.model_name = model_name
+        self.eos = frozenset(stop_token_ids)
+        self.stops = [s for s in request.stop if s]
+
+        ids = tokenizer(request.prompt, add_special_tokens=False)["input_ids"]
+        if not ids:  # an empty prompt still needs one position to condition on
+            start_id = getattr(tokenizer, "bos_token_id", None)
+            if start_id is None:
+                start_id = getattr(tokenizer, "eos_token_id", None) or 0
+            ids = [start_id]
+        self.prompt_ids, self.max_new = fit_prompt(list(ids), request.max_tokens, context_window)
+        self.generator: torch.Generator | None = None
+        if request.temperature > 0.0:
+            self.generator = torch.Generator(device=device)
+            self.generator.manual_seed(
+                request.seed if request.seed is not None else secrets.randbits(62)
+            )
+        self.detok = _Detokenizer(tokenizer, self.prompt_ids)
+        self.output_ids: list[int] = []
+        self.logprobs: list[float] = []
+        self.emitted = ""
+        self.text = ""
+        self.pending = 0
+        self.first_token_at: float | None = None
+        self.finish: FinishReason | None = None
+        self.prefilled = 0  # prompt tokens already in the KV cache (reused or forwarded)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish is not None
+
+    @property
+    def next_token(self) -> int:
+        """The token to feed next (the last one accepted)."""
+        return self.output_ids[-1]
+
+    @property
+    def next_position(self) -> int:
+        """Position of :attr:`next_token` in the sequence (prompt positions come first)."""
+        return self.prompt_tokens + len(self.output_ids) - 1
+
+    def interrupted(self) -> FinishReason | None:
+        """CANCELLED or TIMEOUT when the request must stop now, else None."""
+        if self.request.cancel_event.is_set():
+            return FinishReason.CANCELLED
+        deadline = self.request.deadline
+        if deadline is not None and time.monotonic() >= deadline:
+            return FinishReason.TIMEOUT
+        return None
+
+    def check_start(self) -> bool:
+        """Finish before any forward if cancelled, expired or asked for 0 tokens."""
+        reason = self.interrupted()
+        if reason is None and self.max_new == 0:
+            reason = FinishReason.LENGTH
+        if reason is not None:
+            self.finish = reason
+        return self.finished
+
+    def stop(self, reason: FinishReason) -> None:
+        self.finish = reason
+
+    def accept(self, logits: torch.Tensor) -> bool:
+        """Take one step's next-token logits (1-D); True when the request is finished."""
+        reason = self.interrupted()
+        if reason is not None:
+            self.finish = reason
+            return True
+        logits = logits.float()
+        request = self.request
+        token = _choose(logits, request.temperature, request.top_p, self.generator)
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+        if token in self.eos:
+            self.finish = FinishReason.STOP
+            return True
+        self.logprobs.append(float(torch.log_softmax(logits, dim=-1)[token].item()))
+        self.output_ids.append(token)
+        if self.on_token is not None:
+            self.on_token(token)
+
+        text = self.detok.text(self.output_ids)
+        stops = self.stops
+        if stops:
+            # From 0: the tail of earlier text can change while a multi-byte character
+            # completes, and outputs are short.
+            at = _find_stop(text, stops, 0)
+            if at != -1:
+                self.text = text[:at]
+                self.finish = FinishReason.STOP
+                return True
+        self.text = text
+        if text.endswith(_REPLACEMENT) and self.pending < _MAX_PENDING_TOKENS:
+            self.pending += 1  # wait for the rest of a multi-byte character
+        else:
+            self.pending = 0
+            visible = text[: len(text) - _held_back(text, stops)] if stops else text
+            if visible.startswith(self.emitted) and len(visible) > len(self.emitted):
+                delta, self.emitted = visible[len(self.emitted) :], visible
+            else:
+                delta = ""
+            if self.on_chunk is not None:
+                self.on_chunk(StreamChunk(self.emitted, delta, len(self.output_ids)))
+        if len(self.output_ids) >= self.max_new:
+            self.finish = FinishReason.LENGTH
+            return True
+        return False
+
+    def result(self) -> GenerationResult:
+        """The final result; also sends the ``done`` chunk to the stream callback."""
+        now = time.monotonic()
+        origin = min(self.started, self.request.created_at)
+        logprobs = self.logprobs
+        result = GenerationResult(
+            text=self.text,
+            token_count=len(self.output_ids),
+            prompt_tokens=self.prompt_tokens,
+            confidence=math.exp(sum(logprobs) / len(logprobs)) if logprobs else 1.0,
+            finish_reason=self.finish or FinishReason.LENGTH,
+            model=self.model_name,
+            latency_ms=(now - origin) * 1000.0,
+            time_to_first_token_ms=(
+                None if self.first_token_at is None else (self.first_token_at - origin) * 1000.0
+            ),
+            request_id=self.request.request_id,
+        )
+        if self.on_chunk is not None:
+            text, emitted = self.text, self.emitted
+            delta = text[len(emitted) :] if text.startswith(emitted) else ""
+            self.on_chunk(
+                StreamChunk(text, delta, len(self.output_ids), done=True, result=result)
+            )
+        return result
+
+
+def new_cache(model: Any) -> Any:
+    """An empty KV cache of the type the model's forward expects."""
+    return _new_cache(model)
+
+
+def forward(
+    model: Any,
+    input_ids: torch.Tensor,
+    cache: Any,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One forward through ``cache``; the last position's logits, ``[batch, vocab]``."""
+    kwargs: dict[str, Any] = {_cache_kwarg(model): cache}
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask
+    if position_ids is not None:
+        kwargs["position_ids"] = position_ids
+    out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **kwargs)
+    return out.logits[:, -1]
+
+
+def start_prefill(
+    seq: SequenceState,
+    model: Any,
+    prefix_cache: PrefixCache | None = None,
+    on_prompt: Callable[[int, int], None] | None = None,
+) -> Any:
+    """A new cache for ``seq``, filled from the longest reusable stored prefix."""
+    cache = _new_cache(model)
+    reused = 0
+    if prefix_cache is not None:
+        hit = prefix_cache.lookup(seq.prompt_ids)
+        if hit is not None:
+            fill_cache(cache, hit.layers)
+            reused = hit.length
+    seq.prefilled = reused
+    if on_prompt is not None:
+        on_prompt(seq.prompt_tokens, reused)
+    return cache
+
+
+def prefill_step(
+    seq: SequenceState,
+    model: Any,
+    cache: Any,
+    *,
+    chunk: int | None = None,
+    prefix_cache: PrefixCache | None = None,
+) -> torch.Tensor | None:
+    """Forward the next ``chunk`` prompt tokens (all by default) of ``seq`` into ``cache``.
+
+    Returns the last prompt position's logits once the whole prompt is in the cache
+    (and stores the prompt's KV in ``prefix_cache``), else None. A long prompt forwarded
+    in chunks lets a scheduler run other requests' decode steps in between.
+    """
+    ids = seq.prompt_ids
+    end = len(ids) if chunk is None else min(len(ids), seq.prefilled + max(1, chunk))
+    device = next(model.parameters()).device
+    inputs = torch.tensor([ids[seq.prefilled : end]], dtype=torch.long, device=device)
+    logits = forward(model, inputs, cache)
+    seq.prefilled = end
+    if end < len(ids):
+        return None
+    if prefix_cache is not None:
+        layers = extract_layers(cache, len(ids))
+        if layers is not None:
+            prefix_cache.store(ids, layers)
+    return logits[0]
+
+
 def run_generation(
     model: Any,
     tokenizer: Any,
@@ -165,7 +404,7 @@ def run_generation(
     prefix_cache: PrefixCache | None = None,
     on_prompt: Callable[[int, int], None] | None = None,
 ) -> GenerationResult:
-    """Generate for ``request`` on the calling thread; see the module docstring.
+    """Generate for ``request`` alone, on the calling thread; see the module docstring.
 
     ``token_count`` counts every generated token except an end-of-sequence token,
     including the tokens that spelled a stop sequence (they cost compute). ``confidence``
@@ -178,129 +417,27 @@ def run_generation(
 
     With a ``prefix_cache``, the prompt forward starts from the stored KV of the longest
     shared token prefix (see :mod:`ds_engine.prefix_cache`) and the prompt's KV is stored
-    afterwards, also for a cancelled request once its prompt was forwarded. Greedy
-    output is the same with or without it up to floating-point rounding of the attention
-    over a split prompt. ``on_prompt(prompt_tokens, reused_tokens)`` is called once the
-    prompt is about to be forwarded, for counters.
+    once forwarded. Greedy output is the same with or without it up to floating-point
+    rounding of the attention over a split prompt. ``on_prompt(prompt_tokens,
+    reused_tokens)`` is called once the prompt is about to be forwarded, for counters.
     """
-    started = time.monotonic()
     device = next(model.parameters()).device
-    eos = frozenset(stop_token_ids)
-    stops = [s for s in request.stop if s]
-
-    ids = tokenizer(request.prompt, add_special_tokens=False)["input_ids"]
-    if not ids:  # an empty prompt still needs one position to condition on
-        start_id = getattr(tokenizer, "bos_token_id", None)
-        if start_id is None:
-            start_id = getattr(tokenizer, "eos_token_id", None) or 0
-        ids = [start_id]
-    ids, max_new = fit_prompt(list(ids), request.max_tokens, context_window)
-    prompt_tokens = len(ids)
-
-    generator: torch.Generator | None = None
-    if request.temperature > 0.0:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(request.seed if request.seed is not None else secrets.randbits(62))
-
-    detok = _Detokenizer(tokenizer, ids)
-    output_ids: list[int] = []
-    logprobs: list[float] = []
-    emitted = ""
-    text = ""
-    pending = 0
-    first_token_at: float | None = None
-    finish = FinishReason.LENGTH
-
-    def interrupted() -> FinishReason | None:
-        if request.cancel_event.is_set():
-            return FinishReason.CANCELLED
-        deadline = request.deadline
-        if deadline is not None and time.monotonic() >= deadline:
-            return FinishReason.TIMEOUT
-        return None
-
-    cache_kw = _cache_kwarg(model)
-    with torch.inference_mode():
-        reason = interrupted()
-        if reason is not None or max_new == 0:
-            finish = reason or FinishReason.LENGTH
-        else:
-            cache = _new_cache(model)
-            reused = 0
-            if prefix_cache is not None:
-                hit = prefix_cache.lookup(ids)
-                if hit is not None:
-                    fill_cache(cache, hit.layers)
-                    reused = hit.length
-            if on_prompt is not None:
-                on_prompt(prompt_tokens, reused)
-            inputs = torch.tensor([ids[reused:]], dtype=torch.long, device=device)
-            while True:
-                out = model(input_ids=inputs, use_cache=True, logits_to_keep=1, **{cache_kw: cache})
-                logits = out.logits[0, -1].float()
-                reason = interrupted()
-                if reason is not None:
-                    finish = reason
-                    break
-                token = _choose(logits, request.temperature, request.top_p, generator)
-                if first_token_at is None:
-                    first_token_at = time.monotonic()
-                if token in eos:
-                    finish = FinishReason.STOP
-                    break
-                logprobs.append(float(torch.log_softmax(logits, dim=-1)[token].item()))
-                output_ids.append(token)
-                if on_token is not None:
-                    on_token(token)
-
-                text = detok.text(output_ids)
-                if stops:
-                    # From 0: the tail of earlier text can change while a multi-byte
-                    # character completes, and outputs are short.
-                    at = _find_stop(text, stops, 0)
-                    if at != -1:
-                        text = text[:at]
-                        finish = FinishReason.STOP
-                        break
-                if text.endswith(_REPLACEMENT) and pending < _MAX_PENDING_TOKENS:
-                    pending += 1  # wait for the rest of a multi-byte character
-                else:
-                    pending = 0
-                    visible = text[: len(text) - _held_back(text, stops)] if stops else text
-                    if visible.startswith(emitted) and len(visible) > len(emitted):
-                        delta, emitted = visible[len(emitted) :], visible
-                    else:
-                        delta = ""
-                    if on_chunk is not None:
-                        on_chunk(StreamChunk(emitted, delta, len(output_ids)))
-                if len(output_ids) >= max_new:
-                    finish = FinishReason.LENGTH
-                    break
-                inputs = torch.tensor([[token]], dtype=torch.long, device=device)
-            if prefix_cache is not None:
-                # Every path out of the loop above ran the prompt forward at least once.
-                layers = extract_layers(cache, prompt_tokens)
-                if layers is not None:
-                    prefix_cache.store(ids, layers)
-
-    now = time.monotonic()
-    confidence = math.exp(sum(logprobs) / len(logprobs)) if logprobs else 1.0
-    result = GenerationResult(
-        text=text,
-        token_count=len(output_ids),
-        prompt_tokens=prompt_tokens,
-        confidence=confidence,
-        finish_reason=finish,
-        model=model_name,
-        latency_ms=(now - min(started, request.created_at)) * 1000.0,
-        time_to_first_token_ms=(
-            None
-            if first_token_at is None
-            else (first_token_at - min(started, request.created_at)) * 1000.0
-        ),
-        request_id=request.request_id,
+    seq = SequenceState(
+        request,
+        tokenizer,
+        context_window=context_window,
+        stop_token_ids=stop_token_ids,
+        on_chunk=on_chunk,
+        on_token=on_token,
+        model_name=model_name,
+        device=device,
     )
-    if on_chunk is not None:
-        delta = text[len(emitted) :] if text.startswith(emitted) else ""
-        on_chunk(StreamChunk(text, delta, len(output_ids), done=True, result=result))
-    return result
+    with torch.inference_mode():
+        if not seq.check_start():
+            cache = start_prefill(seq, model, prefix_cache, on_prompt)
+            logits = prefill_step(seq, model, cache, prefix_cache=prefix_cache)
+            assert logits is not None
+            while not seq.accept(logits):
+                inputs = torch.tensor([[seq.next_token]], dtype=torch.long, device=device)
+                logits = forward(model, inputs, cache)[0]
+    return seq.result()

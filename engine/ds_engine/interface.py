@@ -38,6 +38,18 @@ class FinishReason(str, enum.Enum):
     TIMEOUT = "timeout"  # the request's deadline passed
 
 
+class Priority(enum.IntEnum):
+    """Scheduling class of a request; lower runs first.
+
+    Inline completion is typed against and must never wait behind a long explanation or
+    a test-generation round, so it has its own class and reserved batch capacity.
+    """
+
+    INTERACTIVE = 0  # inline completion
+    CHAT = 1  # explanations
+    BATCH = 2  # test generation, commit messages and other background work
+
+
 class EngineNotReady(RuntimeError):
     """Raised when a request reaches an engine whose model is not loaded (yet)."""
 
@@ -63,6 +75,7 @@ class GenerationRequest:
     stop: list[str] = field(default_factory=list)
     timeout_s: float | None = None
     seed: int | None = None
+    priority: Priority = Priority.INTERACTIVE
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     # Mutable state, owned by the engine while the request runs.
     cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)

@@ -1,11 +1,15 @@
-"""The in-process engine: a model loaded in a background thread, run on one worker.
+"""The in-process engine: a model loaded in a background thread, run by one scheduler.
 
 Jupyter's tornado/asyncio loop must never wait on a forward pass, so loading happens on a
-daemon thread and every generation runs on a single dedicated worker thread (one model,
-one stream of matmuls: a second concurrent generation would only halve the speed of
-both). Results and stream chunks travel back to the caller's loop through
-``loop.call_soon_threadsafe``. Cancellation is a flag on the request, checked by the
-token loop between tokens and by the worker before it starts a queued request.
+daemon thread and every forward runs on a single dedicated worker thread. That worker is
+a small continuous-batching scheduler (vLLM's shape, on one device): waiting requests are
+admitted by priority (:mod:`ds_engine.scheduler`) up to a batch size bounded by memory,
+each is prefilled on its own (from the KV-prefix cache, in chunks so that a long prompt
+does not stall the others), then joins the decode batch (:mod:`ds_engine.batch`), where
+all running requests share one forward per token. A request leaves the batch at the step
+where it finishes, is cancelled or times out, and its slot goes to the next one waiting.
+Results and stream chunks travel back to the caller's loop through
+``loop.call_soon_threadsafe``.
 """
 
 from __future__ import annotations
@@ -19,14 +23,20 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ds_engine.generation import eos_token_ids, run_generation
+from ds_engine.batch import DecodeBatch
+from ds_engine.generation import (
+    SequenceState,
+    eos_token_ids,
+    prefill_step,
+    start_prefill,
+)
 from ds_engine.interface import (
     EngineNotReady,
     EngineState,
@@ -37,6 +47,7 @@ from ds_engine.interface import (
 )
 from ds_engine.loader import LoadedModel, ProgressCallback, load_model
 from ds_engine.prefix_cache import PrefixCache
+from ds_engine.scheduler import WaitingQueue, available_memory_bytes, batch_size_limit
 from ds_engine.templates import PromptTemplate
 
 log = logging.getLogger(__name__)
@@ -54,6 +65,20 @@ class _Failure:
     error: BaseException
 
 
+@dataclass
+class _Work:
+    """A submitted request with its result future; ``seq``/``cache`` once admitted."""
+
+    request: GenerationRequest
+    on_chunk: Callable[[StreamChunk], None] | None
+    future: Future[GenerationResult] = field(default_factory=Future)
+    seq: SequenceState | None = None
+    cache: Any = None
+
+
+_WARMUP_PROMPTS = ("def add(a, b):\n    return", "import os\n\n\ndef main():\n    path = ")
+
+
 class LocalEngine:
     """:class:`ds_engine.interface.Engine` backed by a transformers model in this process."""
 
@@ -66,15 +91,22 @@ class LocalEngine:
         name: str | None = None,
         num_threads: int | None = None,
         progress: ProgressCallback | None = None,
-        prefix_cache_entries: int = 4,
+        prefix_cache_entries: int | None = None,
         prefix_cache_bytes: int | None = None,
         result_cache_entries: int = 256,
         quantization: str = "none",
+        max_batch_size: int = 8,
+        prefill_chunk: int = 256,
+        warmup: bool = True,
     ) -> None:
-        """``prefix_cache_entries`` recent prompts keep their KV cache for reuse by the
-        next prompt sharing a token prefix (0 disables; ``prefix_cache_bytes`` bounds
-        their memory); ``result_cache_entries`` greedy results are kept for identical
-        repeated requests (0 disables)."""
+        """``prefix_cache_entries`` recent prompts (default: two per batch slot, so each
+        concurrent typist keeps one) keep their KV cache for reuse by the next prompt
+        sharing a token prefix (0 disables; ``prefix_cache_bytes`` bounds their memory,
+        by default to the model's own size); ``result_cache_entries`` greedy results are
+        kept for identical repeated requests (0 disables). At most ``max_batch_size``
+        requests run at once (1: one at a time), fewer if memory is short; prompts are
+        forwarded ``prefill_chunk`` tokens at a time. ``warmup`` runs a short generation while
+        loading so the first user request does not pay first-call costs."""
         self.model_path = model_path
         self.device = device
         self.dtype = dtype
@@ -94,16 +126,31 @@ class LocalEngine:
         self._load_thread: threading.Thread | None = None
         self._load_stage: tuple[str, float] | None = None
 
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ds-engine-gen")
+        self.max_batch_size = max(1, max_batch_size)
+        self.prefill_chunk = max(1, prefill_chunk)
+        self.warmup = warmup
+        self._batch_limit = 1  # set from memory once the model is loaded
+        self._batchable = True  # False once a cache type that cannot be batched shows up
+        self._warmup_s: float | None = None
+
+        # The scheduler: submitters push under _lock and notify; the worker takes.
+        self._wakeup = threading.Condition(self._lock)
+        self._waiting = WaitingQueue()
+        self._worker: threading.Thread | None = None
         self._requests: dict[str, GenerationRequest] = {}  # queued or running
         self._requests_total = 0
         self._tokens_total = 0
-        self._active = 0
         self._queued = 0
         self._cancelled_total = 0
+        self._batch_steps = 0
+        self._batched_tokens = 0  # sum over decode steps of the batch size
+        self._max_batch_seen = 0
         self._closed = False
 
         # Touched by the worker thread only.
+        if prefix_cache_entries is None:
+            prefix_cache_entries = 2 * max(1, max_batch_size)
+        self._prefix_cache_bytes_given = prefix_cache_bytes is not None
         self._prefix_cache = (
             PrefixCache(prefix_cache_entries, max_bytes=prefix_cache_bytes)
             if prefix_cache_entries > 0
@@ -170,6 +217,13 @@ class LocalEngine:
                 quantization=self.quantization,
             )
             eos = eos_token_ids(loaded.model, loaded.tokenizer)
+            limit = batch_size_limit(
+                self.max_batch_size, available_memory_bytes(loaded.device), loaded.memory_bytes
+            )
+            if self._prefix_cache is not None and not self._prefix_cache_bytes_given:
+                self._prefix_cache.max_bytes = max(loaded.memory_bytes or 0, 256 * 2**20)
+            if self.warmup:
+                self._warm_up(loaded, eos)
         except Exception as exc:  # every failure must land in FAILED, never in a hang
             log.exception("loading the model failed")
             with self._lock:
@@ -180,6 +234,7 @@ class LocalEngine:
             with self._lock:
                 self._loaded = loaded
                 self._eos = eos
+                self._batch_limit = limit if self._batchable else 1
                 self._state = EngineState.READY
         finally:
             self._settled.set()
@@ -298,37 +353,46 @@ class LocalEngine:
             while len(self._results) > self._result_cache_entries:
                 self._results.popitem(last=False)
 
-    def _run(
-        self, request: GenerationRequest, on_chunk: Callable[[StreamChunk], None] | None
-    ) -> GenerationResult:
-        """Worker-thread body: skip a request cancelled or expired while queued."""
-        loaded = self._loaded
-        assert loaded is not None
-        with self._lock:
-            self._queued -= 1
-            self._active += 1
-        try:
-            result = run_generation(
-                loaded.model,
+    # ----------------------------------------------------------------- scheduler
+
+    def _warm_up(self, loaded: LoadedModel, eos: frozenset[int]) -> None:
+        """Pay first-call costs before READY: a prefill, and a 2-sequence decode batch.
+
+        It also finds out whether the model's KV cache can be batched at all.
+        """
+        started = time.monotonic()
+        self._on_progress("warming up", 0.0)
+        seqs = [
+            SequenceState(
+                GenerationRequest(prompt=p, max_tokens=3),
                 loaded.tokenizer,
-                request,
                 context_window=loaded.context_window,
-                stop_token_ids=self._eos,
-                on_chunk=on_chunk,
-                on_token=self._count_token,
-                model_name=loaded.name,
-                prefix_cache=self._prefix_cache,
-                on_prompt=self._count_prompt,
+                device=loaded.device,
             )
-        finally:
-            with self._lock:
-                self._active -= 1
-                self._requests.pop(request.request_id, None)
-        if result.finish_reason is FinishReason.CANCELLED:
-            with self._lock:
-                self._cancelled_total += 1
-        self._store_result(request, result)
-        return result
+            for p in _WARMUP_PROMPTS
+        ]
+        batch = DecodeBatch(loaded.model)
+        with torch.inference_mode():
+            for seq in seqs:
+                cache = start_prefill(seq, loaded.model)
+                logits = prefill_step(seq, loaded.model, cache)
+                assert logits is not None
+                seq.accept(logits)
+                if not batch.can_join(cache, seq.prompt_tokens):
+                    self._batchable = False
+                    break
+                batch.add(seq, cache)
+            for _ in range(2):
+                batch.step()
+        self._warmup_s = time.monotonic() - started
+        self._on_progress("ready", 1.0)
+
+    def _ensure_worker(self) -> None:
+        if self._worker is None:
+            self._worker = threading.Thread(
+                target=self._serve, name="ds-engine-scheduler", daemon=True
+            )
+            self._worker.start()
 
     def _submit(
         self, request: GenerationRequest, on_chunk: Callable[[StreamChunk], None] | None
@@ -336,19 +400,182 @@ class LocalEngine:
         self._check_ready()
         if request.max_tokens < 0:
             raise ValueError("max_tokens must be >= 0")
-        with self._lock:
+        work = _Work(request, on_chunk)
+        with self._wakeup:
             if self._closed:
                 raise EngineNotReady(self._state, "engine is closed")
             self._requests[request.request_id] = request
             self._requests_total += 1
-            self._queued += 1
-        try:
-            return self._executor.submit(self._run, request, on_chunk)
-        except RuntimeError:  # executor shut down between the check and the submit
+            self._waiting.push(request, work)
+            self._queued = len(self._waiting)
+            self._ensure_worker()
+            self._wakeup.notify()
+        return work.future
+
+    def _serve(self) -> None:
+        """The worker thread: admit, prefill one chunk, decode one step; repeat."""
+        loaded = self._loaded
+        assert loaded is not None
+        batch = DecodeBatch(loaded.model)
+        prefilling: list[_Work] = []  # admitted, prompt not fully forwarded yet
+        held: list[_Work] = []  # prefilled but cannot share the batch (unbatchable cache)
+        works: dict[str, _Work] = {}  # running, by request id
+        with torch.inference_mode():
+            while True:
+                with self._wakeup:
+                    while not (self._waiting or prefilling or held or batch or self._closed):
+                        self._wakeup.wait()
+                    if self._closed and not (self._waiting or prefilling or held or batch):
+                        return
+                    dropped = self._waiting.remove_where(
+                        lambda w: _interrupted(w.request) or self._closed
+                    )
+                    running = [w.request for w in (*prefilling, *held)]
+                    running += [s.request for s in batch.seqs]
+                    admitted: list[_Work] = []
+                    limit = self._batch_limit
+                    while (w := self._waiting.pop_admissible(running, limit)) is not None:
+                        admitted.append(w)
+                        running.append(w.request)
+                    self._queued = len(self._waiting)
+                for work in dropped:
+                    self._guard(work, lambda w=work: self._drop(w, loaded))
+                for work in admitted:
+                    self._guard(work, lambda w=work: self._start(w, loaded, prefilling, works))
+                if prefilling:
+                    work = min(prefilling, key=lambda w: w.request.priority)
+                    ok = self._guard(work, lambda w=work: self._prefill(w, loaded, batch, held))
+                    seq = work.seq
+                    assert seq is not None
+                    if not ok or seq.finished or seq.prefilled >= seq.prompt_tokens:
+                        prefilling.remove(work)
+                    if not ok or seq.finished:
+                        works.pop(work.request.request_id, None)
+                if not batch and held:
+                    work = held.pop(0)
+                    assert work.seq is not None
+                    batch.add(work.seq, work.cache)
+                    work.cache = None
+                if batch:
+                    self._decode(batch, works)
+
+    def _admit(self, work: _Work, loaded: LoadedModel) -> _Work:
+        work.seq = SequenceState(
+            work.request,
+            loaded.tokenizer,
+            context_window=loaded.context_window,
+            stop_token_ids=self._eos,
+            on_chunk=work.on_chunk,
+            on_token=self._count_token,
+            model_name=loaded.name,
+            device=loaded.device,
+        )
+        return work
+
+    def _drop(self, work: _Work, loaded: LoadedModel) -> None:
+        """Finish a request that never started: cancelled, expired, or the engine closed."""
+        seq = self._admit(work, loaded).seq
+        assert seq is not None
+        if not seq.check_start():
+            seq.stop(FinishReason.CANCELLED)
+        self._finish(work)
+
+    def _start(
+        self, work: _Work, loaded: LoadedModel, prefilling: list[_Work], works: dict[str, _Work]
+    ) -> None:
+        seq = self._admit(work, loaded).seq
+        assert seq is not None
+        if seq.check_start():
+            self._finish(work)
+            return
+        work.cache = start_prefill(seq, loaded.model, self._prefix_cache, self._count_prompt)
+        prefilling.append(work)
+        works[work.request.request_id] = work
+
+    def _prefill(
+        self, work: _Work, loaded: LoadedModel, batch: DecodeBatch, held: list[_Work]
+    ) -> None:
+        """One prefill chunk of ``work``; once the prompt is in, its first token."""
+        seq = work.seq
+        assert seq is not None
+        reason = seq.interrupted()
+        if reason is not None:
+            seq.stop(reason)
+            self._finish(work)
+            return
+        logits = prefill_step(
+            seq, loaded.model, work.cache, chunk=self.prefill_chunk, prefix_cache=self._prefix_cache
+        )
+        if logits is None:
+            return
+        if seq.accept(logits):
+            self._finish(work)
+        elif batch.can_join(work.cache, seq.prompt_tokens):
+            batch.add(seq, work.cache)
+            work.cache = None
+        else:
             with self._lock:
-                self._requests.pop(request.request_id, None)
-                self._queued -= 1
-            raise
+                self._batchable = False
+                self._batch_limit = 1
+            held.append(work)
+
+    def _decode(self, batch: DecodeBatch, works: dict[str, _Work]) -> None:
+        """One decode step of the whole batch; finished requests leave it at once."""
+        done: list[SequenceState] = []
+        for seq in batch.seqs:
+            reason = seq.interrupted()
+            if reason is not None:  # cancelled: free the slot before paying for a step
+                seq.stop(reason)
+                done.append(seq)
+        batch.remove(done)
+        if batch:
+            size = len(batch)
+            try:
+                logits = batch.step()
+            except Exception as exc:
+                log.exception("a decode step failed; failing its %d requests", size)
+                for seq in batch.seqs:
+                    works.pop(seq.request.request_id).future.set_exception(exc)
+                    self._forget(seq.request)
+                batch.clear()
+                return
+            with self._lock:
+                self._batch_steps += 1
+                self._batched_tokens += size
+                self._max_batch_seen = max(self._max_batch_seen, size)
+            finished = [s for s, row in batch.live_logits(logits) if s.accept(row)]
+            batch.remove(finished)
+            done += finished
+        for seq in done:
+            work = works.pop(seq.request.request_id)
+            self._guard(work, lambda w=work: self._finish(w))
+
+    def _guard(self, work: _Work, action: Callable[[], None]) -> bool:
+        """Run ``action``; on an exception fail ``work``'s future instead of the worker."""
+        try:
+            action()
+        except Exception as exc:
+            log.exception("request %s failed", work.request.request_id)
+            self._forget(work.request)
+            if not work.future.done():
+                work.future.set_exception(exc)
+            return False
+        return True
+
+    def _forget(self, request: GenerationRequest) -> None:
+        with self._lock:
+            self._requests.pop(request.request_id, None)
+
+    def _finish(self, work: _Work) -> None:
+        """Build the result, send the final chunk, settle the future, count, cache."""
+        assert work.seq is not None
+        result = work.seq.result()
+        self._forget(work.request)
+        if result.finish_reason is FinishReason.CANCELLED:
+            with self._lock:
+                self._cancelled_total += 1
+        self._store_result(work.request, result)
+        work.future.set_result(result)
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         """Run ``request`` on the worker; cancelling the awaiting task cancels it.
@@ -433,10 +660,10 @@ class LocalEngine:
 
     def close(self) -> None:
         """Cancel everything and stop the worker; the engine accepts no more requests."""
-        with self._lock:
+        with self._wakeup:
             self._closed = True
+            self._wakeup.notify()
         self.cancel_all()
-        self._executor.shutdown(wait=False, cancel_futures=False)
 
     shutdown = close
 
@@ -448,9 +675,16 @@ class LocalEngine:
             counters = {
                 "requests_total": self._requests_total,
                 "tokens_generated_total": self._tokens_total,
-                "active_requests": self._active,
+                # Known requests that left the queue and are not finished yet.
+                "active_requests": len(self._requests) - self._queued,
                 "queued_requests": self._queued,
                 "cancelled_total": self._cancelled_total,
+                "max_batch_size": self._batch_limit if self._loaded else self.max_batch_size,
+                "batch_steps_total": self._batch_steps,
+                "mean_batch_size": round(self._batched_tokens / self._batch_steps, 2)
+                if self._batch_steps
+                else None,
+                "max_batch_size_seen": self._max_batch_seen,
                 "prefix_cache_hits": self._prefix_hits,
                 "prefix_cache_misses": self._prefix_misses,
                 "prefix_cache_entries": len(self._prefix_cache) if self._prefix_cache else 0,
@@ -474,11 +708,18 @@ class LocalEngine:
             "supports_fim": loaded.template.supports_fim if loaded else None,
             "context_window": loaded.context_window if loaded else None,
             "load_time_s": round(loaded.load_time_s, 3) if loaded else None,
+            "warmup_s": None if self._warmup_s is None else round(self._warmup_s, 3),
             "from_cache": loaded.from_cache if loaded else None,
             "quantization": loaded.quantization if loaded else self.quantization,
             "model_memory_bytes": loaded.memory_bytes if loaded else None,
             **counters,
         }
+
+
+def _interrupted(request: GenerationRequest) -> bool:
+    """Cancelled, or past its deadline: such a waiting request never starts."""
+    deadline = request.deadline
+    return request.cancelled or (deadline is not None and time.monotonic() >= deadline)
 
 
 def _str_or_none(value: object) -> str | None:

@@ -90,6 +90,27 @@ def fill_cache(cache: Any, layers: list[LayerKV]) -> None:
         cache.update(k, v, idx)
 
 
+def adopt_layers(cache: Any, layers: list[LayerKV]) -> None:
+    """Make ``layers`` the content of an empty cache without copying them.
+
+    For the decode batch, which builds its padded tensors itself: a copy through
+    ``update`` would double the cost of every join. Falls back to :func:`fill_cache`
+    for cache layouts other than transformers' per-layer ``DynamicLayer``.
+    """
+    own = getattr(cache, "layers", None)
+    if own is None or len(own) < len(layers):
+        fill_cache(cache, layers)
+        return
+    from transformers.cache_utils import DynamicLayer
+
+    if any(type(layer) is not DynamicLayer for layer in own[: len(layers)]):
+        fill_cache(cache, layers)
+        return
+    for layer, (k, v) in zip(own, layers, strict=False):
+        layer.lazy_initialization(k, v)
+        layer.keys, layer.values = k, v
+
+
 class PrefixCache:
     """Bounded LRU of prompt KV caches keyed by prompt token ids.
 

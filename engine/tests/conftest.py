@@ -44,6 +44,17 @@ def tiny_engine(tiny_model_path: Path) -> Iterator[LocalEngine]:
 
 
 @pytest.fixture(scope="session")
+def serial_engine(tiny_model_path: Path) -> Iterator[LocalEngine]:
+    """The same model, one request at a time (``max_batch_size=1``)."""
+    engine = LocalEngine(
+        model_path=tiny_model_path, device="cpu", dtype="float32", max_batch_size=1
+    )
+    engine.load()
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
 def tiny_loaded(tiny_engine: LocalEngine):
     return tiny_engine.loaded
 

@@ -98,7 +98,8 @@ async def test_cancel_running_request_stops_token_growth(
     assert tiny_engine.cancel(request.request_id) is False  # finished: unknown now
 
 
-async def test_cancel_queued_request_skips_it(tiny_engine: LocalEngine, wait_idle) -> None:
+async def test_cancel_queued_request_skips_it(serial_engine: LocalEngine, wait_idle) -> None:
+    tiny_engine = serial_engine  # one slot: the second request waits
     await wait_idle(tiny_engine)
     first = GenerationRequest(PROMPT, max_tokens=LONG)
     queued = GenerationRequest(PROMPT, max_tokens=LONG)

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ds_engine import Engine, EngineNotReady, FinishReason, GenerationRequest
+from ds_engine import Engine, EngineNotReady, FinishReason, GenerationRequest, Priority
 
 from jupyter_ds.errors import ApiError, bad_request, timed_out
 from jupyter_ds.git import message as msg
@@ -429,7 +429,7 @@ class GitService:
             result = await self.engine.generate(GenerationRequest(
                 prompt=prompt, max_tokens=req.max_tokens or self.settings.message_max_tokens,
                 temperature=0.0, stop=[s for s in template.stop if s != "<file_sep>"],
-                timeout_s=self.settings.message_timeout_s))
+                timeout_s=self.settings.message_timeout_s, priority=Priority.BATCH))
         except EngineNotReady as exc:
             raise engine_errors(exc) from None
         if result.finish_reason is FinishReason.TIMEOUT:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from ds_engine import Engine, EngineNotReady, FinishReason, GenerationRequest
+from ds_engine import Engine, EngineNotReady, FinishReason, GenerationRequest, Priority
 from ds_engine.templates import DEFAULT_SYSTEM_PROMPT
 
 from jupyter_ds.errors import timed_out
@@ -50,6 +50,7 @@ class ExplainService:
             temperature=0.0,
             stop=[s for s in self.engine.template.stop if s != "<file_sep>"],
             timeout_s=self.settings.timeout_s,
+            priority=Priority.CHAT,
         )
 
     async def explain(self, req: ExplainRequest) -> dict[str, Any]:
