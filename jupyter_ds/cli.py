@@ -5,6 +5,7 @@
     jupyter-ds tests generate PATH[::FUNCTION] [--rounds N]
     jupyter-ds tests run TESTFILE --source PATH [--runs N]
     jupyter-ds git VERB [--path REPO] [--files ...] [--message ...]  (see jupyter_ds/git/cli.py)
+    jupyter-ds audit report [--since 7d] [--log PATH] [--key-file F] [--json]  (audit/cli.py)
 
 Code comes from a file or standard input; the answer is printed as one JSON envelope.
 The exit status is 0 on success, 1 when the envelope is an error, 2 for bad usage.
@@ -156,11 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
     from jupyter_ds.git.cli import add_parser as add_git_parser
 
     add_git_parser(sub)
+    from jupyter_ds.audit.cli import add_parser as add_audit_parser
+
+    add_audit_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "audit":  # text table by default; its own exit statuses
+        from jupyter_ds.audit.cli import main as audit_main
+
+        return audit_main(args)
     try:
         envelope = success(asyncio.run(_run(args)))
         code = 0

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ds_engine import Engine, EngineNotReady, FinishReason, GenerationRequest
+from ds_engine import Engine, EngineNotReady, FinishReason, GenerationRequest, Priority
 
 from jupyter_ds.errors import ApiError, bad_request
+from jupyter_ds.metrics import observe_sandbox_run
 from jupyter_ds.requests import TestsInsertRequest, TestsRequest, TestsRunRequest
 from jupyter_ds.services.completion import engine_errors, ensure_ready
 from jupyter_ds.testgen.candidates import Candidate, build_test_module, extract_candidates
@@ -147,7 +148,7 @@ class TestgenService:
 
     async def _run(self, tests: str, module: str, source: str, seed: int | None) -> RunReport:
         label = f"{module}.py"
-        return await asyncio.to_thread(
+        report = await asyncio.to_thread(
             self.run_pytest,
             tests,
             {label: source},
@@ -156,6 +157,8 @@ class TestgenService:
             test_timeout=self.settings.test_timeout_s,
             hash_seed=seed,
         )
+        observe_sandbox_run(report)  # jupyter_ds_sandbox_runs_total{verdict}
+        return report
 
     def _seed(self, index: int) -> int | None:
         seeds = self.settings.hash_seeds
@@ -299,6 +302,7 @@ class TestgenService:
                 stop=[s for s in self.engine.template.stop],
                 seed=round_no,
                 timeout_s=120.0,
+                priority=Priority.BATCH,
             )
             try:
                 result = await self.engine.generate(gen)
