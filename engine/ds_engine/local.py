@@ -99,14 +99,15 @@ class LocalEngine:
         prefill_chunk: int = 256,
         warmup: bool = True,
     ) -> None:
-        """``prefix_cache_entries`` recent prompts (default: two per batch slot, so each
-        concurrent typist keeps one) keep their KV cache for reuse by the next prompt
-        sharing a token prefix (0 disables; ``prefix_cache_bytes`` bounds their memory,
-        by default to the model's own size); ``result_cache_entries`` greedy results are
-        kept for identical repeated requests (0 disables). At most ``max_batch_size``
-        requests run at once (1: one at a time), fewer if memory is short; prompts are
-        forwarded ``prefill_chunk`` tokens at a time. ``warmup`` runs a short generation while
-        loading so the first user request does not pay first-call costs."""
+        """``prefix_cache_entries`` recent prompts (default: 16, or two per batch slot if more, so
+        that each concurrent typist keeps one) keep their KV cache for reuse by the next
+        prompt sharing a token prefix (0 disables; ``prefix_cache_bytes`` bounds their
+        memory, by default to the model's own size); ``result_cache_entries`` greedy
+        results are kept for identical repeated requests (0 disables). At most
+        ``max_batch_size`` requests run at once (1: one at a time), fewer if memory is
+        short; prompts are forwarded ``prefill_chunk`` tokens at a time. ``warmup`` runs
+        a short generation while loading so the first user request does not pay first-
+        call costs."""
         self.model_path = model_path
         self.device = device
         self.dtype = dtype
@@ -149,7 +150,7 @@ class LocalEngine:
 
         # Touched by the worker thread only.
         if prefix_cache_entries is None:
-            prefix_cache_entries = 2 * max(1, max_batch_size)
+            prefix_cache_entries = max(16, 2 * max_batch_size)
         self._prefix_cache_bytes_given = prefix_cache_bytes is not None
         self._prefix_cache = (
             PrefixCache(prefix_cache_entries, max_bytes=prefix_cache_bytes)
