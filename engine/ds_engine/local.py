@@ -106,8 +106,8 @@ class LocalEngine:
         results are kept for identical repeated requests (0 disables). At most
         ``max_batch_size`` requests run at once (1: one at a time), fewer if memory is
         short; prompts are forwarded ``prefill_chunk`` tokens at a time. ``warmup`` runs
-        a short generation while loading so the first user request does not pay first-
-        call costs."""
+        a short generation while loading so the first user request does not pay
+        first-call costs."""
         self.model_path = model_path
         self.device = device
         self.dtype = dtype
