@@ -47,6 +47,7 @@ class Services:
     git: GitService | None = None
     version: str = __version__
     limiter: RateLimiter | None = None
+    audit: Any = None  # jupyter_ds.audit.AuditLog, or None when the audit log is off
     roles: RolePolicy | None = None
 
 
@@ -215,6 +216,51 @@ class JupyterDsApp(ExtensionApp):
         help="Generations one user may run at once (429 above it); 0: no limit.",
     )
 
+    audit_log = Bool(
+        True,
+        config=True,
+        help=(
+            "Write one JSON line per request (time, request id, user, role, endpoint, "
+            "model, tokens in/out, latency, status, error code) to audit_log_path."
+        ),
+    )
+    audit_log_path = Unicode(
+        "",
+        config=True,
+        help=(
+            "The audit log file; empty: $JUPYTER_DS_AUDIT_LOG, else "
+            "<jupyter data dir>/jupyter_ds/audit.log. Rotated at audit_max_bytes."
+        ),
+    )
+    audit_capture_samples = Bool(
+        False,
+        config=True,
+        help=(
+            "Also write each request's input and output text, with PII and secrets "
+            "redacted and cut to audit_sample_chars."
+        ),
+    )
+    audit_sample_chars = Int(2000, config=True, help="Longest input/output sample kept.")
+    audit_max_bytes = Int(
+        100 * 1024 * 1024, config=True, help="Rotate the audit log above this size; 0: never."
+    )
+    audit_key_file = Unicode(
+        "",
+        config=True,
+        help=(
+            "File with the AES-256-GCM key(s) that encrypt the audit log: current key "
+            "first, older ones after (rotation). Empty: audit_key_env."
+        ),
+    )
+    audit_key_env = Unicode(
+        "JUPYTER_DS_AUDIT_KEY",
+        config=True,
+        help=(
+            "Environment variable with the current audit key (older ones in "
+            "JUPYTER_DS_AUDIT_OLD_KEYS). No key: the log is plain JSON."
+        ),
+    )
+
     @validate("roles", "group_roles")
     def _valid_role_mapping(self, proposal: Any) -> Any:
         try:
@@ -245,6 +291,21 @@ class JupyterDsApp(ExtensionApp):
         if proposal.value < 0:
             raise TraitError("JupyterDsApp.max_concurrent_per_user must be 0 (no limit) or more")
         return proposal.value
+
+    def open_audit(self) -> Any:
+        """The audit log writer, or None when it is off; a malformed key raises here."""
+        if not self.audit_log:
+            return None
+        from jupyter_ds.audit import open_audit_log
+
+        return open_audit_log(
+            self.audit_log_path or None,
+            key_file=self.audit_key_file or None,
+            key_env=self.audit_key_env,
+            capture_samples=self.audit_capture_samples,
+            sample_chars=self.audit_sample_chars,
+            max_bytes=self.audit_max_bytes,
+        )
 
     def role_policy(self) -> RolePolicy:
         return RolePolicy.from_config(self.roles, self.group_roles, self.default_roles)
@@ -316,6 +377,14 @@ class JupyterDsApp(ExtensionApp):
             ),
         )
         services.limiter = self.make_limiter()
+        services.audit = self.open_audit()
+        if services.audit is not None:
+            self.log.info(
+                "jupyter-ds: audit log %s (%s%s)",
+                services.audit.path,
+                "encrypted" if services.audit.encrypted else "plain JSON",
+                ", with redacted samples" if services.audit.capture_samples else "",
+            )
         services.roles = self.role_policy()
         if self.enforce_roles:
             # Handlers read the authorizer from the web app's settings, which this dict

@@ -573,11 +573,6 @@ async def test_websocket_cancellations_are_counted_once(ds_ready, jp_ws_fetch):
     await settle(start + 2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="observe_request() is not wired into jupyter_ds/handlers/base.py yet; "
-    "remove this marker once it is",
-)
 async def test_the_server_counts_requests_by_endpoint_and_status(ds_ready):
     before = value("jupyter_ds_requests_total", endpoint="complete", status="400")
     code, _, _ = await ds_ready.post("complete", {"prefix": 3})

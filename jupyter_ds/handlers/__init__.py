@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from jupyter_server.utils import url_path_join
 
+from jupyter_ds.handlers.audit import AuditReportHandler
 from jupyter_ds.handlers.complete import CompleteHandler
 from jupyter_ds.handlers.explain import ExplainHandler
 from jupyter_ds.handlers.git import GIT_ROUTES
@@ -22,6 +23,7 @@ ROUTES = [
     ("tests/insert", TestsInsertHandler),
     ("models", ModelsHandler),
     ("health", HealthHandler),
+    ("audit/report", AuditReportHandler),
     *GIT_ROUTES,
 ]
 

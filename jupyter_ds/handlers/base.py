@@ -8,6 +8,7 @@ are logged with their traceback on the server and answered as a bare 500.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -17,9 +18,12 @@ from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import httputil, iostream
 from tornado.web import HTTPError
 
+from jupyter_ds import json_logs, metrics
 from jupyter_ds.envelope import failure, success
 from jupyter_ds.errors import ApiError, bad_request, not_ready, too_large
+from jupyter_ds.ratelimit import GenerationSlot
 from jupyter_ds.requests import parse_request
+from jupyter_ds.roles import RoleAuthorizer, user_name
 
 T = TypeVar("T")
 
@@ -35,6 +39,71 @@ _HTTP_CODES = {
 
 # The request field that a multipart upload's file part (named "file") fills.
 PRIMARY_FIELD = {"complete": "prefix", "explain": "code"}
+# Request fields that make the audit log's input sample (when samples are captured).
+SAMPLE_FIELDS = ("prefix", "code", "source", "tests", "question")
+# Liveness polls (status bar, Kubernetes probes) are not audited: they would drown the log.
+NOT_AUDITED = frozenset({"health"})
+
+log = logging.getLogger("jupyter_ds.handlers")
+
+
+def input_sample(req: Any) -> str | None:
+    """The text of a parsed request that an audit sample shows (before redaction)."""
+    parts = [getattr(req, name, None) for name in SAMPLE_FIELDS]
+    texts = [p for p in parts if isinstance(p, str) and p]
+    return "\n".join(texts) if texts else None
+
+
+def audit_request(
+    ds: Any,
+    *,
+    endpoint: str,
+    user: Any,
+    request_id: str | None,
+    status: int,
+    error_code: str | None,
+    seconds: float,
+    method: str,
+    answer: dict[str, Any] | None = None,
+    sample: str | None = None,
+) -> None:
+    """Write one audit record for a finished request, if the audit log is on.
+
+    Never raises: the writer counts and logs its own failures, and anything before it
+    (an odd answer) is logged here.
+    """
+    audit = getattr(ds, "audit", None)
+    if audit is None or endpoint in NOT_AUDITED:
+        return
+    try:
+        from jupyter_ds.audit import AuditEvent
+
+        answer = answer if isinstance(answer, dict) else {}
+        policy = getattr(ds, "roles", None)
+        roles = policy.roles_of(user) if policy is not None and user else ()
+        tokens_in = answer.get("prompt_tokens")
+        tokens_out = answer.get("token_count")
+        output = answer.get("output")
+        audit.write(
+            AuditEvent(
+                endpoint=endpoint,
+                user=user_name(user),
+                role=",".join(roles) or None,
+                request_id=request_id,
+                model=answer.get("model") if isinstance(answer.get("model"), str) else None,
+                adapter=answer.get("adapter") if isinstance(answer.get("adapter"), str) else None,
+                tokens_in=tokens_in if isinstance(tokens_in, int) else None,
+                tokens_out=tokens_out if isinstance(tokens_out, int) else None,
+                latency_ms=seconds * 1000.0,
+                status=int(status),
+                error_code=error_code,
+                input_sample=sample,
+                output_sample=output if isinstance(output, str) else None,
+                extra={"method": method},
+            )
+        )
+    except Exception:
+        log.exception("jupyter-ds: could not build the audit record of %s", endpoint)
 
 
 class DsApiHandler(ExtensionHandlerMixin, APIHandler):
@@ -42,9 +111,83 @@ class DsApiHandler(ExtensionHandlerMixin, APIHandler):
 
     It defines no HTTP verb itself: each subclass decorates every verb it defines with
     ``@web.authenticated`` and ``@authorized`` on its ``auth_resource`` (a test checks it).
+
+    Around every request: ``prepare`` binds the request id (the client's ``X-Request-Id``
+    or a new one, echoed in the answer's header) for the JSON logs, then applies the rate
+    limits and takes a generation slot for model endpoints; ``on_finish`` releases the
+    slot and records the request in the metrics (and the audit log when configured).
+    ``endpoint`` is the route's name (``complete``, ``git/status``...), the label used
+    by rate limits, metrics and the audit log.
     """
 
     endpoint = ""
+    _ds_error_code: str | None = None
+    _ds_token: Any = None
+    _ds_request_id: str | None = None
+    _ds_slot: GenerationSlot | None = None
+    _ds_answer: dict[str, Any] | None = None
+    _ds_sample: str | None = None
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        self._ds_error_code = None
+        await super().prepare()  # authenticates: the user is known from here on
+        user = self.current_user
+        self._ds_token = json_logs.bind_request(
+            self.request.headers.get(json_logs.REQUEST_ID_HEADER),
+            user=getattr(user, "username", None),
+            endpoint=self.endpoint,
+        )
+        self._ds_request_id = json_logs.current_request_id()
+        self.set_header(json_logs.REQUEST_ID_HEADER, self._ds_request_id)
+        limiter = getattr(self.ds, "limiter", None)
+        name = user_name(user)
+        if limiter is not None and name is not None:
+            self._ds_slot = limiter.admit(name, self.endpoint)
+
+    def on_finish(self) -> None:
+        slot, self._ds_slot = self._ds_slot, None
+        if slot is not None:
+            slot.release()
+        try:
+            metrics.observe_request(
+                self.endpoint or "unknown",
+                self.request.method or "",
+                self.get_status(),
+                self.request.request_time(),
+                error_code=self._ds_error_code,
+            )
+        except Exception:  # metrics never fail a request
+            self.log.debug("jupyter-ds: could not record request metrics", exc_info=True)
+        audit_request(
+            self.settings.get("jupyter_ds"),
+            endpoint=self.endpoint or "unknown",
+            user=self._known_user(),
+            request_id=self._ds_request_id,
+            status=self.get_status(),
+            error_code=self._ds_error_code,
+            seconds=self.request.request_time(),
+            method=self.request.method or "",
+            answer=self._ds_answer,
+            sample=self._ds_sample,
+        )
+        token, self._ds_token = self._ds_token, None
+        if token is not None:
+            try:
+                json_logs.reset_request(token)
+            except ValueError:  # finished from another context: nothing to restore
+                pass
+        super().on_finish()
+
+    def _known_user(self) -> Any:
+        """The authenticated user, or None for a request refused before authentication.
+
+        jupyter_server raises RuntimeError when ``current_user`` is read before its
+        ``prepare`` ran (a malformed body, an unknown method).
+        """
+        try:
+            return self.current_user
+        except RuntimeError:
+            return None
 
     @property
     def ds(self) -> Any:
@@ -108,7 +251,10 @@ class DsApiHandler(ExtensionHandlerMixin, APIHandler):
             raise bad_request(f"field '{name}' is not valid UTF-8", name) from None
 
     def parse(self, cls: type[T]) -> T:
-        return parse_request(cls, self.body(), self.ds.limits)
+        req = parse_request(cls, self.body(), self.ds.limits)
+        if getattr(getattr(self.ds, "audit", None), "capture_samples", False):
+            self._ds_sample = input_sample(req)
+        return req
 
     async def stream_ndjson(
         self,
@@ -127,7 +273,10 @@ class DsApiHandler(ExtensionHandlerMixin, APIHandler):
                     self.set_header("Content-Type", "application/x-ndjson")
                     self.set_header("Cache-Control", "no-cache")
                     started = True
-                self.write(json.dumps(line(event)) + "\n")
+                out = line(event)
+                if isinstance(out, dict) and out.get("status") == "success":
+                    self._ds_answer = out.get("data")
+                self.write(json.dumps(out) + "\n")
                 await self.flush()
         except iostream.StreamClosedError:
             await events.aclose()  # type: ignore[attr-defined]
@@ -139,6 +288,7 @@ class DsApiHandler(ExtensionHandlerMixin, APIHandler):
         self.finish()
 
     def ok(self, data: dict[str, Any]) -> None:
+        self._ds_answer = data
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(success(data)))
 
@@ -149,7 +299,7 @@ class DsApiHandler(ExtensionHandlerMixin, APIHandler):
             exc = not_ready(str(exc), exc.retry_after)
         if isinstance(exc, ApiError):
             error = exc
-        elif status_code in (401, 403) and not self.current_user:
+        elif status_code in (401, 403) and not self._known_user():
             # Jupyter answers 403 (often about _xsrf) when no credentials came at all.
             error = ApiError(
                 401,
@@ -160,6 +310,8 @@ class DsApiHandler(ExtensionHandlerMixin, APIHandler):
             message = exc.log_message or httputil.responses.get(status_code, "error")
             if exc.args and exc.log_message and "%" in exc.log_message:
                 message = exc.log_message % exc.args
+            if status_code == 403:  # refused by roles: say which role it needs
+                message = getattr(self, RoleAuthorizer.MESSAGE_ATTR, None) or message
             error = ApiError(status_code, _HTTP_CODES.get(status_code, "error"), message)
         else:
             error = ApiError(
@@ -169,6 +321,9 @@ class DsApiHandler(ExtensionHandlerMixin, APIHandler):
                 if status_code >= 500
                 else httputil.responses.get(status_code, "error"),
             )
+        self._ds_error_code = error.code
+        if self._ds_request_id:  # send_error cleared the headers set in prepare
+            self.set_header(json_logs.REQUEST_ID_HEADER, self._ds_request_id)
         if error.retry_after is not None:
             self.set_header("Retry-After", str(error.retry_after))
         self.set_status(error.status)

@@ -12,17 +12,22 @@ from typing import Any
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
+from jupyter_ds.errors import bad_request
 from jupyter_ds.git.requests import READ_VERBS, WRITE_VERBS, parse_git, query_body
 from jupyter_ds.handlers.base import DsApiHandler
 
 
 class GitHandler(DsApiHandler):
     auth_resource = "jupyter_ds:git"
-    endpoint = "git"
 
     @property
     def verb(self) -> str:
         return self.request.path.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def endpoint(self) -> str:  # type: ignore[override]
+        """The route's name, ``git/<verb>`` (one handler class serves many verbs)."""
+        return f"git/{self.verb}"
 
     def _user_name(self) -> str | None:
         user: Any = self.current_user
@@ -40,11 +45,21 @@ class GitHandler(DsApiHandler):
         if write:
             body = self.body()
         else:
-            args = {k: self.get_argument(k, strip=False) for k in self.request.arguments}
+            args = {k: self._argument(k) for k in self.request.arguments}
             body = query_body(cls, args)
         req = parse_git(cls, body, self.ds.limits)
         user = self._user_name() if verb == "commit" else None
         self.ok(await self.ds.git.call(verb, req, write=write, user=user))
+
+
+    def _argument(self, name: str) -> str:
+        """A query-string value; one that is not UTF-8 is a 400 naming its field."""
+        try:
+            return self.get_argument(name, strip=False)
+        except web.HTTPError as exc:
+            if exc.status_code != 400:
+                raise
+            raise bad_request(f"field '{name}' is not valid UTF-8", name) from None
 
 
 class GitReadHandler(GitHandler):

@@ -12,7 +12,8 @@ from jupyter_ds.handlers.base import DsApiHandler
 class ModelsHandler(DsApiHandler):
     """The models behind each task, with their load state and counters."""
 
-    auth_resource = "jupyter_ds:completion"
+    auth_resource = "jupyter_ds:admin"
+    endpoint = "models"
 
     @web.authenticated
     @authorized("read")
@@ -24,7 +25,8 @@ class ModelsHandler(DsApiHandler):
 class HealthHandler(DsApiHandler):
     """Liveness (the server answers) and readiness (the model can take requests)."""
 
-    auth_resource = "jupyter_ds:completion"
+    auth_resource = "jupyter_ds:status"
+    endpoint = "health"
 
     @web.authenticated
     @authorized("read")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
@@ -17,10 +19,25 @@ class TestsHandler(DsApiHandler):
     auth_resource = "jupyter_ds:tests"
     endpoint = "tests"
 
+    _work: asyncio.Future | None = None
+    _client_gone = False
+
     @web.authenticated
     @authorized("execute")
     async def post(self) -> None:
         req = self.parse(TestsRequest)
+        # A generation round runs for many seconds without writing anything: when the
+        # client goes away meanwhile, on_connection_close cancels this work (and with it
+        # the model's generation) instead of letting the round and its sandbox runs finish
+        # for nobody.
+        self._work = asyncio.ensure_future(self._serve(req))
+        try:
+            await self._work
+        except asyncio.CancelledError:
+            if not self._client_gone:
+                raise
+
+    async def _serve(self, req: TestsRequest) -> None:
         if not req.stream:
             self.ok(await self.ds.testgen.generate(req))
             return
@@ -30,6 +47,12 @@ class TestsHandler(DsApiHandler):
             if e["type"] == "done"
             else e,
         )
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        self._client_gone = True
+        if self._work is not None and not self._work.done():
+            self._work.cancel()
 
 
 class TestsRunHandler(DsApiHandler):

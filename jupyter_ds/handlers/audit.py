@@ -1,0 +1,53 @@
+"""``GET jupyter-ds/v1/audit/report``: usage per user, model and endpoint from the audit log.
+
+Resource ``jupyter_ds:audit`` (read): the ``admin`` and ``auditor`` roles. The same report
+as ``jupyter-ds audit report --json``; a line the server cannot read (a lost key, an
+altered line) is an error naming it, never a shorter report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from jupyter_server.auth.decorator import authorized
+from tornado import web
+
+from jupyter_ds.errors import ApiError, bad_request
+from jupyter_ds.handlers.base import DsApiHandler
+
+
+class AuditReportHandler(DsApiHandler):
+    auth_resource = "jupyter_ds:audit"
+    endpoint = "audit/report"
+
+    @web.authenticated
+    @authorized("read")
+    async def get(self) -> None:
+        from jupyter_ds.audit import AuditError, build_report, parse_when, to_api_error
+
+        audit = getattr(self.ds, "audit", None)
+        if audit is None:
+            raise ApiError(
+                501,
+                "audit_disabled",
+                "the audit log is off on this server (JupyterDsApp.audit_log = False)",
+            )
+        bounds = {}
+        for name in ("since", "until"):
+            text = self.get_argument(name, "", strip=True)
+            if not text:
+                bounds[name] = None
+                continue
+            try:
+                bounds[name] = parse_when(text)
+            except ValueError as exc:
+                raise bad_request(f"field '{name}': {exc}", name) from None
+        try:
+            report = await asyncio.to_thread(
+                build_report, audit.path, audit.keyring, bounds["since"], bounds["until"]
+            )
+        except AuditError as exc:
+            raise to_api_error(exc) from None
+        except OSError as exc:
+            raise ApiError(500, "audit_error", f"cannot read the audit log: {exc}") from None
+        self.ok(report)
