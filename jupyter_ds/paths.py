@@ -14,6 +14,9 @@ from pathlib import Path, PureWindowsPath
 
 from jupyter_ds.errors import ApiError, bad_request
 
+MAX_NAME_BYTES = 255  # NAME_MAX of Linux, macOS and Windows file systems
+MAX_PATH_BYTES = 4000  # under PATH_MAX (4096) once joined to the root
+
 
 def forbidden(message: str, field: str | None = None) -> ApiError:
     return ApiError(403, "forbidden", message, field=field)
@@ -45,6 +48,13 @@ def normalise_relative(
     normal = posixpath.normpath(path.replace("\\", "/") if os.sep == "\\" else path)
     if normal == ".." or normal.startswith("../"):
         raise refuse(f"field '{field}' leaves the server root")
+    # The file system refuses these (ENAMETOOLONG), deep inside a stat or an open: say so
+    # here, as a client error.
+    if len(normal.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES or any(
+        len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES for part in normal.split("/")
+    ):
+        raise bad_request(f"field '{field}' is too long a path (at most {MAX_NAME_BYTES} bytes "
+                          f"a name, {MAX_PATH_BYTES} in all)", field)
     return normal
 
 

@@ -139,6 +139,25 @@ def _check_type(name: str, value: Any, allowed: tuple[type, ...]) -> Any:
     )
 
 
+def _check_text(name: str, value: str, what: str = "field") -> None:
+    """Refuse characters no file, process argument or tokenizer can take.
+
+    NUL ends a C string (git arguments, file names); a lone UTF-16 surrogate, which JSON
+    allows as ``"\\ud800"``, cannot be encoded as UTF-8 (tokenizers, files, git). Both
+    are a 400 naming the field, never an error deeper down.
+    """
+    if "\x00" in value:
+        raise bad_request(f"{what} '{name}' contains a NUL character", name)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise bad_request(
+            f"{what} '{name}' contains a lone surrogate (\\u{ord(value[exc.start]):04x}) at "
+            f"character {exc.start}: not valid Unicode text",
+            name,
+        ) from None
+
+
 def _check_list(name: str, value: Any, meta: Any, limits: dict[str, int]) -> list[str]:
     """A list of strings: its length bounded by ``max_items``, each item by the input limit."""
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -150,6 +169,8 @@ def _check_list(name: str, value: Any, meta: Any, limits: dict[str, int]) -> lis
     if any(len(v) > limit for v in value):
         raise too_large(f"an item of field '{name}' is over the limit of {limit} characters",
                         name)
+    for item in value:
+        _check_text(name, item, "an item of field")
     return list(value)
 
 
@@ -177,8 +198,8 @@ def parse_request(cls: type[T], body: Any, limits: dict[str, int] | None = None)
                     f"field '{f.name}' is {len(value)} characters, over the limit of {limit}",
                     f.name,
                 )
-            if "\x00" in value:
-                raise bad_request(f"field '{f.name}' contains a NUL character", f.name)
+        if isinstance(value, str):
+            _check_text(f.name, value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             low = meta.get("min")
             high = limits[meta["max_setting"]] if "max_setting" in meta else meta.get("max")

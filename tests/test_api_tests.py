@@ -99,7 +99,7 @@ async def test_insert_writes_the_matching_test_file(ds_ready, jp_root_dir):
         ("tests/insert", {"path": "a.py", "tests": "def test_a(): pass"}, 400, "tests"),
         ("tests/insert", {"path": "a.py", "tests": ["def broken(:"]}, 400, "tests"),
         ("tests/insert", {"path": "a.py", "tests": ["x"], "test_path": "/etc/x.py"}, 400,
-         "path"),
+         "test_path"),
     ],
     ids=lambda v: str(v)[:30],
 )

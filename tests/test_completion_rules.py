@@ -9,6 +9,7 @@ from jupyter_ds.completion.rules import (
     CompletionContext,
     block_complete,
     drop_suffix_repeats,
+    join_typed_whitespace,
     limit_to_line_when_midline,
     postprocess,
     stop_at_block_end,
@@ -240,10 +241,33 @@ def test_postprocess(raw: str, ctx: CompletionContext, expected: str) -> None:
     assert postprocess(raw, ctx) == expected
 
 
+BODY = "def f(xs):\n    result = []\n    for n in xs:\n        "
+TYPED = [
+    case("one-stray-space", " result.append(n)", BODY, "", "result.append(n)"),
+    case("three-stray-spaces", "   x = 1", "x = ", "", "x = 1"),
+    case("deliberate-indent-kept", "    pass", "if x:\n    ", "", "    pass"),
+    case("tab-kept", "\tpass", "if x:\n    ", "", "\tpass"),
+    case("break-then-indent", "\n        result.append(n)\n    return", BODY, "",
+         "result.append(n)\n    return"),
+    case("break-then-shallower", "\n    return result", BODY, "", "return result"),
+    case("break-then-deeper", "\n            y = 2", BODY, "", "    y = 2"),
+    case("only-breaks-untouched", "\n\n", BODY, "", "\n\n"),
+    case("nothing-typed", " x", "y =", "", " x"),
+    case("break-after-code-kept", "\n    y = 2", "x = 1 ", "", "\n    y = 2"),
+    case("crlf", "\r\n        z()", BODY.replace("\n", "\r\n"), "", "z()"),
+]
+
+
+@pytest.mark.parametrize(("raw", "ctx", "expected"), TYPED)
+def test_join_typed_whitespace(raw: str, ctx: CompletionContext, expected: str) -> None:
+    assert join_typed_whitespace(raw, ctx) == expected
+
+
 def test_pipeline_order() -> None:
     assert [rule.__name__ for rule in PIPELINE] == [
         "strip_markdown_fences",
         "strip_echoed_prefix",
+        "join_typed_whitespace",
         "limit_to_line_when_midline",
         "stop_at_block_end",
         "drop_suffix_repeats",

@@ -34,7 +34,7 @@ from ds_engine.quantize import (
     quantize_int8_cpu,
     resolve_quantization,
 )
-from ds_engine.templates import PromptTemplate, detect_template
+from ds_engine.templates import PromptTemplate, detect_template, special_strings
 
 log = logging.getLogger(__name__)
 
@@ -351,7 +351,11 @@ def load_model(
     if warm_up:
         _report(progress, "warm-up", 0.9)
         _warm_up(model, tokenizer, dev)
-    template = detect_template(tokenizer.get_vocab(), getattr(tokenizer, "chat_template", None))
+    template = detect_template(
+        tokenizer.get_vocab(),
+        getattr(tokenizer, "chat_template", None),
+        special_tokens=special_strings(tokenizer),
+    )
     elapsed = time.perf_counter() - t0
     _report(progress, "ready", 1.0)
     log.info("model %s loaded in %.1fs (from_cache=%s)", name or source.name, elapsed, from_cache)

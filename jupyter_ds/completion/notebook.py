@@ -40,7 +40,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from jupyter_ds.errors import bad_request
@@ -79,7 +79,9 @@ class PrecedingCells:
 # ------------------------------------------------------------------------ paths
 
 
-def resolve_notebook_path(root_dir: str | os.PathLike[str], path: str) -> Path | None:
+def resolve_notebook_path(
+    root_dir: str | os.PathLike[str], path: str, field: str = "path"
+) -> Path | None:
     """The real path of ``path`` under ``root_dir``; a 400 naming ``path`` if it leaves it.
 
     ``path`` is relative to the root with ``/`` separators, as JupyterLab sends it. An
@@ -90,8 +92,8 @@ def resolve_notebook_path(root_dir: str | os.PathLike[str], path: str) -> Path |
     if path.startswith("RTC:"):  # JupyterLab's collaborative drive prefix
         path = path[len("RTC:"):]
     if not path:
-        raise bad_request("field 'path' is empty", "path")
-    normal = normalise_relative(path, "path", allow_root=True)
+        raise bad_request(f"field '{field}' is empty", field)
+    normal = normalise_relative(path, field, allow_root=True)
     root = Path(os.path.realpath(root_dir))
     real = Path(os.path.realpath(root / normal))
     if not is_within(root, real):
@@ -222,20 +224,35 @@ class NotebookReader:
 # ------------------------------------------------------------------------ format
 
 
+def _same(text: str) -> str:
+    return text
+
+
 @dataclass(frozen=True)
 class NotebookFormat:
-    """How cells are glued in front of the current cell for one model."""
+    """How cells are glued in front of the current cell for one model.
+
+    ``escape`` neutralizes control tokens in the cells' sources (the template's
+    :meth:`~ds_engine.templates.PromptTemplate.escape`): a saved cell is user text, and
+    only the markers put here may reach the tokenizer as control tokens.
+    """
 
     code: str | None = None  # the code-cell token; None means the plain "# %%" format
     text: str | None = None
     start: str | None = None
+    escape: Callable[[str], str] = field(default=_same, compare=False, repr=False)
 
     @classmethod
-    def from_tokens(cls, tokens: Mapping[str, str]) -> NotebookFormat:
+    def from_tokens(
+        cls, tokens: Mapping[str, str], escape: Callable[[str], str] | None = None
+    ) -> NotebookFormat:
         """From a template's ``notebook_tokens`` (kinds ``code``, ``text``, ``start``)."""
+        esc = escape or _same
         if "code" not in tokens:
-            return cls()
-        return cls(code=tokens["code"], text=tokens.get("text"), start=tokens.get("start"))
+            return cls(escape=esc)
+        return cls(
+            code=tokens["code"], text=tokens.get("text"), start=tokens.get("start"), escape=esc
+        )
 
     @property
     def structured(self) -> bool:
@@ -251,11 +268,12 @@ class NotebookFormat:
 
     def piece(self, cell: Cell) -> str:
         """One preceding cell as it appears in the prompt."""
+        src = self.escape(cell.source)
         if self.code is None:
-            return f"{PLAIN_CELL_MARKER}{cell.source.rstrip()}\n\n"
+            return f"{PLAIN_CELL_MARKER}{src.rstrip()}\n\n"
         if cell.kind == "markdown" and self.text is not None:
-            return self.text + cell.source
-        source = cell.source if cell.source.endswith("\n") else cell.source + "\n"
+            return self.text + src
+        source = src if src.endswith("\n") else src + "\n"
         return self.code + source
 
     def head(self) -> str:

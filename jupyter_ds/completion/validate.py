@@ -262,14 +262,17 @@ def _word(ch: str) -> bool:
 
 
 def longest_valid(
-    completion: str, prefix: str, suffix: str, language: str = "python"
+    completion: str, prefix: str, suffix: str, language: str = "python", *, strict: bool = True
 ) -> str | None:
     """The longest truncation of ``completion`` with which prefix + it + suffix parses.
 
     Candidates, longest first: the whole text, cuts at each line end, then cuts of the first
     line after a closing bracket, a comma, an identifier or a string. ``compile`` filters them;
-    libcst confirms the first that compiles. None when no non-empty candidate parses. Not a
-    Python-like language: the completion unchanged (None when empty), for want of a validator.
+    libcst confirms the first that compiles unless ``strict`` is off (for text shown while
+    streaming: libcst builds a tree of the whole window, tens of milliseconds on a large
+    class, and holds the GIL that the engine's thread needs meanwhile). None when no non-empty
+    candidate parses. Not a Python-like language: the completion unchanged (None when empty),
+    for want of a validator.
     """
     if language.lower() not in PYTHON_LIKE:
         return completion or None
@@ -292,7 +295,7 @@ def longest_valid(
             before = "%%" + cell.group(1) + "\n" + before
         for candidate in candidates:
             code = mask_ipython(before + candidate + after)
-            if code is not None and not (_compiles(code) and _cst_parses(code)):
+            if code is not None and not (_compiles(code) and (not strict or _cst_parses(code))):
                 continue
             if unchecked and not _error_elsewhere(prefix, candidate, suffix, start, end):
                 continue

@@ -435,7 +435,7 @@ class GitService:
         if result.finish_reason is FinishReason.TIMEOUT:
             raise timed_out(f"drafting took longer than {self.settings.message_timeout_s} s")
         return {
-            **msg.postprocess(result.text, diff["files"]),
+            **msg.postprocess(template.strip_special(result.text), diff["files"]),
             "token_count": result.token_count,
             "confidence": round(result.confidence, 4),
             "model": result.model,

@@ -88,7 +88,8 @@ class CompletionService:
         """
         if self.notebooks is None or not req.path or not req.cell_id:
             return ""
-        fmt = NotebookFormat.from_tokens(self.engine.template.notebook_tokens)
+        template = self.engine.template
+        fmt = NotebookFormat.from_tokens(template.notebook_tokens, template.escape)
         # A path that leaves the root is a 400 here, before anything is read.
         preceding = self.notebooks.preceding(
             req.path, req.cell_id, include_markdown=fmt.includes_markdown
@@ -111,10 +112,13 @@ class CompletionService:
             min(self.settings.max_prompt_tokens, self.engine.context_window() - max_tokens) - 8,
         )
         counts: dict[str, int] = {}  # trim_context has counted what fits: reuse it
+        template = self.engine.template
 
         def count(text: str) -> int:
+            # Counted as the prompt will hold it: control tokens in the user's text are
+            # escaped there, and take several tokens each instead of one.
             if text not in counts:
-                counts[text] = self.engine.count_tokens(text)
+                counts[text] = self.engine.count_tokens(template.escape(text))
             return counts[text]
 
         prefix, suffix = trim_context(
@@ -125,12 +129,12 @@ class CompletionService:
             suffix_share=self.settings.suffix_share,
             anchor_lines=self.settings.anchor_lines,
         )
-        template = self.engine.template
         context = self._notebook_context(req, prefix, suffix, budget, count)
         path = req.path
         if context and "code" in template.notebook_tokens:
             path = None  # notebooks were trained on without a <filename> line
-        return template.completion_prompt(context + prefix, suffix, path), max_tokens
+        # The template escapes prefix, suffix and path; the context escaped its cells.
+        return template.completion_prompt(prefix, suffix, path, context=context), max_tokens
 
     def _generation(
         self, req: CompleteRequest, index: int = 0, request_id: str | None = None
@@ -161,7 +165,8 @@ class CompletionService:
         confidence = 0.0
         prompt_tokens = 0
         for index in range(req.n):
-            async for event in self._run(req, self._generation(req, index)):
+            gen = self._generation(req, index)
+            async for event in self._run(req, gen, partial=False):
                 if not event["done"]:
                     continue
                 token_count += event["token_count"]
@@ -201,26 +206,36 @@ class CompletionService:
         return self._run(req, self._generation(req, 0, request_id))
 
     async def _run(
-        self, req: CompleteRequest, gen: GenerationRequest
+        self, req: CompleteRequest, gen: GenerationRequest, partial: bool = True
     ) -> AsyncIterator[dict[str, Any]]:
         """One generation, post-processed as it streams and validated at the end.
 
         Generation is cancelled as soon as the rules say the block is complete, so a
-        suggestion costs no more tokens than it can show.
+        suggestion costs no more tokens than it can show. ``partial`` events (the text
+        so far, checked with ``compile`` only) are made for streaming clients alone:
+        validation runs on the server's event loop, whose GIL the engine thread needs.
         """
         ctx = CompletionContext(prefix=req.prefix, suffix=req.suffix, language=req.language)
+        template = self.engine.template
         shown = ""
         stopped_early = False
         started = time.monotonic()
         try:
             async for chunk in self.engine.stream(gen):
+                # A control token the model writes (a new cell, file or turn) ends the
+                # completion; it and what follows are never shown.
+                raw = template.cut_special(chunk.text)
                 if not chunk.done:
-                    if not stopped_early and block_complete(chunk.text, ctx):
+                    if not stopped_early and (
+                        len(raw) < len(chunk.text) or block_complete(raw, ctx)
+                    ):
                         stopped_early = True
                         gen.cancel()  # the rest would be cut anyway: stop paying for it
+                    if not partial:
+                        continue
                     # Only ever show text that is valid in its context, even mid-stream.
                     text = longest_valid(
-                        postprocess(chunk.text, ctx), req.prefix, req.suffix, req.language
+                        postprocess(raw, ctx), req.prefix, req.suffix, req.language, strict=False
                     ) or ""
                     if text != shown:
                         shown = text
@@ -233,9 +248,7 @@ class CompletionService:
                 reason = result.finish_reason
                 if reason is FinishReason.CANCELLED and stopped_early:
                     reason = FinishReason.STOP
-                final = longest_valid(
-                    postprocess(chunk.text, ctx), req.prefix, req.suffix, req.language
-                )
+                final = longest_valid(postprocess(raw, ctx), req.prefix, req.suffix, req.language)
                 yield {
                     "text": final or "",
                     "done": True,

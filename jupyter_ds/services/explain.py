@@ -35,12 +35,17 @@ class ExplainService:
 
     def _request(self, req: ExplainRequest) -> GenerationRequest:
         code = req.code
+        escape = self.engine.template.escape  # counted as the prompt will hold it
         # Keep the head of long code: the definitions usually come first.
-        while self.engine.count_tokens(code) > self.settings.max_code_tokens and "\n" in code:
+        while (
+            self.engine.count_tokens(escape(code)) > self.settings.max_code_tokens
+            and "\n" in code
+        ):
             code = code[: code.rstrip("\n").rfind("\n")]
         fence = _fence_language(req.language)
         ask = req.question or f"Explain what this {req.language} code does, step by step."
         user = f"{ask}\n\n```{fence}\n{code.rstrip()}\n```"
+        # The chat template escapes control tokens in the message (user text).
         prompt = self.engine.template.chat_prompt(
             [{"role": "user", "content": user}], system=DEFAULT_SYSTEM_PROMPT
         )
@@ -62,7 +67,7 @@ class ExplainService:
         if result.finish_reason is FinishReason.TIMEOUT:
             raise timed_out(f"explanation took longer than {self.settings.timeout_s} s")
         return {
-            "output": result.text.strip(),
+            "output": self.engine.template.strip_special(result.text).strip(),
             "format": "markdown",
             "token_count": result.token_count,
             "confidence": round(result.confidence, 4),
@@ -77,7 +82,8 @@ class ExplainService:
         started = time.monotonic()
         try:
             async for chunk in self.engine.stream(self._request(req)):
-                event: dict[str, Any] = {"text": chunk.text, "done": chunk.done}
+                text = self.engine.template.strip_special(chunk.text)
+                event: dict[str, Any] = {"text": text, "done": chunk.done}
                 if chunk.done and chunk.result is not None:
                     event.update(
                         token_count=chunk.result.token_count,

@@ -89,9 +89,13 @@ def test_path_for(source_path: str, existing: Iterable[str] = ()) -> str:
 def find_test_file(source_path: str, root: str | os.PathLike[str]) -> str | None:
     """The existing test file for ``source_path`` under ``root``, or ``None``."""
     base = Path(root)
-    return next(
-        (path for path in test_file_candidates(source_path) if (base / path).is_file()), None
-    )
+    for path in test_file_candidates(source_path):
+        try:
+            if (base / path).is_file():
+                return path
+        except OSError:  # a name too long for the file system, a loop of links...
+            continue
+    return None
 
 
 # --- text by lines ------------------------------------------------------------------------

@@ -54,7 +54,12 @@ def build_prompt(
     if failures:
         lines.append("")
     head = test_file_start(ctx)
-    test_text = "\n".join(lines) + head
+    # Everything above is user text (or the model's own, from earlier rounds): control
+    # tokens in it are escaped, so only the separators put here act as tokens.
+    esc = template.escape
+    module_file, test_file = esc(module_file), esc(test_file)
+    module_text = esc(module_text)
+    test_text = esc("\n".join(lines) + head)
     if template.filename_token and template.file_separator:
         prompt = (
             f"{template.filename_token}{module_file}\n{module_text}"

@@ -11,7 +11,10 @@ Failures go back into the next round's prompt. Every candidate ends with a verdi
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import posixpath
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +23,7 @@ from typing import Any
 
 from ds_engine import Engine, EngineNotReady, FinishReason, GenerationRequest, Priority
 
-from jupyter_ds.errors import ApiError, bad_request
+from jupyter_ds.errors import ApiError, bad_request, too_large
 from jupyter_ds.metrics import observe_sandbox_run
 from jupyter_ds.requests import TestsInsertRequest, TestsRequest, TestsRunRequest
 from jupyter_ds.services.completion import engine_errors, ensure_ready
@@ -88,22 +91,33 @@ def module_name(path: str | None) -> str:
     return name if not name[0].isdigit() else f"m_{name}"
 
 
-def _read_under_root(root: str | None, path: str, field_name: str = "path") -> str:
+# The largest source or test file read from under the root (a request's own text is
+# bounded by max_input_chars; a file named by a request is bounded here).
+MAX_FILE_BYTES = 4 * 1024 * 1024
+
+
+def _read_under_root(
+    root: str | None, path: str, field_name: str = "path", max_bytes: int = MAX_FILE_BYTES
+) -> str:
     from jupyter_ds.completion.notebook import resolve_notebook_path
 
     if root is None:
         raise bad_request(
             f"field '{field_name}' needs a server root; send the code instead", field_name
         )
-    real = resolve_notebook_path(root, path)
+    real = resolve_notebook_path(root, path, field_name)
     if real is None or not real.is_file():
         raise ApiError(
             404, "not_found", f"no such file under the server root: {path}", field=field_name
         )
+    size = real.stat().st_size
+    if size > max_bytes:
+        raise too_large(f"field '{field_name}': {path} is {size} bytes, over the limit of "
+                        f"{max_bytes}", field_name)
     try:
         return real.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise bad_request(f"{path} is not UTF-8 text", field_name) from None
+        raise bad_request(f"field '{field_name}': {path} is not UTF-8 text", field_name) from None
 
 
 def _with_prompt_imports(imports: list[str], candidates: Sequence[Candidate]) -> list[str]:
@@ -218,21 +232,52 @@ class TestgenService:
             raise bad_request("inserting tests needs a server root", "path")
         resolve_notebook_path(root, req.path)  # the source path must stay under the root
         rel = req.test_path or find_test_file(req.path, root) or matching_test_path(req.path)
-        real = resolve_notebook_path(root, rel)
+        where = "test_path" if req.test_path else "path"
+        real = resolve_notebook_path(root, rel, where)
         if real is None or real.suffix != ".py":
             raise bad_request(
-                f"test file {rel!r} must be a .py file under the server root", "test_path"
+                f"field 'test_path': test file {rel!r} must be a .py file under the server "
+                "root", "test_path"
             )
-        existing = real.read_text(encoding="utf-8") if real.is_file() else None
+        if real.exists() and not real.is_file():
+            raise bad_request(f"field '{where}': {rel!r} is not a regular file", where)
+        if real.is_file() and real.stat().st_size > MAX_FILE_BYTES:
+            raise too_large(f"field '{where}': {rel!r} is over {MAX_FILE_BYTES} bytes", where)
+        try:
+            existing = real.read_text(encoding="utf-8") if real.is_file() else None
+        except UnicodeDecodeError:
+            raise bad_request(f"field '{where}': {rel!r} is not UTF-8 text", where) from None
         try:
             text = insert_tests(existing, req.imports, req.tests)
         except ValueError as exc:
             raise bad_request(f"cannot insert the tests: {exc}", "tests") from None
-        real.parent.mkdir(parents=True, exist_ok=True)
-        tmp = real.with_name(f".{real.name}.jupyter-ds-tmp")
-        tmp.write_text(text, encoding="utf-8", newline="")
-        tmp.replace(real)  # atomic: the file is never half written
+        try:
+            self._write_atomically(real, text, keep_mode=existing is not None)
+        except PermissionError:
+            raise ApiError(403, "forbidden", f"field '{where}': cannot write {rel!r}",
+                           field=where) from None
+        except (FileExistsError, NotADirectoryError, IsADirectoryError):
+            raise bad_request(f"field '{where}': cannot create {rel!r}, a file is in the way",
+                              where) from None
         return {"test_path": rel, "created": existing is None, "added": len(req.tests)}
+
+    @staticmethod
+    def _write_atomically(real: Path, text: str, *, keep_mode: bool) -> None:
+        real.parent.mkdir(parents=True, exist_ok=True)
+        # A fresh temporary file (O_EXCL, random name): a symlink planted under a fixed
+        # name could otherwise redirect the write outside the root.
+        tmp = real.with_name(f".{real.name}.{secrets.token_hex(6)}.jupyter-ds-tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+                f.write(text)
+            if keep_mode:
+                os.chmod(tmp, real.stat().st_mode & 0o7777)
+            os.replace(tmp, real)  # atomic: the file is never half written
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     # -- generating ----------------------------------------------------------------
 
@@ -246,7 +291,10 @@ class TestgenService:
         if existing is None and req.path and self.settings.root_dir:
             found = find_test_file(req.path, self.settings.root_dir)
             if found:
-                existing = (Path(self.settings.root_dir) / found).read_text(encoding="utf-8")
+                # Optional context: one that leaves the root (a symlink), is too big or is
+                # not text is left out, never read.
+                with contextlib.suppress(ApiError):
+                    existing = _read_under_root(self.settings.root_dir, found)
         module = module_name(req.path)
         ctx = target_context(source, module, req.target, existing)
         return ctx, source, existing
@@ -308,7 +356,8 @@ class TestgenService:
                 result = await self.engine.generate(gen)
             except EngineNotReady as exc:
                 raise engine_errors(exc) from None
-            answer = head + result.text
+            # A control token in the answer starts another file: the tests end there.
+            answer = head + self.engine.template.cut_special(result.text)
             known = "\n\n".join(filter(None, [existing or "", *kept_sources]))
             cands = extract_candidates(
                 answer,
