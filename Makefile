@@ -17,7 +17,7 @@ LABEXT_SRC := $(wildcard labextension/src/*.ts labextension/schema/*.json labext
 LABEXT_STAMP := jupyter_ds/labextension/.jupyter-ds-built
 JLPM := PATH="$(abspath $(BIN)):$$PATH" $(abspath $(BIN))/jlpm
 
-.PHONY: setup run test lint bench bench-latency bench-throughput bench-quality bench-tests \
+.PHONY: setup run test lint bench bench-latency bench-throughput bench-quality bench-load bench-tests \
 	clean labextension test-js
 
 setup: $(STAMP) $(LABEXT_STAMP)
@@ -89,6 +89,10 @@ bench-throughput: setup $(BENCH_STAMP)
 # Single-line infilling on HumanEval: exact match, edit similarity, pass@1; fp32 vs INT8.
 bench-quality: setup $(BENCH_STAMP)
 	$(BIN)/python benchmarks/infill_quality.py $(BENCH_ARGS)
+
+# Load test: users mixing completion, explain and tests; zero 5xx, p95, memory over time.
+bench-load: setup
+	$(BIN)/python benchmarks/load_test.py $(BENCH_ARGS)
 
 # Test-generation funnel on HumanEval; e.g.
 #   make bench-tests BENCH_TESTS_ARGS="--problems 50 --out funnel.json"

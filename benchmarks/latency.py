@@ -1,106 +1,124 @@
-"""Model load time (first and cached) and 16-token completion latency on the embedded model.
+"""Typing latency, side by side in one run: naive generate, the engine's optimisations, llama.cpp.
 
-Replays a cursor through a real file that this project did not write (the standard
-library's ``textwrap``): at the end of each of N lines, a 16-token greedy completion
-through the same CompletionService the server uses, and, side by side in the same
-process, naive ``transformers.generate`` on the same prompts. Prints JSON.
+Replays a person typing through a real file that this project did not write (the standard
+library's ``textwrap``): at every word end inside a line and at every line end of a block
+of consecutive lines, a 16-token greedy completion of the same prompt (the engine's own
+completion prompt, ``CompletionService._prompt``) by each of
 
-    .venv/bin/python benchmarks/latency.py [--requests 20] [--fresh-cache]
+- ``naive``: plain ``transformers.generate`` on the whole prompt every time (the engine's
+  fp32 model, 16 new tokens forced);
+- ``engine_no_cache``: the engine (``LocalEngine``) through the ``CompletionService`` the
+  server uses, with no optimisation (no KV-prefix cache, no result cache);
+- ``engine_prefix_cache``: the same with the KV-prefix cache;
+- ``engine_prefix_cache_int8``: the same with the KV-prefix cache and INT8 linear layers;
+- ``llama_cpp``: llama-cpp-python on the same GGUF file the engine loads, one ``Llama``
+  object for the whole run, so that it reuses the KV of the common prompt prefix of
+  consecutive calls as the engine's prefix cache does (only the ``bench`` extra has it;
+  without it the row is skipped);
+- ``engine_product_path`` (not part of the comparison): the prefix-cache engine exactly as
+  the server runs it, where the service cancels generation once the line or block is
+  complete, so it usually decodes fewer than 16 tokens.
+
+The engine variants go through the whole service (context trimming, prompt, streaming
+post-processing and validation), but the service's early cut is kept from reaching the
+engine, so that every compared variant decodes 16 tokens (or up to the end-of-sequence
+token / the template's stop sequences, which llama.cpp gets too). Time to first token
+(TTFT) and to the full completion are wall-clock times from the call, as the caller sees
+them. Ratios are against the naive p50. The model load time (first start, then cached) is
+measured first, as part of the same report.
+
+    .venv/bin/python benchmarks/latency.py [--fresh-cache] [--start-line 250] [--lines 8]
+        [--requests N] [--no-llama-cpp] [--out-dir benchmarks/results]
+
+JSON goes to stdout and ``<out-dir>/typing.json``, a markdown table to
+``<out-dir>/typing.md``; progress goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import importlib.metadata
 import inspect
 import json
+import os
+import platform
+import shutil
 import statistics
 import sys
 import tempfile
 import textwrap
+import threading
 import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
+from ds_engine.interface import GenerationRequest, StreamChunk
+from ds_engine.loader import resolve_model_source
 from ds_engine.local import LocalEngine
+from transformers.generation.streamers import BaseStreamer
 
 from jupyter_ds.requests import CompleteRequest
 from jupyter_ds.services.completion import CompletionService, CompletionSettings
 
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE_FILE = "textwrap.py"
+TARGET_VS_NAIVE = 5.0  # DESIGN.md: typing p50 at least 5x faster than naive generate
+TARGET_VS_LLAMA_CPP = 1.5  # ... and within 1.5x of llama.cpp on the same GGUF
 
-def cursor_points(source: str, count: int) -> list[tuple[str, str]]:
-    """(prefix, suffix) at the end of evenly spread non-blank lines."""
-    lines = source.splitlines(keepends=True)
-    candidates = [i for i, line in enumerate(lines) if line.strip() and i > 20]
-    step = max(1, len(candidates) // count)
-    points = []
-    for i in candidates[::step][:count]:
-        offset = sum(len(x) for x in lines[: i + 1])
-        points.append((source[:offset], source[offset:]))
-    return points
+LABELS = {
+    "naive": "naive `transformers.generate` (full prompt, 16 tokens forced)",
+    "engine_no_cache": "engine, no optimisation",
+    "engine_prefix_cache": "engine + KV-prefix cache",
+    "engine_prefix_cache_int8": "engine + KV-prefix cache + INT8",
+    "llama_cpp": "llama.cpp (llama-cpp-python, same GGUF, one `Llama`: prefix KV reuse)",
+    "engine_product_path": "engine + KV-prefix cache, server path (cut at line/block end)",
+}
+COMPARED = ["naive", "engine_no_cache", "engine_prefix_cache", "engine_prefix_cache_int8",
+            "llama_cpp"]
 
 
-def typing_points(source: str, start_line: int, lines: int) -> list[tuple[str, str]]:
-    """(prefix, suffix) at every word end of ``lines`` consecutive lines: a person typing."""
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- the replay
+
+
+@dataclass(frozen=True)
+class Point:
+    """A cursor position while typing: what is before and after it, and what kind it is."""
+
+    prefix: str
+    suffix: str
+    kind: str  # "mid_line" (a word end inside a line) or "line_end"
+    line: int  # 0-based line number in the file
+
+
+def typing_points(source: str, start_line: int, lines: int) -> list[Point]:
+    """Every word end inside, and the end of, each of ``lines`` consecutive lines."""
     rows = source.splitlines(keepends=True)
     offset = sum(len(x) for x in rows[:start_line])
     points = []
-    for row in rows[start_line : start_line + lines]:
-        for i, ch in enumerate(row):
-            if ch in " (\n" and i > 0 and row[i - 1].isalnum():
-                points.append((source[: offset + i], source[offset + i :]))
+    for number, row in enumerate(rows[start_line : start_line + lines], start_line):
+        body = row.rstrip("\r\n")
+        for i in range(1, len(body)):
+            if _word(body[i - 1]) and not _word(body[i]):
+                at = offset + i
+                points.append(Point(source[:at], source[at:], "mid_line", number))
+        if body.strip():
+            at = offset + len(body)
+            points.append(Point(source[:at], source[at:], "line_end", number))
         offset += len(row)
     return points
 
 
-async def typing_run(args: argparse.Namespace) -> dict:
-    """Replay typing; the engine with its KV-prefix cache vs. without vs. naive generate."""
-    source = inspect.getsource(textwrap)
-    points = typing_points(source, args.start_line, args.lines)[: args.requests]
-    variants = {
-        "prefix_cache": LocalEngine(result_cache_entries=0),
-        "no_cache": LocalEngine(prefix_cache_entries=0, result_cache_entries=0),
-    }
-    for engine in variants.values():
-        engine.load()
-    timings: dict[str, list[float]] = {name: [] for name in [*variants, "naive_generate"]}
-    services = {
-        name: CompletionService(engine, CompletionSettings(max_tokens=16))
-        for name, engine in variants.items()
-    }
-    loaded = variants["no_cache"].loaded
-    for n, (prefix, suffix) in enumerate(points, 1):
-        req = CompleteRequest(prefix=prefix, suffix=suffix, path="textwrap.py", max_tokens=16)
-        for name, service in services.items():
-            t0 = time.perf_counter()
-            await service.complete(req)
-            timings[name].append(time.perf_counter() - t0)
-        prompt, _ = services["no_cache"]._prompt(req)
-        ids = loaded.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            loaded.model.generate(**ids, max_new_tokens=16, min_new_tokens=16, do_sample=False)
-        timings["naive_generate"].append(time.perf_counter() - t0)
-        print(f"  keystroke {n}/{len(points)}: " + ", ".join(
-            f"{k} {v[-1] * 1000:.0f} ms" for k, v in timings.items()), file=sys.stderr,
-            flush=True)
-    naive = percentile(timings["naive_generate"], 0.5)
-    info = variants["prefix_cache"].info()
-    for engine in variants.values():
-        engine.close()
-    return {
-        "mode": "typing",
-        "file": "textwrap.py (standard library)",
-        "keystrokes": len(points),
-        "p50_ms": {k: round(percentile(v, 0.5) * 1000) for k, v in timings.items()},
-        "p95_ms": {k: round(percentile(v, 0.95) * 1000) for k, v in timings.items()},
-        "p50_speedup_vs_naive": {
-            k: round(naive / percentile(v, 0.5), 2) for k, v in timings.items()
-        },
-        "prompt_tokens_reused_share": round(
-            info["prompt_tokens_reused_total"] / max(1, info["prompt_tokens_total"]), 3
-        ),
-        "torch_threads": torch.get_num_threads(),
-    }
+def _word(ch: str) -> bool:
+    return ch.isalnum() or ch == "_"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -108,70 +126,554 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+@dataclass
+class Sample:
+    ttft_s: float
+    full_s: float
+    tokens: int
+    text: str  # raw generated text (before post-processing), for the agreement check
+
+
+@dataclass
+class Variant:
+    name: str
+    run: Callable[[CompleteRequest, str], Any]  # async (request, prompt) -> Sample
+    samples: list[Sample] = field(default_factory=list)
+    info: Callable[[], dict[str, Any]] = dict
+
+
+# --------------------------------------------------------------------------- naive
+
+
+class _FirstToken(BaseStreamer):
+    """``generate`` calls ``put`` with the prompt, then once per new token."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.at: float | None = None
+
+    def put(self, value: Any) -> None:
+        self.calls += 1
+        if self.calls == 2:
+            self.at = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+def naive_runner(engine: LocalEngine, max_tokens: int) -> Callable[..., Any]:
+    loaded = engine.loaded
+    stops = list(engine.template.stop)
+    eos = set(_eos_ids(loaded.model, loaded.tokenizer))
+
+    async def run(_req: CompleteRequest, prompt: str) -> Sample:
+        streamer = _FirstToken()
+        t0 = time.perf_counter()
+        ids = loaded.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        with torch.inference_mode():
+            out = loaded.model.generate(
+                **ids, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False,
+                streamer=streamer,
+            )
+        full = time.perf_counter() - t0
+        new = out[0, ids["input_ids"].shape[1] :].tolist()
+        cut = next((i for i, t in enumerate(new) if t in eos), len(new))
+        text = loaded.tokenizer.decode(
+            new[:cut], skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
+        for stop in stops:
+            if stop in text:
+                text = text[: text.index(stop)]
+        ttft = (streamer.at or time.perf_counter()) - t0
+        return Sample(ttft, full, len(new), text)
+
+    return run
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    from ds_engine.generation import eos_token_ids
+
+    return sorted(eos_token_ids(model, tokenizer))
+
+
+# --------------------------------------------------------------------------- engine
+
+
+class _Probe:
+    """Stands in for the engine inside ``CompletionService``.
+
+    It notes when the first generated token reaches the caller (the first streamed chunk
+    with a token, as it arrives in the event loop) and keeps the raw result. With
+    ``full_length`` the request handed to the engine has its own cancel flag, so the
+    service's early cut (it cancels once the line or block is complete) does not stop
+    the engine: it decodes ``max_tokens`` like the other variants. Everything else is the
+    engine's own.
+    """
+
+    def __init__(self, engine: LocalEngine, full_length: bool) -> None:
+        self.engine = engine
+        self.full_length = full_length
+        self.first_at: float | None = None
+        self.result: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[StreamChunk]:
+        self.first_at = None
+        self.result = None
+        if self.full_length:
+            request = dataclasses.replace(request, cancel_event=threading.Event())
+        return self._watch(self.engine.stream(request))
+
+    async def _watch(self, chunks: AsyncIterator[StreamChunk]) -> AsyncIterator[StreamChunk]:
+        async for chunk in chunks:
+            if self.first_at is None and (chunk.token_count > 0 or chunk.done):
+                self.first_at = time.perf_counter()
+            if chunk.done:
+                self.result = chunk.result
+            yield chunk
+
+
+def engine_runner(engine: LocalEngine, max_tokens: int, full_length: bool) -> Callable[..., Any]:
+    probe = _Probe(engine, full_length)
+    service = CompletionService(probe, CompletionSettings(max_tokens=max_tokens))  # type: ignore[arg-type]
+
+    async def run(req: CompleteRequest, _prompt: str) -> Sample:
+        t0 = time.perf_counter()
+        await service.complete(req)
+        full = time.perf_counter() - t0
+        result = probe.result
+        assert result is not None and probe.first_at is not None
+        return Sample(probe.first_at - t0, full, result.token_count, result.text)
+
+    return run
+
+
+def engine_info(engine: LocalEngine) -> Callable[[], dict[str, Any]]:
+    def info() -> dict[str, Any]:
+        data = engine.info()
+        return {
+            "prompt_tokens_reused_share": round(
+                data["prompt_tokens_reused_total"] / max(1, data["prompt_tokens_total"]), 3
+            ),
+            "model_memory_mb": round(data["model_memory_bytes"] / 2**20, 1),
+            "quantization": data["quantization"],
+        }
+
+    return info
+
+
+# --------------------------------------------------------------------------- llama.cpp
+
+
+class LlamaCpp:
+    """llama-cpp-python on the engine's GGUF: one ``Llama`` object for the whole run.
+
+    ``Llama`` keeps the tokens it last evaluated and, on the next call, evaluates only what
+    follows the longest common prefix, the same advantage as the engine's prefix cache.
+    """
+
+    def __init__(self, gguf: Path, threads: int, n_ctx: int, stops: list[str]) -> None:
+        from llama_cpp import Llama, StoppingCriteriaList
+
+        self.sampled = 0
+        self.counting = StoppingCriteriaList([self._count])
+        self.llm = Llama(
+            model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+            seed=0, verbose=False,
+        )
+        self.stops = stops
+        self.prompt_tokens_total = 0
+        self.prompt_tokens_reused_total = 0
+
+    def _count(self, _ids: Any, _logits: Any) -> bool:
+        self.sampled += 1  # after each sampled token, and once more after the last
+        return False
+
+    def tokenize(self, prompt: str) -> list[int]:
+        """The prompt's tokens as ``create_completion`` builds them (BOS if the GGUF asks)."""
+        return self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+
+    def _reusable(self, prompt: str) -> tuple[int, int]:
+        """(prompt tokens, tokens the next call keeps from the previous call's KV cache)."""
+        tokens = self.tokenize(prompt)
+        common = 0
+        for a, b in zip(self.llm._input_ids.tolist(), tokens, strict=False):  # as generate()
+            if a != b:
+                break
+            common += 1
+        if common == len(tokens):  # the whole prompt cached: it replays the last token
+            common -= 1
+        return len(tokens), common
+
+    def complete(self, prompt: str, max_tokens: int) -> Sample:
+        n, reused = self._reusable(prompt)
+        self.prompt_tokens_total += n
+        self.prompt_tokens_reused_total += reused
+        t0 = time.perf_counter()
+        first: float | None = None
+        text = ""
+        self.sampled = 0
+        finish = None
+        for chunk in self.llm.create_completion(
+            prompt, max_tokens=max_tokens, temperature=0.0, top_k=1, top_p=1.0, min_p=0.0,
+            repeat_penalty=1.0, stop=self.stops, stream=True, stopping_criteria=self.counting,
+        ):
+            if first is None:
+                first = time.perf_counter()
+            text += chunk["choices"][0]["text"]
+            finish = chunk["choices"][0]["finish_reason"] or finish
+        full = time.perf_counter() - t0
+        # Tokens output: those sampled, less the end-of-sequence token or stop sequence
+        # that ended it ("stop"), which is not part of the output.
+        tokens = self.sampled - 1 - (finish == "stop")
+        return Sample((first or time.perf_counter()) - t0, full, tokens, text)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens_reused_share": round(
+                self.prompt_tokens_reused_total / max(1, self.prompt_tokens_total), 3
+            ),
+        }
+
+
+def llama_cpp_version() -> str | None:
+    try:
+        return importlib.metadata.version("llama-cpp-python")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+# --------------------------------------------------------------------------- the run
+
+
 def progress(stage: str, fraction: float) -> None:
-    print(f"  load: {stage} {fraction:.0%}", file=sys.stderr, flush=True)
+    log(f"  load: {stage} {fraction:.0%}")
 
 
-async def run(args: argparse.Namespace) -> dict:
-    cache = tempfile.mkdtemp(prefix="jds-bench-") if args.fresh_cache else None
+def measure_load(cache: str | None) -> dict[str, Any]:
+    """Model load time: the first start (GGUF conversion with --fresh-cache), then cached."""
     t0 = time.perf_counter()
     first = LocalEngine(cache_dir=cache, progress=progress)
     first.load()
     first_s = time.perf_counter() - t0
-    first_from_cache = first.info()["from_cache"]
+    info = first.info()
     first.close()
-
     t0 = time.perf_counter()
-    engine = LocalEngine(cache_dir=cache)
-    engine.load()
+    again = LocalEngine(cache_dir=cache)
+    again.load()
     cached_s = time.perf_counter() - t0
-
-    service = CompletionService(engine, CompletionSettings(max_tokens=16))
-    loaded = engine.loaded
-    points = cursor_points(inspect.getsource(textwrap), args.requests)
-    ours, naive, tokens = [], [], []
-    for n, (prefix, suffix) in enumerate(points, 1):
-        req = CompleteRequest(prefix=prefix, suffix=suffix, path="textwrap.py", max_tokens=16)
-        t0 = time.perf_counter()
-        data = await service.complete(req)
-        ours.append(time.perf_counter() - t0)
-        tokens.append(data["token_count"])
-        # Naive baseline: the same prompt, plain generate, 16 new tokens, greedy.
-        prompt, _ = service._prompt(req)
-        ids = loaded.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            loaded.model.generate(**ids, max_new_tokens=16, min_new_tokens=16, do_sample=False)
-        naive.append(time.perf_counter() - t0)
-        print(f"  request {n}/{len(points)}: {ours[-1]*1000:.0f} ms (naive "
-              f"{naive[-1]*1000:.0f} ms)", file=sys.stderr, flush=True)
-    engine.close()
+    again_info = again.info()
+    again.close()
     return {
-        "model": engine.info()["name"],
-        "load_first_s": round(first_s, 2),
-        "load_first_from_cache": first_from_cache,
-        "load_cached_s": round(cached_s, 2),
-        "requests": len(points),
-        "mean_tokens": round(statistics.mean(tokens), 1),
-        "p50_ms": round(percentile(ours, 0.5) * 1000),
-        "p95_ms": round(percentile(ours, 0.95) * 1000),
-        "naive_generate_p50_ms": round(percentile(naive, 0.5) * 1000),
-        "p50_ratio_naive_over_ours": round(percentile(naive, 0.5) / percentile(ours, 0.5), 2),
-        "torch_threads": torch.get_num_threads(),
+        "first_s": round(first_s, 2),
+        "first_from_cache": info["from_cache"],
+        "first_warmup_s": info.get("warmup_s"),
+        "cached_s": round(cached_s, 2),
+        "cached_warmup_s": again_info.get("warmup_s"),
     }
 
 
-def main() -> None:
+async def typing_run(args: argparse.Namespace, cache: str | None) -> dict[str, Any]:
+    source = inspect.getsource(textwrap)
+    points = typing_points(source, args.start_line, args.lines)[: args.requests or None]
+    if not points:
+        raise SystemExit("no typing points: check --start-line / --lines")
+    max_tokens = args.max_tokens
+    threads = torch.get_num_threads()
+
+    log("loading the engine variants")
+    engines = {
+        "engine_no_cache": LocalEngine(
+            cache_dir=cache, prefix_cache_entries=0, result_cache_entries=0
+        ),
+        "engine_prefix_cache": LocalEngine(cache_dir=cache, result_cache_entries=0),
+        "engine_prefix_cache_int8": LocalEngine(
+            cache_dir=cache, result_cache_entries=0, quantization="int8"
+        ),
+    }
+    if not args.no_product_path:
+        engines["engine_product_path"] = LocalEngine(cache_dir=cache, result_cache_entries=0)
+    for engine in engines.values():
+        engine.load()
+    base = engines["engine_no_cache"]
+    service = CompletionService(base, CompletionSettings(max_tokens=max_tokens))
+
+    variants: dict[str, Variant] = {
+        "naive": Variant("naive", naive_runner(base, max_tokens)),
+    }
+    for name, engine in engines.items():
+        variants[name] = Variant(
+            name,
+            engine_runner(engine, max_tokens, full_length=name != "engine_product_path"),
+            info=engine_info(engine),
+        )
+
+    notes: list[str] = []
+    source_model = resolve_model_source()
+    llama: LlamaCpp | None = None
+    if args.no_llama_cpp:
+        notes.append("llama.cpp skipped (--no-llama-cpp)")
+    elif llama_cpp_version() is None:
+        notes.append("llama.cpp skipped: llama-cpp-python is not installed (the bench extra)")
+    elif source_model.kind != "gguf":
+        notes.append(f"llama.cpp skipped: the engine's model is not a GGUF ({source_model.path})")
+    else:
+        if source_model.path != base.loaded.source:
+            raise SystemExit(f"llama.cpp would load {source_model.path}, the engine loaded "
+                             f"{base.loaded.source}")
+        log(f"loading llama.cpp on {source_model.path}")
+        llama = LlamaCpp(source_model.path, threads, args.n_ctx, list(base.template.stop))
+        llama.complete("def add(a, b):\n    return", 3)  # first-call costs, as the engine's
+        llama.prompt_tokens_total = llama.prompt_tokens_reused_total = 0  # warm-up does
+
+        async def run_llama(_req: CompleteRequest, prompt: str) -> Sample:
+            return llama.complete(prompt, max_tokens)  # type: ignore[union-attr]
+
+        variants["llama_cpp"] = Variant("llama_cpp", run_llama, info=llama.info)
+    if notes:
+        log("  " + "; ".join(notes))
+
+    # Warm the naive path's first-call costs too (the engines warmed up while loading).
+    await variants["naive"].run(None, "def add(a, b):\n    return")  # type: ignore[arg-type]
+
+    prompt_tokens: list[int] = []
+    prompt_build: list[float] = []  # CompletionService._prompt alone (the engine pays it)
+    llama_same_prompt = 0
+    for n, point in enumerate(points, 1):
+        req = CompleteRequest(
+            prefix=point.prefix, suffix=point.suffix, path=SOURCE_FILE, max_tokens=max_tokens
+        )
+        t0 = time.perf_counter()
+        prompt, _ = service._prompt(req)
+        prompt_build.append(time.perf_counter() - t0)
+        prompt_tokens.append(base.count_tokens(prompt))
+        if llama is not None:
+            llama_same_prompt += llama.tokenize(prompt) == base.loaded.tokenizer(
+                prompt, add_special_tokens=False
+            )["input_ids"]
+        for variant in variants.values():
+            variant.samples.append(await variant.run(req, prompt))
+        log(f"  keystroke {n}/{len(points)} ({point.kind}, line {point.line}, "
+            f"{prompt_tokens[-1]} prompt tokens): " + ", ".join(
+                f"{v.name} {v.samples[-1].ttft_s * 1000:.0f}/{v.samples[-1].full_s * 1000:.0f}"
+                for v in variants.values()) + " ms (first token/full)")
+
+    naive_text = [s.text for s in variants["naive"].samples]
+    naive_ttft = percentile([s.ttft_s for s in variants["naive"].samples], 0.5)
+    naive_full = percentile([s.full_s for s in variants["naive"].samples], 0.5)
+    rows: dict[str, dict[str, Any]] = {}
+    for name, variant in variants.items():
+        ttft = [s.ttft_s for s in variant.samples]
+        full = [s.full_s for s in variant.samples]
+        decode = [(s.full_s - s.ttft_s) / (s.tokens - 1) for s in variant.samples
+                  if s.tokens > 1]
+        agree = sum(
+            s.text == ref or (bool(s.text) and ref.startswith(s.text))
+            for s, ref in zip(variant.samples, naive_text, strict=True)
+        )
+        rows[name] = {
+            "label": LABELS[name],
+            "compared": name in COMPARED,
+            "ttft_p50_ms": round(percentile(ttft, 0.5) * 1000),
+            "ttft_p95_ms": round(percentile(ttft, 0.95) * 1000),
+            "full_p50_ms": round(percentile(full, 0.5) * 1000),
+            "full_p95_ms": round(percentile(full, 0.95) * 1000),
+            "full_mean_ms": round(statistics.mean(full) * 1000),
+            "ttft_speedup_vs_naive": round(naive_ttft / percentile(ttft, 0.5), 2),
+            "full_speedup_vs_naive": round(naive_full / percentile(full, 0.5), 2),
+            "mean_tokens": round(statistics.mean(s.tokens for s in variant.samples), 1),
+            # (full - TTFT) / (tokens - 1): the decode speed once the prompt is in
+            "decode_ms_per_token_p50": round(percentile(decode, 0.5) * 1000, 1)
+            if decode else None,
+            "output_agrees_with_naive": round(agree / len(variant.samples), 3),
+            **variant.info(),
+        }
+
+    targets: dict[str, Any] = {}
+    ours = rows["engine_prefix_cache"]
+    targets["prefix_cache_full_speedup_vs_naive"] = ours["full_speedup_vs_naive"]
+    targets["prefix_cache_ttft_speedup_vs_naive"] = ours["ttft_speedup_vs_naive"]
+    targets["vs_naive_target"] = f">= {TARGET_VS_NAIVE}x (full completion p50)"
+    targets["vs_naive_met"] = ours["full_speedup_vs_naive"] >= TARGET_VS_NAIVE
+    if "llama_cpp" in rows:
+        ll = rows["llama_cpp"]
+        full_ratio = ours["full_p50_ms"] / max(1, ll["full_p50_ms"])
+        targets["prefix_cache_over_llama_cpp_full_p50"] = round(full_ratio, 2)
+        targets["prefix_cache_over_llama_cpp_ttft_p50"] = round(
+            ours["ttft_p50_ms"] / max(1, ll["ttft_p50_ms"]), 2
+        )
+        targets["vs_llama_cpp_target"] = f"<= {TARGET_VS_LLAMA_CPP} (full completion p50)"
+        targets["vs_llama_cpp_met"] = full_ratio <= TARGET_VS_LLAMA_CPP
+
+    for engine in engines.values():
+        engine.close()
+    kinds = [p.kind for p in points]
+    return {
+        "replay": {
+            "file": f"{SOURCE_FILE} (Python {platform.python_version()} standard library)",
+            "lines": f"{args.start_line + 1}-{args.start_line + args.lines} (1-based)",
+            "keystrokes": len(points),
+            "mid_line": kinds.count("mid_line"),
+            "line_end": kinds.count("line_end"),
+            "max_tokens": max_tokens,
+            "decoding": "greedy",
+            "prompt": "the engine's completion prompt (CompletionService._prompt), the same "
+            "text for every variant",
+            "prompt_tokens_p50": round(percentile(prompt_tokens, 0.5)),
+            "prompt_tokens_max": max(prompt_tokens),
+            "prompt_build_p50_ms": round(percentile(prompt_build, 0.5) * 1000, 1),
+            **(
+                {"llama_cpp_same_prompt_tokens": round(llama_same_prompt / len(points), 3)}
+                if llama is not None else {}
+            ),
+        },
+        "timing": {
+            "ttft": "wall time from the call to the first generated token reaching the "
+            "caller: naive, generate's streamer gets the token; engine, the first streamed "
+            "chunk with a token arrives through CompletionService (which also builds the "
+            "prompt: prompt_build_p50_ms, not paid by naive and llama.cpp, which are handed "
+            "the built prompt); llama.cpp, the first chunk of create_completion(stream=True)",
+            "full": "wall time from the call to the completion's end (engine: "
+            "CompletionService.complete returns, post-processed and validated)",
+            "work": "naive decodes exactly max_tokens (min_new_tokens); the engine variants "
+            "and llama.cpp decode max_tokens or stop at end-of-sequence / the template's stop "
+            "sequences (see mean_tokens); the service's early cut at the end of the line or "
+            "block is kept from the engine except in engine_product_path",
+            "llama_cpp": "one Llama object for the whole run: it reuses the KV cache of the "
+            "prompt prefix shared with its previous call, as the engine's prefix cache does; "
+            f"n_threads = n_threads_batch = torch threads ({threads}), n_ctx {args.n_ctx}, "
+            "temperature 0, top_k 1, repeat_penalty 1",
+            "order": "each keystroke runs every variant once, one after another, in the order "
+            "of the variants below",
+        },
+        "variants": rows,
+        "targets": targets,
+        "notes": notes,
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    cache = tempfile.mkdtemp(prefix="jds-bench-") if args.fresh_cache else None
+    load_avg_start = os.getloadavg()
+    try:
+        log("measuring model load" + (" into a fresh cache" if cache else ""))
+        load = measure_load(cache)
+        typing = await typing_run(args, cache)
+    finally:
+        if cache:
+            shutil.rmtree(cache, ignore_errors=True)
+    source_model = resolve_model_source()
+    return {
+        "benchmark": "typing latency",
+        "model": source_model.name,
+        "gguf": str(source_model.path) if source_model.kind == "gguf" else None,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "load_average_start": [round(x, 2) for x in load_avg_start],
+            "load_average_end": [round(x, 2) for x in os.getloadavg()],
+            "torch": torch.__version__,
+            "transformers": importlib.metadata.version("transformers"),
+            "llama_cpp_python": llama_cpp_version(),
+        },
+        "load": load,
+        **typing,
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    r, m, t = report["replay"], report["machine"], report["targets"]
+    lines = [
+        "# Typing latency",
+        "",
+        f"{report['model']}, {m['cpus']} CPUs ({m['torch_threads']} threads), "
+        f"{r['keystrokes']} keystrokes ({r['mid_line']} mid-line word ends, {r['line_end']} "
+        f"line ends) through {r['file']}, lines {r['lines']}; {r['max_tokens']} tokens, "
+        f"greedy, the same prompt for all (p50 {r['prompt_tokens_p50']} tokens). Times in ms; "
+        "×naive is the naive full-completion p50 over the variant's.",
+        "",
+        "| variant | TTFT p50 | TTFT p95 | full p50 | full p95 | ×naive |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in report["variants"].values():
+        label = row["label"] if row["compared"] else f"*{row['label']}*"
+        lines.append(
+            f"| {label} | {row['ttft_p50_ms']} | {row['ttft_p95_ms']} | {row['full_p50_ms']} "
+            f"| {row['full_p95_ms']} | {row['full_speedup_vs_naive']:.2f} |"
+        )
+    lines += [
+        "",
+        f"- Engine + prefix cache vs naive: {t['prefix_cache_full_speedup_vs_naive']}× "
+        f"(target ≥ {TARGET_VS_NAIVE:g}×: {'met' if t['vs_naive_met'] else 'not met'}).",
+    ]
+    if "prefix_cache_over_llama_cpp_full_p50" in t:
+        lines.append(
+            f"- Engine + prefix cache over llama.cpp: {t['prefix_cache_over_llama_cpp_full_p50']}"
+            f"× (full p50; TTFT {t['prefix_cache_over_llama_cpp_ttft_p50']}×; target ≤ "
+            f"{TARGET_VS_LLAMA_CPP:g}×: {'met' if t['vs_llama_cpp_met'] else 'not met'}). "
+            "llama.cpp keeps one `Llama` object, so it reuses the KV of the common prompt "
+            "prefix like the engine's prefix cache."
+        )
+    shares = ", ".join(
+        f"{name} {row['prompt_tokens_reused_share']:.1%}"
+        for name, row in report["variants"].items()
+        if "prompt_tokens_reused_share" in row and name != "engine_no_cache"
+    )
+    lines.append(f"- Prompt tokens reused: {shares}.")
+    lines.append(
+        "- Mean tokens decoded: " + ", ".join(
+            f"{name} {row['mean_tokens']}" for name, row in report["variants"].items()
+        ) + "; output equal to naive's greedy text: " + ", ".join(
+            f"{name} {row['output_agrees_with_naive']:.0%}"
+            for name, row in report["variants"].items() if name != "naive"
+        ) + "."
+    )
+    lines.append(
+        "- Decode, ms per token after the first (p50): " + ", ".join(
+            f"{name} {row['decode_ms_per_token_p50']}"
+            for name, row in report["variants"].items()
+            if row.get("decode_ms_per_token_p50") is not None
+        ) + f"; building the engine's prompt: {r['prompt_build_p50_ms']} ms (p50)."
+    )
+    load = report["load"]
+    lines.append(
+        f"- Model load: {load['first_s']} s first start"
+        f"{' (GGUF converted)' if not load['first_from_cache'] else ''}, "
+        f"{load['cached_s']} s cached."
+    )
+    lines += [f"- {note}" for note in report["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=20)
+    parser.add_argument("--requests", type=int, default=0,
+                        help="at most this many keystrokes (default 0: all of --lines)")
     parser.add_argument("--fresh-cache", action="store_true",
                         help="convert the GGUF into a new temporary cache (first-start time)")
     parser.add_argument("--typing", action="store_true",
-                        help="replay typing word by word (KV-prefix cache vs. none vs. naive)")
-    parser.add_argument("--start-line", type=int, default=240)
-    parser.add_argument("--lines", type=int, default=12)
-    args = parser.parse_args()
-    print(json.dumps(asyncio.run(typing_run(args) if args.typing else run(args)), indent=2))
+                        help="(the default; kept for old command lines)")
+    parser.add_argument("--start-line", type=int, default=250,
+                        help="0-based first line of textwrap.py to type (default 250)")
+    parser.add_argument("--lines", type=int, default=8,
+                        help="how many lines to type (default 8: 38 keystrokes)")
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--n-ctx", type=int, default=2048, help="llama.cpp context size")
+    parser.add_argument("--no-llama-cpp", action="store_true", help="skip llama.cpp")
+    parser.add_argument("--no-product-path", action="store_true",
+                        help="skip the engine's server path (with the service's early cut)")
+    parser.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args(argv)
+    report = asyncio.run(run(args))
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(report, indent=2)
+    (out_dir / "typing.json").write_text(text + "\n")
+    (out_dir / "typing.md").write_text(markdown(report))
+    print(text)
+    log(f"wrote {out_dir / 'typing.json'} and {out_dir / 'typing.md'}")
 
 
 if __name__ == "__main__":
