@@ -27,6 +27,12 @@ import torch
 from ds_engine.generation import SequenceState, forward, new_cache
 from ds_engine.prefix_cache import LayerKV, adopt_layers, extract_layers
 
+# Leading columns no live row needs before they are cut (as views: the next step's
+# concatenation compacts them). Without the cut, a batch that never empties, its dead rows
+# taken over in place, would keep every position since it began: memory and attention cost
+# that grow with uptime (seen as +1 GB RSS in a 150 s load test).
+TRIM_COLUMNS = 32
+
 
 class DecodeBatch:
     """Sequences past their prefill, stepped together one token at a time."""
@@ -133,6 +139,7 @@ class DecodeBatch:
         Row ``i`` of the result belongs to the ``i``-th entry of the row list; use
         :meth:`live_logits` to pair logits with live sequences.
         """
+        self._trim()
         assert self._mask is not None and self._rows
         rows = self._rows
         # A dead row is fed token 0 at position 0 and attends to that token only.
@@ -152,6 +159,23 @@ class DecodeBatch:
         return forward(
             self.model, inputs, self._cache, attention_mask=self._mask, position_ids=positions
         )
+
+    def _trim(self) -> None:
+        """Cut the leading padding columns that no live row attends to (see TRIM_COLUMNS)."""
+        mask = self._mask
+        if mask is None or mask.shape[1] <= TRIM_COLUMNS:
+            return
+        live = [i for i, s in enumerate(self._rows) if s is not None]
+        used = mask[live].any(dim=0).nonzero()
+        first = int(used[0]) if used.numel() else 0
+        if first < TRIM_COLUMNS:
+            return
+        layers = self._layers()
+        if layers is None:
+            return
+        cache = new_cache(self.model)
+        adopt_layers(cache, [(k[..., first:, :], v[..., first:, :]) for k, v in layers])
+        self._cache, self._mask = cache, mask[:, first:]
 
     def live_logits(self, logits: torch.Tensor) -> list[tuple[SequenceState, torch.Tensor]]:
         """(sequence, its logits) for every live row of a :meth:`step` result."""

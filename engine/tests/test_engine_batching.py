@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from ds_engine.batch import DecodeBatch
+from ds_engine.batch import TRIM_COLUMNS, DecodeBatch
 from ds_engine.generation import SequenceState, forward, prefill_step, start_prefill
 from ds_engine.interface import FinishReason, GenerationRequest, Priority
 from ds_engine.local import LocalEngine
@@ -104,6 +104,34 @@ def test_rebuild_trims_padding_nobody_needs(tiny_loaded) -> None:
         assert batch.rows == 2 and batch.length == other.prompt_tokens
         batch.remove([short_seq, other])
         assert (len(batch), batch.rows, batch.length) == (0, 0, 0)
+
+
+def test_a_batch_that_never_empties_stays_short(tiny_loaded) -> None:
+    """Rows come and go for 90 steps: padding nobody needs is cut, outputs stay exact."""
+    batch = DecodeBatch(tiny_loaded.model)
+    twins: dict = {}
+    live: list[SequenceState] = []
+
+    def join(prompt: str) -> None:
+        seq, cache = _prefilled(tiny_loaded, prompt)
+        twins[id(seq)] = _prefilled(tiny_loaded, prompt)
+        batch.add(seq, cache)
+        live.append(seq)
+
+    with torch.inference_mode():
+        join(PROMPTS[1])
+        join(PROMPTS[4])
+        for step in range(90):
+            _check_step(batch, twins)
+            # Cached per row: its prompt and every output token but the last (fed next).
+            needed = max(s.prompt_tokens + len(s.output_ids) - 1 for s in live)
+            assert batch.length <= needed + TRIM_COLUMNS
+            if step % 6 == 5:  # the oldest leaves, a newcomer takes its row over
+                gone = live.pop(0)
+                batch.remove([gone])
+                del twins[id(gone)]
+                join(PROMPTS[step % 5])
+        assert batch.rows == 2
 
 
 async def test_concurrent_requests_batch_and_match_sequential(
