@@ -51,7 +51,6 @@ import argparse
 import ast
 import asyncio
 import io
-import json
 import statistics
 import sys
 import time
@@ -60,6 +59,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from results_io import publish
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("fp32", "int8")
@@ -531,12 +532,7 @@ def main() -> None:
     if args.problems < 1 or args.max_tokens < 1:
         parser.error("--problems and --max-tokens must be positive")
     result = asyncio.run(collect(args))
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(result, indent=2)
-    (out / "quality.json").write_text(text + "\n", encoding="utf-8")
-    (out / "quality.md").write_text(markdown(result), encoding="utf-8")
-    print(text)
+    publish(result, markdown(result), args.out_dir, "quality")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,6 @@ import asyncio
 import dataclasses
 import importlib.metadata
 import inspect
-import json
 import os
 import platform
 import shutil
@@ -60,6 +59,7 @@ import torch
 from ds_engine.interface import GenerationRequest, StreamChunk
 from ds_engine.loader import resolve_model_source
 from ds_engine.local import LocalEngine
+from results_io import publish
 from transformers.generation.streamers import BaseStreamer
 
 from jupyter_ds.requests import CompleteRequest
@@ -667,13 +667,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
     report = asyncio.run(run(args))
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(report, indent=2)
-    (out_dir / "typing.json").write_text(text + "\n")
-    (out_dir / "typing.md").write_text(markdown(report))
-    print(text)
-    log(f"wrote {out_dir / 'typing.json'} and {out_dir / 'typing.md'}")
+    paths = publish(report, markdown(report), args.out_dir, "typing")
+    log(f"wrote {paths[0]} and {paths[1]}")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import importlib
 import inspect
-import json
 import os
 import platform
 import random
@@ -47,6 +46,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from results_io import publish
 from throughput import (
     Call,
     Run,
@@ -509,13 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     except ServerError as exc:
         log(f"failed: {exc}")
         return 2
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(report, indent=2)
-    (out_dir / "load.json").write_text(text + "\n")
-    (out_dir / "load.md").write_text(markdown(report))
-    print(text)
-    log(f"wrote {out_dir / 'load.json'} and {out_dir / 'load.md'}")
+    paths = publish(report, markdown(report), args.out_dir, "load")
+    log(f"wrote {paths[0]} and {paths[1]}")
     for line in report["server_log_errors"]:
         log(f"server log: {line}")
     log(report["verdict"])

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from results_io import publish
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -798,13 +799,8 @@ def main(argv: list[str] | None = None) -> int:
     except ServerError as exc:
         log(f"failed: {exc}")
         return 2
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(report, indent=2)
-    (out_dir / "throughput.json").write_text(text + "\n")
-    (out_dir / "throughput.md").write_text(markdown(report))
-    print(text)
-    log(f"wrote {out_dir / 'throughput.json'} and {out_dir / 'throughput.md'}")
+    paths = publish(report, markdown(report), args.out_dir, "throughput")
+    log(f"wrote {paths[0]} and {paths[1]}")
     fives = sum(r["server_errors_5xx"] for c in report["configs"].values() for r in c["runs"])
     if fives:
         log(f"{fives} server errors (5xx)")

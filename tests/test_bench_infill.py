@@ -13,6 +13,7 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "infill_quality.
 
 @pytest.fixture(scope="module")
 def iq():
+    sys.path.insert(0, str(BENCH.parent))  # the script imports its sibling results_io
     spec = importlib.util.spec_from_file_location("infill_quality", BENCH)
     module = importlib.util.module_from_spec(spec)
     sys.modules["infill_quality"] = module  # dataclasses look their module up
@@ -21,6 +22,7 @@ def iq():
         yield module
     finally:
         sys.modules.pop("infill_quality", None)
+        sys.path.remove(str(BENCH.parent))
 
 
 PROMPT = 'def f(xs):\n    """Sum of the evens."""\n'
