@@ -854,6 +854,37 @@ class TestSlowWebSocketClient:
         await api.alive()
 
 
+# -- clients that go away while a plain JSON answer is being made -----------------------------
+
+
+@pytest.mark.parametrize("route, body", [
+    ("explain", {"code": "x = [i * i for i in range(10)]", "max_tokens": LONG}),
+    ("complete", {"prefix": "x = ", "language": "text", "max_tokens": LONG}),
+])
+async def test_a_client_that_leaves_before_a_json_answer(api_ready, jp_http_port, jp_base_url,
+                                                         jp_auth_header, route, body):
+    api = api_ready
+    start = (await api.engine())["tokens_generated_total"]
+    _reader, writer = await asyncio.open_connection("127.0.0.1", jp_http_port)
+    raw = json.dumps(body).encode()
+    writer.write((
+        f"POST {jp_base_url}jupyter-ds/v1/{route} HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{jp_http_port}\r\nAuthorization: {jp_auth_header['Authorization']}"
+        f"\r\nContent-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n"
+    ).encode() + raw)
+    await writer.drain()
+    for _ in range(600):  # until the generation is under way
+        if (await api.engine())["tokens_generated_total"] > start + 5:
+            break
+        await asyncio.sleep(0.01)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.close()
+    total = await api.wait_idle()
+    assert total - start < LONG  # stopped, not run to max_tokens for nobody
+    await api.alive()
+
+
 # -- clients that go away in the middle of an NDJSON stream ---------------------------------
 
 

@@ -7,9 +7,10 @@ are logged with their traceback on the server and answered as a bare 500.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from ds_engine import EngineNotReady
@@ -177,6 +178,30 @@ class DsApiHandler(ExtensionHandlerMixin, APIHandler):
             except ValueError:  # finished from another context: nothing to restore
                 pass
         super().on_finish()
+
+    _work: asyncio.Future | None = None
+    _client_gone = False
+
+    async def cancel_on_disconnect(self, work: Awaitable[T]) -> T | None:
+        """Await ``work``, cancelled if the client goes away meanwhile (then None).
+
+        A generation or a sandbox run can take many seconds without writing anything, and
+        tornado reports a closed connection only through ``on_connection_close``: the work
+        runs as its own task, which that cancels, and with it the model's generation.
+        """
+        self._work = asyncio.ensure_future(work)
+        try:
+            return await self._work
+        except asyncio.CancelledError:
+            if not self._client_gone:
+                raise
+            return None
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        self._client_gone = True
+        if self._work is not None and not self._work.done():
+            self._work.cancel()
 
     def _known_user(self) -> Any:
         """The authenticated user, or None for a request refused before authentication.

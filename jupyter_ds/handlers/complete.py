@@ -17,4 +17,6 @@ class CompleteHandler(DsApiHandler):
     @authorized("execute")
     async def post(self) -> None:
         req = self.parse(CompleteRequest)
-        self.ok(await self.ds.completion.complete(req))
+        data = await self.cancel_on_disconnect(self.ds.completion.complete(req))
+        if data is not None:
+            self.ok(data)

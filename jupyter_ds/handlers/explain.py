@@ -19,7 +19,9 @@ class ExplainHandler(DsApiHandler):
     async def post(self) -> None:
         req = self.parse(ExplainRequest)
         if not req.stream:
-            self.ok(await self.ds.explain.explain(req))
+            data = await self.cancel_on_disconnect(self.ds.explain.explain(req))
+            if data is not None:
+                self.ok(data)
             return
         # Streaming: one JSON object per line, each with the cumulative markdown; the
         # last one is the usual success envelope.

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
@@ -19,23 +17,11 @@ class TestsHandler(DsApiHandler):
     auth_resource = "jupyter_ds:tests"
     endpoint = "tests"
 
-    _work: asyncio.Future | None = None
-    _client_gone = False
-
     @web.authenticated
     @authorized("execute")
     async def post(self) -> None:
-        req = self.parse(TestsRequest)
-        # A generation round runs for many seconds without writing anything: when the
-        # client goes away meanwhile, on_connection_close cancels this work (and with it
-        # the model's generation) instead of letting the round and its sandbox runs finish
-        # for nobody.
-        self._work = asyncio.ensure_future(self._serve(req))
-        try:
-            await self._work
-        except asyncio.CancelledError:
-            if not self._client_gone:
-                raise
+        # A round and its sandbox runs must not go on for a client that left.
+        await self.cancel_on_disconnect(self._serve(self.parse(TestsRequest)))
 
     async def _serve(self, req: TestsRequest) -> None:
         if not req.stream:
@@ -48,11 +34,6 @@ class TestsHandler(DsApiHandler):
             else e,
         )
 
-    def on_connection_close(self) -> None:
-        super().on_connection_close()
-        self._client_gone = True
-        if self._work is not None and not self._work.done():
-            self._work.cancel()
 
 
 class TestsRunHandler(DsApiHandler):
@@ -65,7 +46,11 @@ class TestsRunHandler(DsApiHandler):
     @web.authenticated
     @authorized("execute")
     async def post(self) -> None:
-        self.ok(await self.ds.testgen.run_tests(self.parse(TestsRunRequest)))
+        report = await self.cancel_on_disconnect(
+            self.ds.testgen.run_tests(self.parse(TestsRunRequest))
+        )
+        if report is not None:
+            self.ok(report)
 
 
 class TestsInsertHandler(DsApiHandler):
