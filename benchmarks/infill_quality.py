@@ -19,7 +19,7 @@ the original program.
 
 Both requests go through the server's pipeline: ``CompletionService`` over
 ``LocalEngine`` (the embedded SmolLM2-135M unless a model path is configured), greedy,
-``--max-tokens`` tokens at most, once in fp32 and once with ``quantization="int8"``.
+``--max-tokens`` tokens at most, in fp32, in bf16 and with ``quantization="int8"``.
 Each generation is scored twice:
 
 * raw: the text the engine generated for that very request (tapped from the engine's
@@ -63,7 +63,13 @@ from typing import Any
 from results_io import publish
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("fp32", "int8")
+VARIANTS = ("fp32", "bf16", "int8")
+# How each variant's engine is built; the losses are reported against fp32.
+ENGINE_ARGS: dict[str, dict[str, str]] = {
+    "fp32": {"dtype": "float32"},
+    "bf16": {"dtype": "bfloat16"},
+    "int8": {"quantization": "int8"},
+}
 KINDS = ("raw", "post")
 METRICS = ("exact_match", "edit_similarity", "pass_at_1", "parse")
 # Lines not worth hiding: their code alone, without information of its own.
@@ -267,7 +273,7 @@ async def complete_all(
     from jupyter_ds.services.completion import CompletionService, CompletionSettings
 
     t0 = time.perf_counter()
-    engine = LocalEngine(quantization="int8" if variant == "int8" else "none")
+    engine = LocalEngine(**ENGINE_ARGS[variant])
     engine.load()
     load_s = time.perf_counter() - t0
     info = engine.info()
@@ -404,17 +410,20 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {variant} | {kind} | {s['exact_match']} | {s['edit_similarity']} "
                 f"| {s['pass_at_1']} | {parse} |"
             )
-    for kind in KINDS:
-        loss = result["int8_loss_points"][kind]
-        out.append(
-            f"| loss fp32 − int8 | {kind} | {loss['exact_match']} | {loss['edit_similarity']} "
-            f"| {loss['pass_at_1']} | {loss['parse']} |"
-        )
+    for variant, losses in result["loss_points_vs_fp32"].items():
+        for kind in KINDS:
+            loss = losses[kind]
+            out.append(
+                f"| loss fp32 − {variant} | {kind} | {loss['exact_match']} "
+                f"| {loss['edit_similarity']} | {loss['pass_at_1']} | {loss['parse']} |"
+            )
     mem = result["model_memory_mb"]
+    change = result["memory_change_percent_vs_fp32"]
     out += [
         "",
         f"Percent of problems (loss in points). Model memory: fp32 {mem['fp32']} MB, "
-        f"int8 {mem['int8']} MB ({result['int8_memory_change_percent']:+}%). "
+        + ", ".join(f"{v} {mem[v]} MB ({change[v]:+}%)" for v in change)
+        + ". "
         f"Reference solutions passing the harness: {result['reference_passed']}/"
         f"{result['problems']}; sandbox: {result['sandbox']}.",
         "",
@@ -490,8 +499,12 @@ async def collect(args: argparse.Namespace) -> dict[str, Any]:
                 "gained": [r["task_id"] for r in post if not r[variant]["raw"][metric]],
             }
     loss = {
-        k: {m: round(results["fp32"][k][m] - results["int8"][k][m], 1) for m in METRICS}
-        for k in KINDS
+        v: {
+            k: {m: round(results["fp32"][k][m] - results[v][k][m], 1) for m in METRICS}
+            for k in KINDS
+        }
+        for v in VARIANTS
+        if v != "fp32"
     }
     mem = {v: round((metas[v]["model_memory_bytes"] or 0) / 1e6, 1) for v in VARIANTS}
     unparsed = [
@@ -509,11 +522,13 @@ async def collect(args: argparse.Namespace) -> dict[str, Any]:
         "sandbox": mode,
         "reference_passed": reference_passed,
         "results": results,
-        "int8_loss_points": loss,
+        "loss_points_vs_fp32": loss,
         "model_memory_mb": mem,
-        "int8_memory_change_percent": round(100 * (mem["int8"] - mem["fp32"]) / mem["fp32"], 1)
-        if mem["fp32"]
-        else None,
+        "memory_change_percent_vs_fp32": {
+            v: round(100 * (mem[v] - mem["fp32"]) / mem["fp32"], 1) if mem["fp32"] else None
+            for v in VARIANTS
+            if v != "fp32"
+        },
         "post_offered_not_parsing": unparsed,
         "variants": metas,
         "sandbox_s": round(sandbox_s, 1),
