@@ -645,6 +645,13 @@ async def test_git_repository_paths_that_escape_are_refused(api, repos, outside,
 # -- the WebSocket: bad messages, a client that never reads, one that vanishes -------------
 
 
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a TCP reset, as a crashed or killed client does."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.close()
+
+
 class RawWebSocket:
     """A WebSocket client on a bare socket: it reads only when told to (or never)."""
 
@@ -720,9 +727,7 @@ class RawWebSocket:
 
     def reset(self) -> None:
         """Vanish: an RST, no closing handshake."""
-        sock = self.writer.get_extra_info("socket")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.writer.close()
+        _reset(self.writer)
 
 
 @pytest.fixture
@@ -857,6 +862,20 @@ class TestSlowWebSocketClient:
 # -- clients that go away while a plain JSON answer is being made -----------------------------
 
 
+async def _raw_post(port: int, base_url: str, auth: dict, route: str, body: dict):
+    """A POST written on a bare socket, so that the test can drop the connection at will."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    raw = json.dumps(body).encode()
+    writer.write((
+        f"POST {base_url}jupyter-ds/v1/{route} HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{port}\r\nAuthorization: {auth['Authorization']}"
+        f"\r\nContent-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n"
+    ).encode() + raw)
+    await writer.drain()
+    return reader, writer
+
+
+
 @pytest.mark.parametrize("route, body", [
     ("explain", {"code": "x = [i * i for i in range(10)]", "max_tokens": LONG}),
     ("complete", {"prefix": "x = ", "language": "text", "max_tokens": LONG}),
@@ -865,21 +884,12 @@ async def test_a_client_that_leaves_before_a_json_answer(api_ready, jp_http_port
                                                          jp_auth_header, route, body):
     api = api_ready
     start = (await api.engine())["tokens_generated_total"]
-    _reader, writer = await asyncio.open_connection("127.0.0.1", jp_http_port)
-    raw = json.dumps(body).encode()
-    writer.write((
-        f"POST {jp_base_url}jupyter-ds/v1/{route} HTTP/1.1\r\n"
-        f"Host: 127.0.0.1:{jp_http_port}\r\nAuthorization: {jp_auth_header['Authorization']}"
-        f"\r\nContent-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n"
-    ).encode() + raw)
-    await writer.drain()
+    _reader, writer = await _raw_post(jp_http_port, jp_base_url, jp_auth_header, route, body)
     for _ in range(600):  # until the generation is under way
         if (await api.engine())["tokens_generated_total"] > start + 5:
             break
         await asyncio.sleep(0.01)
-    sock = writer.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.close()
+    _reset(writer)
     total = await api.wait_idle()
     assert total - start < LONG  # stopped, not run to max_tokens for nobody
     await api.alive()
@@ -897,21 +907,12 @@ async def test_a_client_that_leaves_mid_ndjson_stream(api_ready, jp_http_port, j
                                                       jp_auth_header, route, body):
     api = api_ready
     start = (await api.engine())["tokens_generated_total"]
-    reader, writer = await asyncio.open_connection("127.0.0.1", jp_http_port)
-    raw = json.dumps(body).encode()
-    writer.write((
-        f"POST {jp_base_url}jupyter-ds/v1/{route} HTTP/1.1\r\n"
-        f"Host: 127.0.0.1:{jp_http_port}\r\nAuthorization: {jp_auth_header['Authorization']}"
-        f"\r\nContent-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n"
-    ).encode() + raw)
-    await writer.drain()
+    reader, writer = await _raw_post(jp_http_port, jp_base_url, jp_auth_header, route, body)
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
     assert head.startswith(b"HTTP/1.1 200"), head
     assert b"application/x-ndjson" in head
     await asyncio.wait_for(reader.readline(), 60)  # the first chunk: it is running
-    sock = writer.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.close()
+    _reset(writer)
     total = await api.wait_idle()
     assert total - start < LONG
     await api.alive()
