@@ -10,14 +10,19 @@ completion prompt, ``CompletionService._prompt``) by each of
 - ``engine_no_cache``: the engine (``LocalEngine``) through the ``CompletionService`` the
   server uses, with no optimisation (no KV-prefix cache, no result cache);
 - ``engine_prefix_cache``: the same with the KV-prefix cache;
-- ``engine_prefix_cache_int8``: the same with the KV-prefix cache and INT8 linear layers;
+- ``engine_prefix_cache_int8``: the same with the KV-prefix cache and INT8 linear layers
+  (weight-only int8, the rest of the model in bfloat16);
 - ``llama_cpp``: llama-cpp-python on the same GGUF file the engine loads, one ``Llama``
   object for the whole run, so that it reuses the KV of the common prompt prefix of
   consecutive calls as the engine's prefix cache does (only the ``bench`` extra has it;
   without it the row is skipped);
 - ``engine_product_path`` (not part of the comparison): the prefix-cache engine exactly as
   the server runs it, where the service cancels generation once the line or block is
-  complete, so it usually decodes fewer than 16 tokens.
+  complete, so it usually decodes fewer than 16 tokens; ``engine_product_path_int8`` is
+  the same with INT8.
+
+The targets are judged on the faster of the two prefix-cache engine variants (fp32 or
+INT8; llama.cpp's GGUF is 4-bit, so both sides run quantized weights there).
 
 The engine variants go through the whole service (context trimming, prompt, streaming
 post-processing and validation), but the service's early cut is kept from reaching the
@@ -77,7 +82,9 @@ LABELS = {
     "engine_prefix_cache_int8": "engine + KV-prefix cache + INT8",
     "llama_cpp": "llama.cpp (llama-cpp-python, same GGUF, one `Llama`: prefix KV reuse)",
     "engine_product_path": "engine + KV-prefix cache, server path (cut at line/block end)",
+    "engine_product_path_int8": "engine + KV-prefix cache + INT8, server path",
 }
+PRODUCT_PATHS = ("engine_product_path", "engine_product_path_int8")
 COMPARED = ["naive", "engine_no_cache", "engine_prefix_cache", "engine_prefix_cache_int8",
             "llama_cpp"]
 
@@ -395,6 +402,9 @@ async def typing_run(args: argparse.Namespace, cache: str | None) -> dict[str, A
     }
     if not args.no_product_path:
         engines["engine_product_path"] = LocalEngine(cache_dir=cache, result_cache_entries=0)
+        engines["engine_product_path_int8"] = LocalEngine(
+            cache_dir=cache, result_cache_entries=0, quantization="int8"
+        )
     for engine in engines.values():
         engine.load()
     base = engines["engine_no_cache"]
@@ -406,7 +416,7 @@ async def typing_run(args: argparse.Namespace, cache: str | None) -> dict[str, A
     for name, engine in engines.items():
         variants[name] = Variant(
             name,
-            engine_runner(engine, max_tokens, full_length=name != "engine_product_path"),
+            engine_runner(engine, max_tokens, full_length=name not in PRODUCT_PATHS),
             info=engine_info(engine),
         )
 
@@ -492,7 +502,11 @@ async def typing_run(args: argparse.Namespace, cache: str | None) -> dict[str, A
         }
 
     targets: dict[str, Any] = {}
-    ours = rows["engine_prefix_cache"]
+    best = min(
+        ("engine_prefix_cache", "engine_prefix_cache_int8"), key=lambda n: rows[n]["full_p50_ms"]
+    )
+    ours = rows[best]
+    targets["judged_variant"] = best
     targets["prefix_cache_full_speedup_vs_naive"] = ours["full_speedup_vs_naive"]
     targets["prefix_cache_ttft_speedup_vs_naive"] = ours["ttft_speedup_vs_naive"]
     targets["vs_naive_target"] = f">= {TARGET_VS_NAIVE}x (full completion p50)"
@@ -540,7 +554,7 @@ async def typing_run(args: argparse.Namespace, cache: str | None) -> dict[str, A
             "work": "naive decodes exactly max_tokens (min_new_tokens); the engine variants "
             "and llama.cpp decode max_tokens or stop at end-of-sequence / the template's stop "
             "sequences (see mean_tokens); the service's early cut at the end of the line or "
-            "block is kept from the engine except in engine_product_path",
+            "block is kept from the engine except in the engine_product_path variants",
             "llama_cpp": "one Llama object for the whole run: it reuses the KV cache of the "
             "prompt prefix shared with its previous call, as the engine's prefix cache does; "
             f"n_threads = n_threads_batch = torch threads ({threads}), n_ctx {args.n_ctx}, "
@@ -605,12 +619,13 @@ def markdown(report: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        f"- Engine + prefix cache vs naive: {t['prefix_cache_full_speedup_vs_naive']}× "
+        f"- Targets judged on the faster prefix-cache variant, {LABELS[t['judged_variant']]}.",
+        f"- Engine vs naive: {t['prefix_cache_full_speedup_vs_naive']}× "
         f"(target ≥ {TARGET_VS_NAIVE:g}×: {'met' if t['vs_naive_met'] else 'not met'}).",
     ]
     if "prefix_cache_over_llama_cpp_full_p50" in t:
         lines.append(
-            f"- Engine + prefix cache over llama.cpp: {t['prefix_cache_over_llama_cpp_full_p50']}"
+            f"- Engine over llama.cpp: {t['prefix_cache_over_llama_cpp_full_p50']}"
             f"× (full p50; TTFT {t['prefix_cache_over_llama_cpp_ttft_p50']}×; target ≤ "
             f"{TARGET_VS_LLAMA_CPP:g}×: {'met' if t['vs_llama_cpp_met'] else 'not met'}). "
             "llama.cpp keeps one `Llama` object, so it reuses the KV of the common prompt "

@@ -75,15 +75,19 @@ class JupyterDsApp(ExtensionApp):
         ["auto", "float32", "bfloat16", "float16"],
         default_value="auto",
         config=True,
-        help="Weights dtype; auto picks bfloat16 on CUDA and float32 on CPU.",
+        help=(
+            "Weights dtype; auto picks bfloat16 on CUDA and float32 on CPU (bfloat16 on CPU "
+            "with quantization=int8, whose kernel takes bfloat16 activations)."
+        ),
     )
     quantization = CaselessStrEnum(
         ["none", "int8"],
         default_value="none",
         config=True,
         help=(
-            "int8: 8-bit weights for the Linear layers (CPU: dynamic quantization, float32 "
-            "activations; CUDA: needs bitsandbytes). Embeddings and norms stay float."
+            "int8: 8-bit weights for the Linear layers, one scale per output channel (CPU: "
+            "weight-only, bfloat16 activations; CUDA: needs bitsandbytes). Embeddings, norms "
+            "and the output layer stay floating point."
         ),
     )
     max_batch_size = Int(

@@ -30,6 +30,7 @@ from ds_engine.quantize import (
     Quantization,
     bnb_int8_config,
     check_quantization,
+    int8_cpu_dtype,
     model_memory_bytes,
     quantize_int8_cpu,
     resolve_quantization,
@@ -170,11 +171,14 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def resolve_dtype(
-    dtype: str | torch.dtype = "auto", device: torch.device | None = None
+    dtype: str | torch.dtype = "auto",
+    device: torch.device | None = None,
+    quantization: str = "none",
 ) -> torch.dtype:
     """``auto`` is bfloat16 on CUDA (half the memory, native speed), float32 elsewhere.
 
-    CPU matmuls in bfloat16 are slower than float32 on most CPUs, hence the split.
+    CPU matmuls in bfloat16 are slower than float32 on many CPUs, hence the split; int8 on
+    CPU is the exception, as its kernel takes bfloat16 activations (see ``quantize``).
     """
     if isinstance(dtype, torch.dtype):
         if dtype not in _DTYPES.values():
@@ -183,7 +187,9 @@ def resolve_dtype(
     name = (dtype or "auto").strip().lower().removeprefix("torch.")
     if name == "auto":
         dev = device if device is not None else resolve_device("auto")
-        return torch.bfloat16 if dev.type == "cuda" else torch.float32
+        if dev.type == "cuda":
+            return torch.bfloat16
+        return int8_cpu_dtype() if quantization == "int8" else torch.float32
     if name not in _DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}: expected auto, {', '.join(_DTYPES)}")
     return _DTYPES[name]
@@ -282,10 +288,13 @@ def load_model(
     _report(progress, "resolving", 0.0)
     source = resolve_model_source(model_path)
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
     quant = resolve_quantization(quantization)
+    cpu_int8 = quant == "int8" and dev.type == "cpu"
+    dt = resolve_dtype(dtype, dev, quant)
     check_quantization(quant, dev, dt)
     bnb = quant == "int8" and dev.type == "cuda"
+    # int8 scales are taken from the float32 weights; the rest is cast to dt afterwards.
+    load_dt = torch.float32 if cpu_int8 else dt
     log.info(
         "model source: %s (%s, from %s); device %s, dtype %s, quantization %s",
         source.path,
@@ -305,7 +314,7 @@ def load_model(
     if source.kind == "hf":
         _report(progress, "loading weights", 0.2)
         tokenizer = AutoTokenizer.from_pretrained(source.path)
-        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dt, **extra)
+        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=load_dt, **extra)
     else:
         cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         entry = cache_root / gguf_cache_key(source.path)
@@ -314,7 +323,7 @@ def load_model(
             _report(progress, "loading weights", 0.2)
             log.info("using converted model cache %s", entry)
             tokenizer = AutoTokenizer.from_pretrained(entry)
-            model = AutoModelForCausalLM.from_pretrained(entry, dtype=dt, **extra)
+            model = AutoModelForCausalLM.from_pretrained(entry, dtype=load_dt, **extra)
         else:
             _report(progress, "converting GGUF", 0.1)
             gdir, gname = source.path.parent, source.path.name
@@ -338,16 +347,16 @@ def load_model(
                 del model
                 model = AutoModelForCausalLM.from_pretrained(entry, dtype=dt, **extra)
             else:
-                model = model.to(dt)
+                model = model.to(load_dt)
 
     if not bnb:
         _report(progress, "moving to device", 0.8)
         model = model.to(dev)
     model = model.eval()
     model.requires_grad_(False)
-    if quant == "int8" and dev.type == "cpu":
+    if cpu_int8:
         _report(progress, "quantizing to int8", 0.85)
-        quantize_int8_cpu(model)
+        quantize_int8_cpu(model).to(dt)
     if warm_up:
         _report(progress, "warm-up", 0.9)
         _warm_up(model, tokenizer, dev)

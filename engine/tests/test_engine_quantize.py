@@ -19,10 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 from ds_engine.interface import FinishReason, GenerationRequest
-from ds_engine.loader import LoadedModel, load_model
+from ds_engine.loader import LoadedModel, load_model, resolve_dtype
 from ds_engine.local import LocalEngine
 from ds_engine.quantize import (
+    DEQUANTIZE_ROWS,
+    Int8Linear,
     check_quantization,
+    int8_cpu_dtype,
     is_int8_linear,
     linear_weight_bytes,
     model_memory_bytes,
@@ -99,6 +102,7 @@ def test_linear_layers_become_int8_but_embeddings_norms_and_head_do_not(
     assert model.get_input_embeddings().weight.dtype == torch.float32
     norms = [m for n, m in model.named_modules() if n.endswith("norm")]
     assert norms and all(m.weight.dtype == torch.float32 for m in norms)
+    assert all(model.get_submodule(n).weight_int8.dtype == torch.int8 for n in quantized)
     assert not any(type(m) is nn.Linear for n, m in model.named_modules() if n != "lm_head")
     assert int8.quantization == "int8"
 
@@ -108,14 +112,45 @@ def test_int8_linear_weights_take_at_least_half_less_memory(
 ) -> None:
     fp32_linear, int8_linear = linear_weight_bytes(fp32.model), linear_weight_bytes(int8.model)
     assert int8_linear <= 0.5 * fp32_linear, (fp32_linear, int8_linear)
-    # int8 weights are 1/4 of float32; per-channel scales and zero points add a little
+    # int8 weights are 1/4 of float32; one bfloat16 scale per output channel adds a little
     assert int8_linear >= 0.25 * fp32_linear
-    # the whole-model figure counts the packed weights (not just parameters, which
-    # would leave them out) and shrinks by exactly the Linear layers' saving
+    # the whole-model figure counts the int8 weights (buffers, not parameters) and
+    # shrinks by exactly the Linear layers' saving
     assert fp32.memory_bytes == model_memory_bytes(fp32.model)
     assert int8.memory_bytes == fp32.memory_bytes - fp32_linear + int8_linear
     params_only = sum(p.numel() * p.element_size() for p in int8.model.parameters())
     assert int8.memory_bytes > params_only
+
+
+def test_int8_weights_are_within_half_a_step_of_fp32(fp32: LoadedModel, int8: LoadedModel) -> None:
+    for name in quantizable_linears(fp32.model):
+        w = fp32.model.get_submodule(name).weight.float()
+        layer = int8.model.get_submodule(name)
+        assert isinstance(layer, Int8Linear)
+        step = w.abs().amax(dim=1, keepdim=True) / 127
+        # half a step from rounding, plus the bfloat16 scale's rounding (2^-8 relative)
+        err = (layer.dequantized() - w).abs()
+        assert (err <= 0.5 * step + w.abs() * 2**-8 + 1e-7).all(), name
+
+
+def test_int8_layer_matches_a_float_matmul_by_its_dequantized_weight() -> None:
+    """Both paths (int8 kernel for few rows, dequantized GEMM for many) compute
+    x @ dequantized(W).T + b, for 2-D and 3-D inputs alike."""
+    gen = torch.Generator().manual_seed(1)
+    linear = nn.Linear(48, 40, bias=True)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(40, 48, generator=gen))
+        linear.bias.copy_(torch.randn(40, generator=gen))
+    layer = Int8Linear(linear)
+    for shape in ((1, 48), (3, 5, 48), (2, DEQUANTIZE_ROWS, 48)):
+        x = torch.randn(shape, generator=gen)
+        ref = x.bfloat16().float() @ layer.dequantized().T + linear.bias
+        out = layer(x)
+        assert out.shape == (*shape[:-1], 40) and out.dtype == torch.float32
+        assert torch.allclose(out, ref, rtol=2e-2, atol=5e-2), (out - ref).abs().max()
+    # a wrong dequantization (scales off by one row) is far outside that tolerance
+    shifted = layer.weight_int8.float() * layer.scales.float().roll(1)[:, None]
+    assert not torch.allclose(layer(x), x.bfloat16().float() @ shifted.T + linear.bias, atol=5e-2)
 
 
 def test_int8_logits_stay_close_to_fp32(fp32: LoadedModel, int8: LoadedModel) -> None:
@@ -159,9 +194,17 @@ def test_bad_quantization_value_names_the_option(tiny_model_path: Path, bad: str
     assert resolve_quantization(" INT8 ") == "int8"
 
 
-def test_int8_with_half_precision_on_cpu_is_refused(tiny_model_path: Path) -> None:
-    with pytest.raises(ValueError, match="quantization='int8' on CPU needs dtype float32"):
-        load_model(tiny_model_path, device="cpu", dtype="bfloat16", quantization="int8")
+def test_int8_with_float16_on_cpu_is_refused(tiny_model_path: Path) -> None:
+    with pytest.raises(ValueError, match="quantization='int8' on CPU needs dtype bfloat16"):
+        load_model(tiny_model_path, device="cpu", dtype="float16", quantization="int8")
+
+
+def test_int8_auto_dtype_on_cpu_is_bfloat16_where_supported(tiny_model_path: Path) -> None:
+    loaded = load_model(tiny_model_path, device="cpu", quantization="int8", warm_up=False)
+    assert loaded.dtype is int8_cpu_dtype()
+    assert loaded.model.get_input_embeddings().weight.dtype is loaded.dtype
+    assert resolve_dtype("auto", torch.device("cpu"), "int8") is int8_cpu_dtype()
+    assert resolve_dtype("float32", torch.device("cpu"), "int8") is torch.float32
 
 
 def test_int8_on_cuda_without_bitsandbytes_is_a_clear_error(monkeypatch) -> None:
@@ -198,7 +241,8 @@ def test_info_reports_quantization_and_memory(
     int8_engine: LocalEngine, tiny_engine: LocalEngine
 ) -> None:
     info, ref = int8_engine.info(), tiny_engine.info()
-    assert (info["quantization"], info["dtype"]) == ("int8", "float32")
+    want = str(int8_cpu_dtype()).removeprefix("torch.")
+    assert (info["quantization"], info["dtype"]) == ("int8", want)
     assert ref["quantization"] == "none"
     assert 0 < info["model_memory_bytes"] < ref["model_memory_bytes"]
 
