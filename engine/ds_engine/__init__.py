@@ -2,13 +2,18 @@
 
 import os
 
-# OpenMP's worker threads spin while they wait for work by default. In a server the engine
-# shares the cores with the event loop (validation, HTTP), and spinning threads starve it:
-# measured through the HTTP API on 2 cores, requests took 4-10x longer than the same engine
-# in a bare process, and passive waiting brought them back. Read once, when torch loads its
-# OpenMP runtime, so it must be set before the first ``import torch``; a user's own
-# setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# How long OpenMP's worker threads spin before they sleep between parallel regions. A
+# forward pass runs hundreds of short regions, so waking a sleeping thread for each (the
+# PASSIVE policy) cost a third of the decode time on 2 cores (INT8 SmolLM2-135M: 50 vs 34
+# ms per token); spinning without end (ACTIVE, or libgomp's default of 300,000 spins)
+# starves the server's event loop, which shares the cores: requests through the HTTP API
+# took 4-10x longer. 10,000 spins (well under a millisecond) keeps the decode speed and
+# leaves the cores to the event loop between forwards. libgomp also cuts spinning short
+# once more OpenMP threads exist than cores, so all torch work runs on one thread at a
+# time (see ``LocalEngine``). Read once, when torch loads its OpenMP runtime, so it must
+# be set before the first ``import torch``; a user's own settings win.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 from ds_engine.interface import (
     Engine,

@@ -255,7 +255,12 @@ class LocalEngine:
         if progress is not None:
             self._progress_cb = progress
         if self._begin_loading():
-            self._load()
+            # In a thread that ends with the load: torch work on the caller's thread would
+            # leave a second OpenMP thread pool behind, and two pools on few cores make
+            # libgomp sleep between parallel regions (decode ~1.5x slower, see __init__).
+            loader = threading.Thread(target=self._load, name="ds-engine-load", daemon=True)
+            loader.start()
+            loader.join()
         else:
             self._settled.wait()
         if self._state is EngineState.FAILED:
