@@ -33,11 +33,20 @@ def ds_config() -> dict[str, Any]:
 
 
 @pytest.fixture
-def jp_server_config(tiny_model_dir: Path, ds_config: dict[str, Any]) -> dict[str, Any]:
+def server_app_config() -> dict[str, Any]:
+    """Extra ``ServerApp`` settings a test class may override (authorizer, pings)."""
+    return {}
+
+
+@pytest.fixture
+def jp_server_config(
+    tiny_model_dir: Path, ds_config: dict[str, Any], server_app_config: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "ServerApp": {
             "jpserver_extensions": {"jupyter_ds": True, "jupyter_server_terminals": False},
             "allow_unauthenticated_access": False,
+            **server_app_config,
         },
         "JupyterDsApp": {"model_path": str(tiny_model_dir), **ds_config},
     }

@@ -230,15 +230,12 @@ class DenyJupyterDs(Authorizer):
 
 class TestAuthorization:
     @pytest.fixture
-    def jp_server_config(self, tiny_model_dir):
-        return {
-            "ServerApp": {
-                "jpserver_extensions": {"jupyter_ds": True, "jupyter_server_terminals": False},
-                "allow_unauthenticated_access": False,
-                "authorizer_class": DenyJupyterDs,
-            },
-            "JupyterDsApp": {"model_path": str(tiny_model_dir)},
-        }
+    def server_app_config(self):
+        return {"authorizer_class": DenyJupyterDs}
+
+    @pytest.fixture
+    def ds_config(self):
+        return {}
 
     @pytest.mark.parametrize("path, method", [r for r in _routes() if "stream" not in r[0]])
     async def test_authenticated_but_unauthorized_user_gets_403(self, ds_client, path, method):

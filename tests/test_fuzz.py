@@ -20,7 +20,6 @@ import dataclasses
 import json
 import logging
 import math
-import types
 import typing
 from typing import Any
 
@@ -28,7 +27,7 @@ import pytest
 from gitrepos import RepoFactory, isolate_git_config
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from test_hostile import BASE_BODIES, SOURCE
+from test_hostile import BASE_BODIES, SOURCE, _allowed, _is_list
 
 from jupyter_ds.errors import ApiError
 from jupyter_ds.git.requests import READ_VERBS, WRITE_VERBS, parse_git, wire_name
@@ -81,16 +80,6 @@ json_values = st.recursive(
                                                                  max_size=4),
     max_leaves=10,
 )
-
-
-def _allowed(annotation: Any) -> tuple[Any, ...]:
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return typing.get_args(annotation)
-    return (annotation,)
-
-
-def _is_list(annotation: Any) -> bool:
-    return typing.get_origin(annotation) is list
 
 
 def typed_values(annotation: Any) -> st.SearchStrategy[Any]:

@@ -821,17 +821,14 @@ class TestSlowWebSocketClient:
     """A client that sends requests and never reads its socket."""
 
     @pytest.fixture
-    def jp_server_config(self, tiny_model_dir):
-        return {
-            "ServerApp": {
-                "jpserver_extensions": {"jupyter_ds": True, "jupyter_server_terminals": False},
-                "allow_unauthenticated_access": False,
-                # Jupyter pings each socket and drops one that does not answer: 30 s in
-                # production, a second here.
-                "tornado_settings": {"ws_ping_interval": 500, "ws_ping_timeout": 1500},
-            },
-            "JupyterDsApp": {"model_path": str(tiny_model_dir), "max_body_bytes": MAX_BODY},
-        }
+    def server_app_config(self):
+        # Jupyter pings each socket and drops one that does not answer: 30 s in
+        # production, a second here.
+        return {"tornado_settings": {"ws_ping_interval": 500, "ws_ping_timeout": 1500}}
+
+    @pytest.fixture
+    def ds_config(self):
+        return {"max_body_bytes": MAX_BODY}
 
     async def test_is_dropped_and_does_not_hold_up_anyone(self, api_ready, raw_ws, jp_ws_fetch):
         api = api_ready

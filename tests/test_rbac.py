@@ -225,14 +225,8 @@ class TestNoRoleConfiguration:
     """No roles configured: the server's owner keeps full access, as before roles."""
 
     @pytest.fixture
-    def jp_server_config(self, tiny_model_dir):
-        return {
-            "ServerApp": {
-                "jpserver_extensions": {"jupyter_ds": True, "jupyter_server_terminals": False},
-                "allow_unauthenticated_access": False,
-            },
-            "JupyterDsApp": {"model_path": str(tiny_model_dir), "load_on_start": False},
-        }
+    def ds_config(self):
+        return {"load_on_start": False}
 
     async def test_the_token_owner_can_use_every_endpoint(self, ds_client):
         for path, method in http_routes():
