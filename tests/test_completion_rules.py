@@ -9,10 +9,13 @@ from jupyter_ds.completion.rules import (
     CompletionContext,
     block_complete,
     drop_suffix_repeats,
+    first_logical_line_count,
+    indent_body_after_header,
     join_typed_whitespace,
     limit_to_line_when_midline,
     postprocess,
     stop_at_block_end,
+    strip_chat_prose,
     strip_echoed_prefix,
     strip_markdown_fences,
     trim_trailing_whitespace,
@@ -46,12 +49,58 @@ FENCES = [
          "return a + b;", "javascript"),
     case("empty", "", FUNC, "", ""),
     case("crlf-fence", "```python\r\nx = 1\r\ny = 2\r\n```", "import os\r\n", "", "x = 1\r\ny = 2"),
+    case("prose-before-lone-bare-fence-opens-it", "Here it is:\n```\nx = 1\n", "", "", "x = 1\n"),
 ]
 
 
 @pytest.mark.parametrize(("raw", "ctx", "expected"), FENCES)
 def test_strip_markdown_fences(raw: str, ctx: CompletionContext, expected: str) -> None:
     assert strip_markdown_fences(raw, ctx) == expected
+
+
+PROSE = [
+    case("prose-then-code", "Sure! Here is the code:\n\n    return a + b", FUNC, "",
+         "    return a + b"),
+    case("code-then-explanation", "return a + b\n\nThis function adds two numbers.", FUNC, "",
+         "return a + b\n"),
+    case("prose-only-line-is-empty", "The answer is: return a + b", FUNC, "", ""),
+    case("prose-then-code-no-blank", "Here is the code:\nreturn a + b", FUNC, "", "return a + b"),
+    case("two-prose-lines", "Certainly!\nHere's the fix:\nx = 1", "", "", "x = 1"),
+    case("explanation-at-block-level", "x = 1\n    Note: this sets x.\n    y = 2",
+         "def f():\n    ", "", "x = 1"),
+    case("prose-after-typed-code-is-empty", "The answer is 42.\nx = 42", "x = ", "", ""),
+    case("bare-sure-while-streaming", "Sure", FUNC, "", ""),
+    case("code-starting-with-opener-kept", "I = np.eye(3)\nThis = I", "", "",
+         "I = np.eye(3)\nThis = I"),
+    case("keyword-joined-names-kept", "I if flag else default", "x = ", "",
+         "I if flag else default"),
+    case("annotation-kept", "Note: str = ''", "class A:\n    ", "", "Note: str = ''"),
+    case("attribute-kept", "Note.objects.all()", "notes = ", "", "Note.objects.all()"),
+    case("docstring-lines-in-completion-kept",
+         '"""\n    This function adds two numbers.\n    """\n    return a + b', FUNC, "",
+         '"""\n    This function adds two numbers.\n    """\n    return a + b'),
+    case("comment-line-kept", "# This function adds two numbers.\nreturn a + b", FUNC, "",
+         "# This function adds two numbers.\nreturn a + b"),
+    case("user-in-docstring", "This function adds two numbers.\n    \"\"\"",
+         'def add(a, b):\n    """', "", "This function adds two numbers.\n    \"\"\""),
+    case("user-in-docstring-later-line", "This is the sum.",
+         'def add(a, b):\n    """Add.\n\n    ', '\n    """', "This is the sum."),
+    case("user-in-comment", "This function adds two numbers.", "def add(a, b):\n    # ", "",
+         "This function adds two numbers."),
+    case("user-in-comment-after-code", "The sum of both.", "    return a + b  # ", "",
+         "The sum of both."),
+    case("user-in-string", "The answer is 42.", 'msg = "', '"', "The answer is 42."),
+    case("user-in-js-comment", "This adds them.", "function add(a, b) {\n  // ", "",
+         "This adds them.", "javascript"),
+    case("markdown-untouched", "This is prose.", "# Title\n\n", "", "This is prose.", "markdown"),
+    case("crlf-prose", "Sure! Here it is:\r\n\r\nreturn 1", "def f():\r\n    ", "", "return 1"),
+    case("empty", "", FUNC, "", ""),
+]
+
+
+@pytest.mark.parametrize(("raw", "ctx", "expected"), PROSE)
+def test_strip_chat_prose(raw: str, ctx: CompletionContext, expected: str) -> None:
+    assert strip_chat_prose(raw, ctx) == expected
 
 
 ECHOES = [
@@ -90,6 +139,15 @@ MIDLINE = [
     case("end-of-line", "1\ny = 2", "x = ", "\nz = 3", "1\ny = 2"),
     case("blank-rest-of-line", "1\ny = 2", "x = ", "   \nz = 3", "1\ny = 2"),
     case("crlf-suffix", "a)\r\nb", "f(", ")\r\n", "a)"),
+    case("open-bracket-continues-line", "[row for row in reader\n        if row], key=len\nx = 1",
+         "def f(reader):\n    return sorted(", ")\n",
+         "[row for row in reader\n        if row], key=len"),
+    case("open-bracket-before-trailing-comment", "[row for row in reader\n        if row]\ny()",
+         "def f(reader):\n    return ", "  # rows\n", "[row for row in reader\n        if row]"),
+    case("triple-quoted-string-continues-line", '"""a\nb"""\nc', "x = f(", ")\n", '"""a\nb"""'),
+    case("closes-cursor-bracket-then-break", "a, b)\nprint(x)", "print(", ")  # c", "a, b)"),
+    case("inside-open-docstring-first-line-only", "one\ntwo", 'x = """', '"""', "one"),
+    case("quote-opened-on-cursor-line", "a(b\nc", 'x = "', '"', "a(b"),
 ]
 
 
@@ -98,6 +156,10 @@ def test_limit_to_line_when_midline(raw: str, ctx: CompletionContext, expected: 
     assert limit_to_line_when_midline(raw, ctx) == expected
 
 
+CSV_READ = (
+    "import csv\n\n\ndef read(path):\n    with open(path) as f:\n"
+    "        reader = csv.DictReader(f)\n        return "
+)
 MAIN_GUARD = "def main():\n    run()\n\nif __name__ == '__main__':\n    main()"
 
 BLOCKS = [
@@ -158,12 +220,71 @@ BLOCKS = [
     case("ipython-language", "return 1\nx = 2", "def f():\n    ", "", "return 1", "ipython"),
     case("crlf", "return 1\r\nx = 2", "def f():\r\n    ", "", "return 1"),
     case("single-line", "return 1", "def f():\n    ", "", "return 1"),
+    case("comprehension-continuation-kept", "[row for row in reader\n                if row]\n\n\n"
+         "def other():", CSV_READ, "\n", "[row for row in reader\n                if row]"),
+    case("comprehension-one-item-per-line-kept",
+         "[row\n            for row in reader\n            if row]\nprint(1)", CSV_READ, "\n",
+         "[row\n            for row in reader\n            if row]"),
 ]
 
 
 @pytest.mark.parametrize(("raw", "ctx", "expected"), BLOCKS)
 def test_stop_at_block_end(raw: str, ctx: CompletionContext, expected: str) -> None:
     assert stop_at_block_end(raw, ctx) == expected
+
+
+LOGICAL_LINES = [
+    case("one-line", "x = 1\ny = 2", "", "", 1),
+    case("open-bracket", "[row for row in reader\n    if row]\nz", "return ", "", 2),
+    case("still-open", "f(a,\n  b,\n", "x = ", "", 3),
+    case("bracket-opened-before-cursor", "a, b)\nc", "f(", ")", 1),
+    case("triple-quoted-string", 'x = """a\nb\n"""\ny', "", "", 3),
+    case("inside-string-at-cursor", "a\nb", '"""', "", 1),
+    case("brackets-in-a-string-ignored", "'(' + a\nb", "x = ", "", 1),
+    case("crlf", "f(a,\r\n  b)\r\nc", "x = ", "\r\n", 2),
+]
+
+
+@pytest.mark.parametrize(("raw", "ctx", "expected"), LOGICAL_LINES)
+def test_first_logical_line_count(raw: str, ctx: CompletionContext, expected: int) -> None:
+    assert first_logical_line_count(raw, ctx) == expected
+
+
+CLAMP = "def clamp(x, lo, hi):\n    if x > hi:\n"
+CLAMP_REST = "\n    return x\n"
+
+HEADER_BODIES = [
+    case("body-already-indented", "        return hi", CLAMP, CLAMP_REST, "        return hi"),
+    case("body-forgot-indentation", "return hi", CLAMP, CLAMP_REST, "        return hi"),
+    case("body-forgot-indentation-empty-suffix", "return hi", CLAMP, "", "        return hi"),
+    case("body-one-level-short", "    return hi", CLAMP, CLAMP_REST, "        return hi"),
+    case("block-written-from-column-0", "if lo > hi:\n    raise ValueError\nreturn hi", CLAMP,
+         "", "        if lo > hi:\n            raise ValueError\n        return hi"),
+    case("later-lines-already-indented", "y = hi\n        return y", CLAMP, "",
+         "        y = hi\n        return y"),
+    case("dedent-after-first-line-kept", "return hi\n    return x", CLAMP, "",
+         "        return hi\n    return x"),
+    case("blank-line-first", "\nreturn hi", CLAMP, "", "\n        return hi"),
+    case("top-level-header", "print(i)", "for i in range(3):\n", "", "    print(i)"),
+    case("header-with-comment", "y()", "if x:  # note\n", "", "    y()"),
+    case("tab-indented-file", "return 1", "def f(x):\n\tif x:\n", "", "\t\treturn 1"),
+    case("two-space-file", "return 1", "def f(x):\n  if x:\n", "", "    return 1"),
+    case("editor-indented-to-header-level", "y()\n    z()", "def f(x):\n    if x:\n    ", "",
+         "    y()\n        z()"),
+    case("string-lines-untouched", 'q = """\nSELECT 1\n"""\nreturn q', "def f():\n", "",
+         '    q = """\nSELECT 1\n"""\n    return q'),
+    case("not-after-header", "return x", "def f():\n    x = 1\n", "", "return x"),
+    case("colon-inside-brackets-not-a-header", "1}", "d = {\n    'a':\n", "", "1}"),
+    case("text-right-of-cursor-untouched", "y()", "if x:\n", "    z()\n", "y()"),
+    case("other-language-untouched", "return 1;", "if (x) {\n", "", "return 1;", "javascript"),
+    case("crlf", "return 1", "def f(x):\r\n    if x:\r\n", "", "        return 1"),
+    case("empty", "", CLAMP, "", ""),
+]
+
+
+@pytest.mark.parametrize(("raw", "ctx", "expected"), HEADER_BODIES)
+def test_indent_body_after_header(raw: str, ctx: CompletionContext, expected: str) -> None:
+    assert indent_body_after_header(raw, ctx) == expected
 
 
 REPEATS = [
@@ -233,6 +354,27 @@ PIPELINE_CASES = [
     case("whitespace-only", "   \n\n", FUNC, "", ""),
     case("javascript-multiline-kept", "a + b;\n}", "function add(a, b) {\n  return ", "",
          "a + b;\n}", "javascript"),
+    case("comprehension-then-next-function",
+         "[row for row in reader\n                if row]\n\n\ndef other():", CSV_READ, "\n",
+         "[row for row in reader\n                if row]"),
+    case("midline-comprehension", "[row for row in reader\n        if row], key=len)\nx = 1",
+         "def f(reader):\n    return sorted(", ")\n",
+         "[row for row in reader\n        if row], key=len"),
+    case("header-body-forgot-indentation", "return hi\n    return x\n", CLAMP, CLAMP_REST,
+         "        return hi"),
+    case("header-body-empty-suffix", "return hi", CLAMP, "", "        return hi"),
+    case("prose-then-indented-code", "Sure! Here is the code:\n\n    return a + b", FUNC, "",
+         "return a + b"),
+    case("code-then-prose", "return a + b\n\nThis function adds two numbers.", FUNC, "",
+         "return a + b"),
+    case("top-level-code-then-prose", "y = 2\nThis sets y to two.", "x = 1\n", "", "y = 2"),
+    case("prose-only", "The answer is: return a + b", FUNC, "", ""),
+    case("prose-fence-prose", "Sure! Here's the code:\n```\nreturn a + b\n```\nThis adds them.",
+         FUNC, "", "return a + b"),
+    case("prose-in-docstring-kept", "Add two numbers.", 'def add(a, b):\n    """', "",
+         "Add two numbers."),
+    case("prose-in-comment-kept", "This function adds two numbers.", "def add(a, b):\n    # ",
+         "", "This function adds two numbers."),
 ]
 
 
@@ -266,8 +408,10 @@ def test_join_typed_whitespace(raw: str, ctx: CompletionContext, expected: str) 
 def test_pipeline_order() -> None:
     assert [rule.__name__ for rule in PIPELINE] == [
         "strip_markdown_fences",
+        "strip_chat_prose",
         "strip_echoed_prefix",
         "join_typed_whitespace",
+        "indent_body_after_header",
         "limit_to_line_when_midline",
         "stop_at_block_end",
         "drop_suffix_repeats",
@@ -302,6 +446,16 @@ BLOCK_COMPLETE = [
          "import os\n\ndef add(a, b):\n    ", "", True),
     case("other-language", "a;\n}\n", "f() {\n  ", "", False, "javascript"),
     case("crlf", "return 1\r\nx", "def f():\r\n    ", "", True),
+    case("midline-bracket-still-open", "[row for row in reader\n", "return sorted(", ")", False),
+    case("midline-bracket-closed-then-break", "[row for row in reader\n    if row], key=len\n",
+         "return sorted(", ")", True),
+    case("comprehension-continuation", "[row for row in reader\n                if", CSV_READ,
+         "\n", False),
+    case("prose-after-code", "y = 2\nThis sets y to two.\n", "x = 1\n", "", True),
+    case("prose-line-not-finished", "y = 2\nNote.", "x = 1\n", "", False),
+    case("leading-prose", "Sure! Here is the code:\n\n", FUNC, "", False),
+    case("unindented-body-goes-on", "return hi\n        y", CLAMP, "", False),
+    case("unindented-body-then-dedent", "return hi\n    r", CLAMP, "", True),
 ]
 
 

@@ -137,6 +137,11 @@ LONGEST = [
           "data = await fetch()\n\nx = 1\n\ndef f():\n    pass\n\n", "", "print(data)"),
     valid("cursor-inside-string-with-column-0-lines", "y = 2", 'def f():\n    s = """\nx = 1\n',
           '\n"""\n    return s\n', "y = 2"),
+    valid("first-logical-line-cut", "[row for row in reader\n        if row] + more(",
+          "def f(reader):\n    return ", "\n", "[row for row in reader\n        if row] + more"),
+    valid("first-logical-line-cut-midline", "[row for row in reader\n        if row], key=len), x",
+          "def f(reader):\n    return sorted(", ")\n",
+          "[row for row in reader\n        if row], key=len"),
     valid("javascript-unchecked", "foo(", "const x = ", "", "foo(", "javascript"),
     valid("javascript-empty", "", "const x = ", "", None, "javascript"),
 ]
@@ -153,6 +158,13 @@ def e2e(id_: str, raw: str, prefix: str, suffix: str, expected: str | None,
         language: str = "python"):
     return pytest.param(raw, CompletionContext(prefix, suffix, language), expected, id=id_)
 
+
+CSV_READ = (
+    "import csv\n\n\ndef read(path):\n    with open(path) as f:\n"
+    "        reader = csv.DictReader(f)\n        return "
+)
+CLAMP = "def clamp(x, lo, hi):\n    if x > hi:\n"
+FUNC = "def add(a, b):\n    "
 
 AREA = "@property\n    def area(self):\n        return self.w * self.h"
 
@@ -187,6 +199,37 @@ END_TO_END = [
     e2e("only-a-fence", "```python\n```", "def f():\n    ", "\n", None),
     e2e("javascript", "a + b;\n}", "function add(a, b) {\n  return ", "\n", "a + b;\n}",
         "javascript"),
+    e2e("comprehension-continuation",
+        "[row for row in reader\n                if row]\n\n\ndef other():", CSV_READ, "\n",
+        "[row for row in reader\n                if row]"),
+    e2e("comprehension-one-item-per-line",
+        "[row\n            for row in reader\n            if row]", CSV_READ, "\n",
+        "[row\n            for row in reader\n            if row]"),
+    e2e("midline-comprehension", "[row for row in reader\n        if row], key=len)\nx = 1",
+        "def f(reader):\n    return sorted(", ")\n",
+        "[row for row in reader\n        if row], key=len"),
+    e2e("midline-comprehension-before-comment", "[row for row in reader\n        if row]\ny()",
+        "def f(reader):\n    return ", "  # rows\n", "[row for row in reader\n        if row]"),
+    e2e("header-body-indented", "        return hi", CLAMP, "\n    return x\n",
+        "        return hi"),
+    e2e("header-body-forgot-indentation", "return hi", CLAMP, "\n    return x\n",
+        "        return hi"),
+    e2e("header-body-forgot-indentation-then-dedent", "return hi\n    return x\n", CLAMP,
+        "\n    return x\n", "        return hi"),
+    e2e("header-body-empty-suffix", "return hi", CLAMP, "", "        return hi"),
+    e2e("header-body-tabs", "return 1", "def f(x):\n\tif x:\n", "\n\treturn 0\n", "\t\treturn 1"),
+    e2e("prose-then-code", "Sure! Here is the code:\n\n    return a + b", FUNC, "\n",
+        "return a + b"),
+    e2e("code-then-prose", "return a + b\n\nThis function adds two numbers.", FUNC, "\n",
+        "return a + b"),
+    e2e("top-level-code-then-prose", "y = 2\nThis sets y to two.", "x = 1\n", "\n", "y = 2"),
+    e2e("prose-only", "The answer is: return a + b", FUNC, "\n", None),
+    e2e("prose-before-bare-fence", "Here it is:\n```\nreturn a + b\n", FUNC, "\n",
+        "return a + b"),
+    e2e("prose-in-docstring-kept", "Add two numbers.", 'def add(a, b):\n    """',
+        '\n    """\n    return a + b\n', "Add two numbers."),
+    e2e("prose-in-comment-kept", "This function adds two numbers.", "def add(a, b):\n    # ",
+        "\n    return a + b\n", "This function adds two numbers."),
 ]
 
 

@@ -5,28 +5,37 @@ order ``postprocess`` applies them:
 
 1. ``strip_markdown_fences`` first: chat-tuned models wrap code in fences, and every later rule
    must see the code, not the fence lines.
-2. ``strip_echoed_prefix``: once the fences are gone the model's echo of the cursor line (or of
-   the last lines) is at the very start; it must go before any rule that reasons about "the
-   first line" of the completion.
-3. ``join_typed_whitespace``: BPE tokenizers glue a space to the next word, so after the
+2. ``strip_chat_prose``: chat-tuned models also talk ("Sure! Here is the code:", "This function
+   adds ..."); like the fences, the talk must go before a rule reasons about the first line.
+3. ``strip_echoed_prefix``: once the fences and the talk are gone the model's echo of the cursor
+   line (or of the last lines) is at the very start; it must go before any rule that reasons
+   about "the first line" of the completion.
+4. ``join_typed_whitespace``: BPE tokenizers glue a space to the next word, so after the
    spaces a user typed the model often answers with one space too many or with a line break
    first; the code belongs where the cursor is.
-4. ``limit_to_line_when_midline``: with text right of the cursor only one line makes sense.
-5. ``stop_at_block_end``: cut where the completion leaves the cursor's block.
-6. ``drop_suffix_repeats``: after the cut, the tail that remains may still rewrite the suffix.
-7. ``trim_trailing_whitespace`` last, so that the rules above can rely on line structure.
+5. ``indent_body_after_header``: on the empty line under a block header, a body the model
+   wrote too shallow is moved to the header's level plus one, before the block rules measure it.
+6. ``limit_to_line_when_midline``: with text right of the cursor only one (logical) line makes
+   sense.
+7. ``stop_at_block_end``: cut where the completion leaves the cursor's block.
+8. ``drop_suffix_repeats``: after the cut, the tail that remains may still rewrite the suffix.
+9. ``trim_trailing_whitespace`` last, so that the rules above can rely on line structure.
 
-The rules are line based (no lexer): a tiny bracket/quote scanner is the only parsing. They
-accept ``\\r\\n`` input and return text with the line ending that the prefix uses; tabs count
-as in Python (to the next multiple of 8) when indentation is compared.
+The rules are line based (no lexer): a tiny bracket/quote scanner is the only parsing. A
+"logical line" is as in Python: physical lines joined while a bracket or a triple-quoted string
+is open; a rule that keeps "the first line" keeps the first logical line. The rules accept
+``\\r\\n`` input and return text with the line ending that the prefix uses; tabs count as in
+Python (to the next multiple of 8) when indentation is compared.
 """
 
 from __future__ import annotations
 
+import keyword
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache, wraps
+from itertools import pairwise
 from typing import NamedTuple
 
 __all__ = [
@@ -35,10 +44,13 @@ __all__ = [
     "CompletionContext",
     "block_complete",
     "drop_suffix_repeats",
+    "first_logical_line_count",
+    "indent_body_after_header",
     "join_typed_whitespace",
     "limit_to_line_when_midline",
     "postprocess",
     "stop_at_block_end",
+    "strip_chat_prose",
     "strip_echoed_prefix",
     "strip_markdown_fences",
     "trim_trailing_whitespace",
@@ -195,6 +207,33 @@ def _is_comment(line: str) -> bool:
     return line.lstrip().startswith("#")
 
 
+def first_logical_line_count(text: str, ctx: CompletionContext) -> int:
+    """How many physical lines of ``text`` its first logical line takes (at least 1).
+
+    A line break inside a bracket or a triple-quoted string that the completion opened does not
+    end the statement: ``[row for row in reader`` / ``if row]`` is one line, and a rule that
+    keeps only the first line must keep both. Brackets that were open before the cursor do not
+    count (the suffix closes those: ``sorted(|)``), and inside a triple-quoted string that was
+    open at the cursor every line break counts, as the rules have always treated them.
+    """
+    lines = text.split("\n")
+    if len(lines) == 1:
+        return 1
+    cursor = _cursor(_lf(ctx.prefix))
+    cur = _lf(ctx.current_line)
+    base, open_quote = _scan(cur, cursor.depth, cursor.quote)
+    if open_quote is not None:
+        return 1
+    # The first completion line continues the cursor's line: scan them together, so that a
+    # string the cursor line opened (quotes, brackets in it) is read as a string.
+    depth, quote = _scan(cur + lines[0], cursor.depth, cursor.quote)
+    count = 1
+    while count < len(lines) and (depth > base or quote is not None):
+        depth, quote = _scan(lines[count], depth, quote)
+        count += 1
+    return count
+
+
 # --------------------------------------------------------------------------------------------
 # The rules
 
@@ -205,10 +244,10 @@ _FENCE = re.compile(r"^[ \t]*```+[ \t]*([\w+#.-]*)[ \t]*$")
 def strip_markdown_fences(text: str, ctx: CompletionContext) -> str:
     """Keep the inside of the first ```` ``` ```` fence; drop a lone opening or closing fence.
 
-    A fence line with a language tag, or one with nothing but blank lines before it, opens a
-    fence; a bare fence after code closes one (the model finished and went on to chat). Left
-    alone where the user may be writing fences: markdown, a Python string (a docstring), or
-    in another language a fence in the nearby prefix.
+    A fence line with a language tag, or one with nothing but blank lines or chat prose before
+    it ("Here it is:"), opens a fence; a bare fence after code closes one (the model finished
+    and went on to chat). Left alone where the user may be writing fences: markdown, a Python
+    string (a docstring), or in another language a fence in the nearby prefix.
     """
     if "```" not in text or _user_writes_fences(ctx):
         return text
@@ -217,8 +256,7 @@ def strip_markdown_fences(text: str, ctx: CompletionContext) -> str:
     if fences:
         first = fences[0]
         tagged = bool(_FENCE.match(lines[first]).group(1))  # type: ignore[union-attr]
-        code_before = any(line.strip() for line in lines[:first])
-        if code_before and not tagged and len(fences) == 1:
+        if _code_before(lines[:first]) and not tagged and len(fences) == 1:
             lines = lines[:first]  # a lone closing fence
         else:
             end = fences[1] if len(fences) > 1 else len(lines)
@@ -232,6 +270,11 @@ def strip_markdown_fences(text: str, ctx: CompletionContext) -> str:
     return "\n".join(lines)
 
 
+def _code_before(lines: list[str]) -> bool:
+    """Whether ``lines`` (those before a bare fence) hold code, not just blanks or chat prose."""
+    return any(line.strip() and not _is_prose(line) for line in lines)
+
+
 def _user_writes_fences(ctx: CompletionContext) -> bool:
     if ctx.language.lower() in {"markdown", "md"}:
         return True
@@ -239,6 +282,117 @@ def _user_writes_fences(ctx: CompletionContext) -> bool:
         return "```" in ctx.prefix[-4000:]
     cursor = _cursor(ctx.prefix)
     return _scan(ctx.current_line, cursor.depth, cursor.quote)[1] is not None
+
+
+#: Words a chat answer's sentences start with, capitalised as at the start of a sentence.
+_PROSE_OPENERS = (
+    "Sure", "Certainly", "Absolutely", "Okay", "Alright", "Sorry", "Here", "This", "That",
+    "These", "The", "Note", "I", "You", "We", "Let", "It", "In", "To", "Below", "Above",
+    "Explanation", "Now", "First", "Finally",
+)  # fmt: skip
+_PROSE_START = re.compile(rf"(?:{'|'.join(_PROSE_OPENERS)})(?:'[a-z]+)?(?=[\s!,.:]|$)")
+#: Openings that are chat even before the sentence is complete (so never shown mid-stream).
+_CHAT_OPENING = re.compile(
+    r"(?:Sure|Certainly|Absolutely|Okay|Alright|Sorry)(?:[!,.]|$)|Here(?:'s| is| are)\b"
+)
+_PLAIN_WORD = re.compile(r"[A-Za-z][A-Za-z']*")
+# Words that may stand between two names in code: Python's keywords, and a few of JavaScript's.
+_CODE_WORDS = frozenset(keyword.kwlist + keyword.softkwlist) | {"of", "instanceof", "typeof"}
+#: Languages in which the user writes prose: nothing there is chat to strip.
+_PROSE_LANGUAGES = frozenset({"markdown", "md", "text", "plaintext", "txt", "rst", "latex", "tex"})
+
+
+def _is_prose(line: str) -> bool:
+    """Whether ``line`` is a sentence of chat, not code: a small heuristic that errs to code.
+
+    Chat openings (``Sure``, ``Certainly!``, ``Here is``) are prose as they stand. Otherwise the
+    line must start with a capitalised word that chat answers start with (``Here``, ``This``,
+    ``The``, ``Note``, ``I``, ``You``, ...), and then either
+    - have ``!`` right after that word (``Note!``), or
+    - end with ``:`` or ``.`` and hold no comment (``Here is the code:``), or
+    - hold two plain words in a row, neither a keyword (``The answer``, ``adds two``).
+    None of these can be code: a name is never followed by ``!``, a statement never ends with
+    ``.`` and a header never starts with a capitalised word, and two names side by side are a
+    syntax error unless a keyword joins them (``I if flag else J`` stays code). So ``I = 1``,
+    ``Note(text)``, ``Note: str = ""``, ``This is None`` are left alone.
+    """
+    stripped = line.strip()
+    if _CHAT_OPENING.match(stripped):
+        return True
+    start = _PROSE_START.match(stripped)
+    if start is None:
+        return False
+    if stripped[start.end() : start.end() + 1] == "!":
+        return True
+    if stripped[-1] in ":." and "#" not in stripped:
+        return True
+    words = stripped.split()
+    return any(
+        _PLAIN_WORD.fullmatch(a) is not None
+        and _PLAIN_WORD.fullmatch(b) is not None
+        and a not in _CODE_WORDS
+        and b not in _CODE_WORDS
+        for a, b in pairwise(words)
+    )
+
+
+def _user_writes_prose(ctx: CompletionContext) -> bool:
+    """Whether the cursor is where the user writes prose: a comment, a string, a text file."""
+    if ctx.language.lower() in _PROSE_LANGUAGES:
+        return True
+    cur = ctx.current_line
+    if not ctx.is_python and re.search(r"//|/\*|^\s*(\*|--)", cur):
+        return True  # a comment in a C-like or SQL-like language
+    cursor = _cursor(ctx.prefix)
+    # An opening bracket put at the cursor counts only in code: in a string (single- or
+    # triple-quoted) or after a "#" the scanner skips it.
+    depth = _scan(cur, cursor.depth, cursor.quote)[0]
+    return _scan(cur + "(", cursor.depth, cursor.quote)[0] == depth
+
+
+def _prose_bounds(lines: list[str], ctx: CompletionContext) -> tuple[int, int]:
+    """``(start, end)``: ``lines[start:end]`` is the code between leading and trailing prose.
+
+    Leading prose lines and the blank lines around them go; when the cursor's line holds code,
+    the lines after leading prose cannot continue it, and nothing is left. The first prose
+    line after code ends the code (the model went on to explain it); lines inside a bracket or
+    triple-quoted string, as the scanner sees them from the cursor on, are never prose.
+    """
+    start, prose_seen = 0, False
+    while start < len(lines) and (_is_prose(lines[start]) or not lines[start].strip()):
+        prose_seen = prose_seen or bool(lines[start].strip())
+        start += 1
+    if not prose_seen:
+        start = 0
+    elif ctx.current_line.strip():
+        return len(lines), len(lines)
+    cursor = _cursor(ctx.prefix)
+    depth, quote = cursor.depth, cursor.quote
+    for i in range(start, len(lines)):
+        line = lines[i]
+        if i > start and depth == 0 and quote is None and _is_prose(line):
+            return start, i
+        depth, quote = _scan(ctx.current_line + line if i == start else line, depth, quote)
+    return start, len(lines)
+
+
+@_line_based
+def strip_chat_prose(text: str, ctx: CompletionContext) -> str:
+    """Drop the sentences a chat-tuned model writes around its code; keep only the code.
+
+    Leading prose (``Sure! Here is the code:``) and the blank lines after it go, and so does
+    everything from the first sentence after the code on (``This function adds ...``). A
+    completion that is only prose becomes empty rather than being shown, and validation would
+    otherwise keep a name from it (``Sure``). Which lines are prose is decided by ``_is_prose``.
+    Left alone where the user writes prose: a comment, a string or docstring, a text file.
+    """
+    if not text.strip() or _user_writes_prose(ctx):
+        return text
+    lines = text.split("\n")
+    start, end = _prose_bounds(lines, ctx)
+    if (start, end) == (0, len(lines)):
+        return text
+    return "\n".join(lines[start:end])
 
 
 _MIN_ECHO = 4  # non-blank characters an echo must have before it is removed
@@ -313,11 +467,109 @@ def join_typed_whitespace(text: str, ctx: CompletionContext) -> str:
     return text[stray.end() :] if stray else text
 
 
+def _leading(line: str) -> str:
+    return line[: len(line) - len(line.lstrip(" \t"))]
+
+
+@lru_cache(maxsize=8)
+def _header_above(prefix: str) -> tuple[str, str] | None:
+    """``(indentation, unit)`` of the block header the prefix ends with, else None.
+
+    The prefix's last logical line must end with ``:`` (brackets and strings closed), and the
+    cursor's line must hold nothing but indentation. The unit is what the file adds after a
+    header: the last header-to-body step in the scanned prefix (4 spaces or a tab, say); with
+    none, a tab if the header is indented with tabs, else 4 spaces.
+    """
+    lines = prefix.split("\n")[-_SCAN_LINES:]
+    if lines[-1].strip():
+        return None
+    depth, quote = 0, None
+    stmt = ""  # indentation of the line that began the current logical line
+    header: str | None = None  # set while the last logical line ends with ':'
+    unit: str | None = None
+    for line in lines[:-1]:
+        if depth == 0 and quote is None and line.strip() and not _is_comment(line):
+            stmt = _leading(line)
+            step = stmt[len(header) :] if header is not None else ""
+            if step and stmt.startswith(header or "") and len(set(step)) == 1:
+                unit = step
+        depth, quote = _scan(line, depth, quote)
+        if line.strip() and not _is_comment(line) and depth == 0 and quote is None:
+            header = stmt if _COLON_END.search(line) else None
+    if header is None or depth or quote is not None:
+        return None
+    return header, unit or ("\t" if "\t" in header else "    ")
+
+
+def _body_is_relative(lines: list[str], first: int, base: int, target: int) -> bool:
+    """Whether ``lines[first:]`` were written as a block of their own, from the column ``base``.
+
+    So they are when no later statement line already reaches the body's level ``target`` and
+    each one that is indented deeper than the statement before follows a header (``if a:`` /
+    ``    b()``). Otherwise the model indented the later lines for the file and only forgot
+    the first line's indentation (``return hi`` / ``    return x``, the suffix's dedent).
+    """
+    depth, quote = 0, None
+    previous, after_header = base, False
+    for i in range(first, len(lines)):
+        line = lines[i]
+        if i > first and depth == 0 and quote is None and line.strip() and not _is_comment(line):
+            indent = _indent(line)
+            if indent >= target or (indent > previous and not after_header):
+                return False
+            previous = indent
+        depth, quote = _scan(line, depth, quote)
+        if line.strip() and not _is_comment(line) and depth == 0 and quote is None:
+            after_header = _COLON_END.search(line) is not None
+    return True
+
+
+@_line_based
+def indent_body_after_header(text: str, ctx: CompletionContext) -> str:
+    """Indent a body written too shallow under the block header the prefix ends with.
+
+    At column 0 of the empty line after ``if x > hi:`` (the editor did not indent), a model
+    often answers ``return hi``: it reads the cursor as being after the indentation. Without a
+    body at the header's level plus one the code cannot parse, and validation threw the whole
+    answer away. The first code line gets the header's indentation plus the file's unit (see
+    ``_header_above``); later lines get the same shift when the model wrote the block from
+    column 0, else they keep their own indentation (``_body_is_relative``). Lines inside a
+    triple-quoted string are never touched: that would change the string.
+    """
+    if not ctx.is_python or ctx.suffix.split("\n", 1)[0].strip():
+        return text
+    found = _header_above(ctx.prefix)
+    lines = text.split("\n")
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if found is None or first is None:
+        return text
+    header, unit = found
+    target, cur = header + unit, ctx.current_line if first == 0 else ""
+    base = cur + _leading(lines[first])  # the first code line's indentation in the file
+    if _indent(base) >= _indent(target) or not target.startswith(cur):
+        return text
+    shift_all = _body_is_relative(lines, first, _indent(base), _indent(target))
+    lines[first] = target[len(cur) :] + lines[first].lstrip(" \t")
+    depth, quote = _scan(lines[first], 0, None)
+    for i in range(first + 1, len(lines)):
+        line = lines[i]
+        if shift_all and quote is None and line.strip() and line.startswith(base):
+            lines[i] = target + line[len(base) :]
+        depth, quote = _scan(line, depth, quote)
+    return "\n".join(lines)
+
+
 @_line_based
 def limit_to_line_when_midline(text: str, ctx: CompletionContext) -> str:
-    """With non-blank text right of the cursor, keep only the completion's first line."""
+    """With non-blank text right of the cursor, keep only the completion's first logical line.
+
+    The suffix follows on the cursor's line, so the completion cannot go on to other
+    statements; but a line break inside a bracket or triple-quoted string that the completion
+    opened does not end its line (``sorted([row for row in reader`` / ``if row])``), and
+    cutting there left an unclosed bracket that validation then threw away whole.
+    """
     if ctx.suffix.split("\n", 1)[0].strip():
-        return text.split("\n", 1)[0]
+        return "\n".join(text.split("\n")[: first_logical_line_count(text, ctx)])
     return text
 
 
@@ -435,8 +687,10 @@ def trim_trailing_whitespace(text: str, ctx: CompletionContext) -> str:
 
 PIPELINE: tuple[Rule, ...] = (
     strip_markdown_fences,
+    strip_chat_prose,
     strip_echoed_prefix,
     join_typed_whitespace,
+    indent_body_after_header,
     limit_to_line_when_midline,
     stop_at_block_end,
     drop_suffix_repeats,
@@ -457,9 +711,11 @@ def postprocess(text: str, ctx: CompletionContext) -> str:
 def block_complete(text: str, ctx: CompletionContext) -> bool:
     """Whether the streamed ``text`` already reaches a point where the rules would cut it.
 
-    True once a markdown fence has closed, once the cursor is mid-line and a line break came,
-    or once (Python-like languages) a line leaves the cursor's block. Never while the text can
-    still be an echo of the prefix, which is removed only when complete.
+    True once a markdown fence has closed, once a whole line of chat prose follows code, once
+    the cursor is mid-line and a line break came after the first logical line, or once
+    (Python-like languages) a line leaves the cursor's block. Never while the text can still be
+    an echo of the prefix, which is removed only when complete. The text goes through the same
+    rules as in ``postprocess`` before the cut is looked for, so that both cut at one place.
     """
     text = _lf(text)
     ctx = _lf_context(ctx)
@@ -471,16 +727,23 @@ def block_complete(text: str, ctx: CompletionContext) -> bool:
         if fences:
             first = fences[0]
             tagged = _FENCE.match(complete[first]).group(1)  # type: ignore[union-attr]
-            if not tagged and any(line.strip() for line in complete[:first]):
+            if not tagged and _code_before(complete[:first]):
                 return True  # a closing fence after code
-    text = strip_echoed_prefix.__wrapped__(  # type: ignore[attr-defined]
-        strip_markdown_fences.__wrapped__(text, ctx), ctx  # type: ignore[attr-defined]
-    )
+    text = strip_markdown_fences.__wrapped__(text, ctx)  # type: ignore[attr-defined]
+    if text.strip() and not _user_writes_prose(ctx):
+        lines = text.split("\n")
+        start, end = _prose_bounds(lines, ctx)
+        # A prose line is known only once its line ends ("Note." may go on as "Note.x").
+        if end < len(lines) - 1 and "\n".join(lines[start:end]).strip():
+            return True  # the model finished the code and went on to explain it
+        text = "\n".join(lines[start:])
+    text = strip_echoed_prefix.__wrapped__(text, ctx)  # type: ignore[attr-defined]
     text = join_typed_whitespace.__wrapped__(text, ctx)  # type: ignore[attr-defined]
+    text = indent_body_after_header.__wrapped__(text, ctx)  # type: ignore[attr-defined]
     if _echo_in_progress(text, ctx.prefix):
         return False
     if ctx.suffix.split("\n", 1)[0].strip():
-        return "\n" in text
+        return first_logical_line_count(text, ctx) < text.count("\n") + 1
     if not ctx.is_python or "\n" not in text:
         return False
     return _block_cut(text, ctx) is not None

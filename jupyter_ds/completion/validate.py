@@ -26,7 +26,12 @@ from functools import lru_cache
 
 import libcst
 
-from jupyter_ds.completion.rules import PYTHON_LIKE, _scan
+from jupyter_ds.completion.rules import (
+    PYTHON_LIKE,
+    CompletionContext,
+    _scan,
+    first_logical_line_count,
+)
 
 __all__ = ["PYTHON_BODY_CELL_MAGICS", "longest_valid", "mask_ipython", "parses"]
 
@@ -236,18 +241,21 @@ def _line_offsets(lines: list[str]) -> list[int]:
 _BOUNDARY_CHARS = frozenset(")]},\"'")
 
 
-def _candidates(completion: str) -> list[str]:
-    """Truncations of ``completion``, longest first, without trailing whitespace, distinct."""
+def _candidates(completion: str, first_lines: int = 1) -> list[str]:
+    """Truncations of ``completion``, longest first, without trailing whitespace, distinct.
+
+    ``first_lines`` is how many physical lines the first logical line takes. Besides the whole
+    text and its cuts at line ends, its first logical line is cut within its last physical line
+    (``[row for row in reader`` / ``if row] + more(`` keeps ``... if row] + more``) and within
+    its first one. Only those two lines: cuts in every line of a long unclosed literal would
+    cost a compile each, on every streamed chunk.
+    """
     lines = completion.split("\n")
     found = [completion]
     found += ["\n".join(lines[:k]) for k in range(len(lines) - 1, 0, -1)]
-    first = lines[0]
-    cuts = set()
-    for i in range(1, len(first)):
-        before, after = first[i - 1], first[i]
-        if before in _BOUNDARY_CHARS or (_word(before) and not _word(after)):
-            cuts.add(i)
-    found += [first[:i] for i in sorted(cuts, reverse=True)]
+    for index in dict.fromkeys((first_lines - 1, 0)):
+        head = "".join(line + "\n" for line in lines[:index])
+        found += [head + cut for cut in _line_cuts(lines[index])]
     out, seen = [], set()
     for candidate in found:
         candidate = candidate.rstrip()
@@ -255,6 +263,16 @@ def _candidates(completion: str) -> list[str]:
             seen.add(candidate)
             out.append(candidate)
     return out
+
+
+def _line_cuts(line: str) -> list[str]:
+    """``line`` cut after a closing bracket, a comma, an identifier or a string; longest first."""
+    cuts = set()
+    for i in range(1, len(line)):
+        before, after = line[i - 1], line[i]
+        if before in _BOUNDARY_CHARS or (_word(before) and not _word(after)):
+            cuts.add(i)
+    return [line[:i] for i in sorted(cuts, reverse=True)]
 
 
 def _word(ch: str) -> bool:
@@ -267,12 +285,13 @@ def longest_valid(
     """The longest truncation of ``completion`` with which prefix + it + suffix parses.
 
     Candidates, longest first: the whole text, cuts at each line end, then cuts of the first
-    line after a closing bracket, a comma, an identifier or a string. ``compile`` filters them;
-    libcst confirms the first that compiles unless ``strict`` is off (for text shown while
-    streaming: libcst builds a tree of the whole window, tens of milliseconds on a large
-    class, and holds the GIL that the engine's thread needs meanwhile). None when no non-empty
-    candidate parses. Not a Python-like language: the completion unchanged (None when empty),
-    for want of a validator.
+    logical line (physical lines joined while a bracket or triple-quoted string that the
+    completion opened is open) after a closing bracket, a comma, an identifier or a string.
+    ``compile`` filters them; libcst confirms the first that compiles unless ``strict`` is off
+    (for text shown while streaming: libcst builds a tree of the whole window, tens of
+    milliseconds on a large class, and holds the GIL that the engine's thread needs
+    meanwhile). None when no non-empty candidate parses. Not a Python-like language: the
+    completion unchanged (None when empty), for want of a validator.
     """
     if language.lower() not in PYTHON_LIKE:
         return completion or None
@@ -287,7 +306,8 @@ def longest_valid(
     if (near_head, near_tail) != (head, tail):
         # The checked window failing everything may be the fault of an error far away.
         windows.append((near_head, near_tail, True))
-    candidates = _candidates(completion)
+    ctx = CompletionContext(prefix, suffix, language)
+    candidates = _candidates(completion, first_logical_line_count(completion, ctx))
     for (start, header), end, unchecked in windows:
         before, after = header + prefix[start:], suffix[:end]
         if start and cell:
