@@ -43,7 +43,9 @@ _REPLACEMENT = "\ufffd"
 
 def _cache_kwarg(model: Any) -> str:
     """transformers 5.x renamed ``past_key_values`` to ``cache``; accept both."""
-    params = inspect.signature(model.forward).parameters
+    # A peft wrapper's forward takes **kwargs: ask the model it wraps.
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(base.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 
@@ -352,7 +354,7 @@ def start_prefill(
     cache = _new_cache(model)
     reused = 0
     if prefix_cache is not None:
-        hit = prefix_cache.lookup(seq.prompt_ids)
+        hit = prefix_cache.lookup(seq.prompt_ids, namespace=seq.request.adapter or "")
         if hit is not None:
             fill_cache(cache, hit.layers)
             reused = hit.length
@@ -387,7 +389,7 @@ def prefill_step(
     if prefix_cache is not None:
         layers = extract_layers(cache, len(ids))
         if layers is not None:
-            prefix_cache.store(ids, layers)
+            prefix_cache.store(ids, layers, namespace=seq.request.adapter or "")
     return logits[0]
 
 

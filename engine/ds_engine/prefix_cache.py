@@ -131,7 +131,7 @@ class PrefixCache:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.min_prefix = max(1, min_prefix)
-        self._entries: OrderedDict[tuple[int, ...], list[LayerKV]] = OrderedDict()
+        self._entries: OrderedDict[tuple, list[LayerKV]] = OrderedDict()
         self._bytes = 0
 
     def __len__(self) -> int:
@@ -141,7 +141,7 @@ class PrefixCache:
     def nbytes(self) -> int:
         return self._bytes
 
-    def keys(self) -> list[tuple[int, ...]]:
+    def keys(self) -> list[tuple]:
         """Stored prompts, least recently used first."""
         return list(self._entries)
 
@@ -149,14 +149,23 @@ class PrefixCache:
         self._entries.clear()
         self._bytes = 0
 
-    def lookup(self, ids: Sequence[int]) -> PrefixHit | None:
-        """The longest reusable prefix of ``ids`` (at least one token is left to feed)."""
+    @staticmethod
+    def _key(ids: Sequence[int], namespace: str) -> tuple:
+        # A namespace (an adapter's name) leads the key: KV computed under one adapter
+        # never matches a prompt of another, as no token id equals a string.
+        return (namespace, *ids) if namespace else tuple(ids)
+
+    def lookup(self, ids: Sequence[int], namespace: str = "") -> PrefixHit | None:
+        """The longest reusable prefix of ``ids`` (at least one token is left to feed),
+        among the prompts stored under the same ``namespace``."""
         if not self._entries or len(ids) < 2:
             return None
-        best_key: tuple[int, ...] | None = None
+        lead = 1 if namespace else 0
+        wanted = self._key(ids, namespace)
+        best_key: tuple | None = None
         best = 0
         for key in self._entries:
-            n = common_prefix_length(key, ids)
+            n = common_prefix_length(key, wanted) - lead
             if n > best:
                 best_key, best = key, n
         best = min(best, len(ids) - 1)  # the last prompt token must be fed for its logits
@@ -166,11 +175,11 @@ class PrefixCache:
         layers = self._entries[best_key]
         return PrefixHit(best, [(k[..., :best, :], v[..., :best, :]) for k, v in layers])
 
-    def store(self, ids: Sequence[int], layers: list[LayerKV]) -> None:
+    def store(self, ids: Sequence[int], layers: list[LayerKV], namespace: str = "") -> None:
         """Keep ``layers`` (the KV of exactly ``ids``) as the most recent entry."""
         if self.max_entries == 0 or len(ids) < self.min_prefix:
             return
-        key = tuple(ids)
+        key = self._key(ids, namespace)
         size = _nbytes(layers)
         if self.max_bytes is not None and size > self.max_bytes:
             return
@@ -184,6 +193,6 @@ class PrefixCache:
         ):
             self._drop(next(iter(self._entries)))
 
-    def _drop(self, key: tuple[int, ...]) -> None:
+    def _drop(self, key: tuple) -> None:
         layers = self._entries.pop(key)
         self._bytes -= _nbytes(layers)

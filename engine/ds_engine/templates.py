@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -48,16 +48,30 @@ KNOWN_CONTROL_TOKENS: tuple[str, ...] = (
 )
 
 
+_FIELD = re.compile(r"\{(prefix|suffix)\}")
+
+
 @dataclass(frozen=True)
 class FimFormat:
-    """A fill-in-the-middle layout; ``{prefix}`` and ``{suffix}`` are filled in."""
+    """A fill-in-the-middle layout; ``{prefix}`` and ``{suffix}`` are filled in.
+
+    ``order`` says where the prefix sits: ``psm`` (prefix, suffix, middle) or ``spm``
+    (suffix first, the prefix right before the middle, so the model only has to continue
+    the prefix, and a prompt grows at its end while the user types). ``detectable`` formats
+    are picked from a vocabulary alone; the others reuse ordinary control tokens of a model
+    that has no FIM tokens, and only a fine-tuned adapter's metadata selects them.
+    """
 
     family: str
     template: str
     sentinels: tuple[str, ...]
+    order: str = "psm"
+    detectable: bool = True
 
     def format(self, prefix: str, suffix: str) -> str:
-        return self.template.replace("{prefix}", prefix).replace("{suffix}", suffix)
+        # One pass: a "{suffix}" inside the user's prefix stays text.
+        parts = {"prefix": prefix, "suffix": suffix}
+        return _FIELD.sub(lambda m: parts[m[1]], self.template)
 
 
 FIM_FORMATS: Mapping[str, FimFormat] = {
@@ -80,6 +94,22 @@ FIM_FORMATS: Mapping[str, FimFormat] = {
         "codellama",
         "<PRE> {prefix} <SUF>{suffix} <MID>",
         ("<PRE>", "<SUF>", "<MID>"),
+    ),
+    # For models without FIM tokens (the embedded SmolLM2): three control tokens of its
+    # StarCoder-style vocabulary that code never contains, taught by `jupyter-ds finetune`.
+    # The middle ends with the end-of-text token.
+    "jupyter-ds-spm": FimFormat(
+        "jupyter-ds-spm",
+        "<reponame><gh_stars>{suffix}<issue_closed>{prefix}",
+        ("<reponame>", "<gh_stars>", "<issue_closed>"),
+        order="spm",
+        detectable=False,
+    ),
+    "jupyter-ds-psm": FimFormat(
+        "jupyter-ds-psm",
+        "<reponame>{prefix}<gh_stars>{suffix}<issue_closed>",
+        ("<reponame>", "<gh_stars>", "<issue_closed>"),
+        detectable=False,
     ),
 }
 # CodeGemma shares Qwen2.5-Coder's sentinels.
@@ -114,6 +144,10 @@ class PromptTemplate:
     @property
     def supports_fim(self) -> bool:
         return self.fim is not None
+
+    def with_fim(self, fim: FimFormat | None) -> PromptTemplate:
+        """This template with another FIM layout (the one an adapter was trained on)."""
+        return replace(self, fim=fim, name=fim.family if fim else self.name)
 
     @property
     def control_strings(self) -> tuple[str, ...]:
@@ -273,7 +307,10 @@ def detect_template(
     vocab_set = set(vocab)
     if special_tokens is None:
         special_tokens = [t for t in KNOWN_CONTROL_TOKENS if t in vocab_set]
-    fim = next((f for f in FIM_FORMATS.values() if _present(vocab_set, f.sentinels)), None)
+    fim = next(
+        (f for f in FIM_FORMATS.values() if f.detectable and _present(vocab_set, f.sentinels)),
+        None,
+    )
     notebook = {
         kind: tok
         for kind, tok in (

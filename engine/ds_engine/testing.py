@@ -108,7 +108,9 @@ def make_tiny_tokenizer(fim_family: str | None = None) -> PreTrainedTokenizerFas
     return tokenizer
 
 
-def make_tiny_model(path: str | Path, fim_family: str | None = None, seed: int = 0) -> Path:
+def make_tiny_model(
+    path: str | Path, fim_family: str | None = None, seed: int = 0, hidden_size: int = 64
+) -> Path:
     """Write a tiny random Llama + tokenizer as an HF directory at ``path``; return it.
 
     ``fim_family`` (a key of ``templates.FIM_FORMATS`` or an alias) adds that family's
@@ -123,8 +125,8 @@ def make_tiny_model(path: str | Path, fim_family: str | None = None, seed: int =
     eos_id = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
@@ -144,6 +146,44 @@ def make_tiny_model(path: str | Path, fim_family: str | None = None, seed: int =
         model.lm_head.weight[eos_id].zero_()
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    return out
+
+
+def make_tiny_adapter(
+    model_path: str | Path,
+    out: str | Path,
+    seed: int = 1,
+    rank: int = 4,
+    targets: tuple[str, ...] = ("q_proj", "v_proj"),
+    fim_family: str | None = "jupyter-ds-spm",
+    base_model: str | None = None,
+) -> Path:
+    """A random (non-zero) peft LoRA adapter for the tiny model at ``model_path``.
+
+    Written by peft itself, as ``jupyter-ds finetune`` writes one, with a metadata file
+    naming ``fim_family`` and ``base_model`` (the folder's name by default).
+    """
+    import json
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from ds_engine.adapters import METADATA_FILE
+
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(targets),
+                        init_lora_weights=False, task_type="CAUSAL_LM")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = get_peft_model(base, config)
+    out = Path(out)
+    model.save_pretrained(out, safe_serialization=True)
+    meta: dict = {"base_model": base_model or Path(model_path).name}
+    if fim_family is not None:
+        fmt = fim_format(fim_family)
+        meta["fim"] = {"family": fmt.family, "template": fmt.template,
+                       "sentinels": list(fmt.sentinels), "order": fmt.order}
+    (out / METADATA_FILE).write_text(json.dumps(meta))
     return out
 
 
@@ -209,6 +249,26 @@ class ScriptedEngine:
 
     def cancel(self, request_id: str) -> bool:
         return False
+
+    def template_for(self, adapter):
+        from ds_engine.adapters import AdapterError
+
+        if adapter is not None:
+            raise AdapterError(404, f"unknown adapter {adapter!r}")
+        return self._template
+
+    def adapters(self) -> list:
+        return []
+
+    def load_adapter(self, name: str, path: str) -> dict:
+        from ds_engine.adapters import AdapterError
+
+        raise AdapterError(422, "the scripted engine serves no adapters")
+
+    def unload_adapter(self, name: str) -> dict:
+        from ds_engine.adapters import AdapterError
+
+        raise AdapterError(404, f"unknown adapter {name!r}")
 
     def info(self) -> dict:
         return {"name": self.name, "state": self._state.value, "template": self._template.name}

@@ -10,8 +10,35 @@ from ds_engine.loader import load_model
 from ds_engine.templates import FIM_FORMATS, detect_template, fim_format
 from ds_engine.testing import BASE_SPECIAL_TOKENS, make_tiny_model, make_tiny_tokenizer
 
+DETECTABLE = sorted(name for name, f in FIM_FORMATS.items() if f.detectable)
+ADAPTER_ONLY = sorted(name for name, f in FIM_FORMATS.items() if not f.detectable)
+
+
+def test_adapter_formats_are_never_detected_from_a_vocabulary() -> None:
+    # SmolLM2's vocabulary holds <reponame>, <gh_stars> and <issue_closed>: the raw model
+    # must stay prefix-only, only an adapter's metadata turns its FIM format on.
+    assert ADAPTER_ONLY == ["jupyter-ds-psm", "jupyter-ds-spm"]
+    for family in ADAPTER_ONLY:
+        tok = make_tiny_tokenizer(family)
+        assert detect_template(tok.get_vocab(), tok.chat_template).fim is None
+
+
+def test_spm_puts_the_prefix_right_before_the_middle() -> None:
+    spm = fim_format("jupyter-ds-spm")
+    assert spm.order == "spm"
+    assert spm.format("PRE", "SUF") == "<reponame><gh_stars>SUF<issue_closed>PRE"
+    assert fim_format("jupyter-ds-psm").format("PRE", "SUF") == (
+        "<reponame>PRE<gh_stars>SUF<issue_closed>")
+
 
 @pytest.mark.parametrize("family", sorted(FIM_FORMATS))
+def test_placeholders_in_user_text_stay_text(family: str) -> None:
+    fmt = FIM_FORMATS[family]
+    prompt = fmt.format("s = '{suffix}'", "t = '{prefix}'")
+    assert "s = '{suffix}'" in prompt and "t = '{prefix}'" in prompt
+
+
+@pytest.mark.parametrize("family", DETECTABLE)
 def test_each_fim_sentinel_is_one_token_and_family_is_detected(family: str) -> None:
     tok = make_tiny_tokenizer(family)
     fmt = FIM_FORMATS[family]
