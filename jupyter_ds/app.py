@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -21,9 +22,10 @@ from traitlets import (
 )
 
 from jupyter_ds import __version__, metrics
+from jupyter_ds.finetune.job import FinetuneJobs
 from jupyter_ds.git.runner import DEFAULT_EXCLUDE
 from jupyter_ds.git.service import GitService, GitSettings
-from jupyter_ds.handlers import ROUTES, handlers
+from jupyter_ds.handlers import ROUTES, endpoint_of, handlers
 from jupyter_ds.json_logs import install_for_server as install_json_logs
 from jupyter_ds.ratelimit import RateLimiter, parse_limits
 from jupyter_ds.roles import RolePolicy, parse_mapping
@@ -49,11 +51,12 @@ class Services:
     limiter: RateLimiter | None = None
     audit: Any = None  # jupyter_ds.audit.AuditLog, or None when the audit log is off
     roles: RolePolicy | None = None
+    finetune: FinetuneJobs | None = None
 
 
 def known_endpoints() -> list[str]:
     """Route names, as used in rate_limits, metrics and audit records."""
-    return [path for path, _cls in ROUTES]
+    return [endpoint_of(path, cls) for path, cls in ROUTES]
 
 
 class JupyterDsApp(ExtensionApp):
@@ -105,6 +108,49 @@ class JupyterDsApp(ExtensionApp):
     )
     warmup = Bool(
         True, config=True, help="Run a short generation while loading (first-call costs)."
+    )
+    default_adapter = Unicode(
+        "auto",
+        config=True,
+        help=(
+            "LoRA adapter merged into the model's weights at load: 'auto' is the FIM adapter "
+            "shipped for the embedded model (none for other models), 'none' serves the raw "
+            "model, anything else is an adapter folder."
+        ),
+    )
+    adapters = Dict(
+        key_trait=Unicode(),
+        value_trait=Unicode(),
+        default_value={},
+        config=True,
+        help=(
+            "Adapters attached once the model is ready: name -> folder (absolute, or "
+            "relative to adapters_dir). A request picks one with its 'adapter' field."
+        ),
+    )
+    folder_adapters = Dict(
+        key_trait=Unicode(),
+        value_trait=Unicode(),
+        default_value={},
+        config=True,
+        help=(
+            "Folder under the server root ('' for every file) -> the adapter its "
+            "completions use when a request names none; the deepest folder wins."
+        ),
+    )
+    adapters_dir = Unicode(
+        "",
+        config=True,
+        help=(
+            "Where fine-tuning jobs write adapters (one folder per name); empty: "
+            "<jupyter data dir>/jupyter_ds/adapters."
+        ),
+    )
+    finetune_threads = Int(
+        0, config=True, help="Threads of a fine-tuning job; 0: all cores but one."
+    )
+    finetune_nice = Int(
+        10, config=True, help="Niceness of a fine-tuning job, so completion keeps the CPU."
     )
     cache_dir = Unicode(
         "", config=True, help="Where converted GGUF weights are cached (default ~/.cache)."
@@ -334,7 +380,28 @@ class JupyterDsApp(ExtensionApp):
             max_batch_size=self.max_batch_size,
             prefill_chunk=self.prefill_chunk,
             warmup=self.warmup,
+            default_adapter=self.default_adapter,
         )
+
+    def adapters_path(self) -> str:
+        if self.adapters_dir:
+            return self.adapters_dir
+        from jupyter_core.paths import jupyter_data_dir
+
+        return os.path.join(jupyter_data_dir(), "jupyter_ds", "adapters")
+
+    def _attach_configured_adapters(self, engine: Engine) -> None:
+        """Attach ``adapters`` once the model is ready; a bad one is logged, not fatal."""
+        if not engine.wait_ready():  # type: ignore[attr-defined]
+            return
+        for name, folder in self.adapters.items():
+            path = os.path.join(self.adapters_path(), os.path.expanduser(folder))
+            try:
+                engine.load_adapter(name, path)
+                self.log.info("jupyter-ds: adapter %s attached from %s", name, path)
+            except Exception as exc:
+                self.log.error("jupyter-ds: adapter %s (%s) not attached: %s", name, path,
+                               getattr(exc, "message", exc))
 
     def initialize_settings(self) -> None:
         if self.json_logs and self._undo_json_logs is None:
@@ -355,6 +422,7 @@ class JupyterDsApp(ExtensionApp):
                     timeout_s=self.completion_timeout,
                     root_dir=self.serverapp.root_dir if self.notebook_context else None,
                     notebook_max_bytes=self.notebook_max_bytes,
+                    folder_adapters=dict(self.folder_adapters),
                 ),
             ),
             explain=ExplainService(
@@ -380,6 +448,10 @@ class JupyterDsApp(ExtensionApp):
                 GitSettings(timeout_s=self.git_timeout, exclude=tuple(self.git_exclude)),
             ),
         )
+        services.finetune = FinetuneJobs(
+            self.serverapp.root_dir, self.adapters_path(), engine,
+            threads=self.finetune_threads or None, nice=self.finetune_nice,
+        )
         services.limiter = self.make_limiter()
         services.audit = self.open_audit()
         if services.audit is not None:
@@ -402,12 +474,18 @@ class JupyterDsApp(ExtensionApp):
         if self.load_on_start:
             self.log.info("jupyter-ds: loading the model in the background")
             engine.start_loading()
+        if self.adapters:
+            threading.Thread(target=self._attach_configured_adapters, args=(engine,),
+                             name="jupyter-ds-adapters", daemon=True).start()
 
     def initialize_handlers(self) -> None:
         # ExtensionApp prefixes the server's base URL (JupyterHub-style URLs work).
         self.handlers.extend(handlers("/"))
 
     async def stop_extension(self) -> None:
+        services = self.settings.get("jupyter_ds")
+        if services is not None and services.finetune is not None:
+            await services.finetune.close()
         metrics.unregister_engine_collector(self.engine)
         close: Any = getattr(self.engine, "close", None)
         if callable(close):

@@ -6,6 +6,7 @@
     jupyter-ds tests run TESTFILE --source PATH [--runs N]
     jupyter-ds git VERB [--path REPO] [--files ...] [--message ...]  (see jupyter_ds/git/cli.py)
     jupyter-ds audit report [--since 7d] [--log PATH] [--key-file F] [--json]  (audit/cli.py)
+    jupyter-ds finetune PATH --out DIR --max-minutes M [--resume]  (finetune/cli.py)
 
 Code comes from a file or standard input; the answer is printed as one JSON envelope.
 The exit status is 0 on success, 1 when the envelope is an error, 2 for bad usage.
@@ -160,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     from jupyter_ds.audit.cli import add_parser as add_audit_parser
 
     add_audit_parser(sub)
+    from jupyter_ds.finetune.cli import add_parser as add_finetune_parser
+
+    add_finetune_parser(sub)
     return parser
 
 
@@ -169,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         from jupyter_ds.audit.cli import main as audit_main
 
         return audit_main(args)
+    if args.command == "finetune":  # progress on stderr, its own exit statuses
+        from jupyter_ds.finetune.cli import main as finetune_main
+
+        return finetune_main(args)
     try:
         envelope = success(asyncio.run(_run(args)))
         code = 0

@@ -49,3 +49,13 @@ def not_ready(message: str, retry_after: int = 5) -> ApiError:
 
 def timed_out(message: str) -> ApiError:
     return ApiError(504, "timeout", message)
+
+
+def adapter_error(exc: object) -> ApiError:
+    """An engine's :class:`ds_engine.adapters.AdapterError` as the API's error: 404 for an
+    unknown adapter, 409 for a conflict (a merged default), 422 for a folder that cannot
+    be served (corrupt, incompatible, wrong base model)."""
+    status = getattr(exc, "status", 422)
+    message = getattr(exc, "message", str(exc))
+    code = {404: "unknown_adapter", 409: "conflict"}.get(status, "invalid_adapter")
+    return ApiError(status, code, message, field="adapter")

@@ -9,6 +9,7 @@ protocol (JupyterLab sends ``mime``, ``stream``, ``number``) are not refused.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,7 +20,11 @@ from jupyter_ds.errors import bad_request, too_large
 T = TypeVar("T")
 
 # Field metadata keys: "min"/"max" bound numbers, "max_chars" names the limit setting
-# (looked up in the limits mapping) that bounds a text field, "choices" lists allowed values.
+# (looked up in the limits mapping) that bounds a text field, "choices" lists allowed values,
+# "pattern" is a regular expression a text field must match in full.
+
+# An adapter's name, as the engine accepts it (ds_engine.adapters.NAME_RE).
+ADAPTER_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 
 
 def _field(default: Any = dataclasses.MISSING, *, default_factory: Any = None, **meta: Any) -> Any:
@@ -42,6 +47,8 @@ class CompleteRequest:
     max_tokens: int | None = _field(None, min=1, max_setting="max_tokens_limit")
     temperature: float | None = _field(None, min=0.0, max=2.0)
     n: int = _field(1, min=1, max=5)
+    # A loaded LoRA adapter by name; absent: the folder's default, else the server's.
+    adapter: str | None = _field(None, max_chars="max_name_chars", pattern=ADAPTER_NAME)
 
 
 @dataclass
@@ -94,6 +101,34 @@ class TestsInsertRequest:
     tests: list[str] = _field(max_items=200)  # noqa: RUF009 - a dataclasses.field
     imports: list[str] = _field(default_factory=list, max_items=200)  # noqa: RUF009
     test_path: str | None = _field(None, max_chars="max_name_chars")
+
+
+@dataclass
+class AdapterLoadRequest:
+    """``POST jupyter-ds/v1/adapters/<name>``: attach the adapter folder at ``path``."""
+
+    path: str = _field(max_chars="max_name_chars")
+
+
+@dataclass
+class FinetuneRequest:
+    """``POST jupyter-ds/v1/finetune``: train an adapter on a folder under the root.
+
+    ``name`` is the adapter's name (and its folder under the adapters directory); with
+    ``load`` the finished adapter is attached under it.
+    """
+
+    path: str = _field(max_chars="max_name_chars")
+    name: str = _field(max_chars="max_name_chars", pattern=ADAPTER_NAME)
+    max_minutes: float | None = _field(None, min=0.1, max=24 * 60)
+    max_tokens: int | None = _field(None, min=1000, max=10**10)
+    resume: bool = _field(False)
+    seed: int = _field(0, min=0, max=2**31 - 1)
+    rank: int = _field(16, min=1, max=256)
+    targets: str = _field("q_proj,v_proj", max_chars="max_name_chars",
+                          pattern=r"[A-Za-z0-9_]+(,[A-Za-z0-9_]+)*")
+    spm_rate: float = _field(0.5, min=0.0, max=1.0)
+    load: bool = _field(True)
 
 
 DEFAULT_LIMITS: dict[str, int] = {
@@ -200,6 +235,10 @@ def parse_request(cls: type[T], body: Any, limits: dict[str, int] | None = None)
                 )
         if isinstance(value, str):
             _check_text(f.name, value)
+            if "pattern" in meta and not re.fullmatch(meta["pattern"], value):
+                raise bad_request(
+                    f"field '{f.name}' must match {meta['pattern']}, got {value[:80]!r}", f.name
+                )
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             low = meta.get("min")
             high = limits[meta["max_setting"]] if "max_setting" in meta else meta.get("max")

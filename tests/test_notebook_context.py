@@ -344,7 +344,7 @@ def tiny_fim_tokenizer():
 
 
 class FakeEngine:
-    """Just what ``CompletionService._prompt`` uses: template, count_tokens, window."""
+    """Just what ``CompletionService._prompt`` uses: templates, count_tokens, window."""
 
     def __init__(self, template: PromptTemplate, count=words, window: int = 4096):
         self.template = template
@@ -358,6 +358,10 @@ class FakeEngine:
 
     def context_window(self) -> int:
         return self.window
+
+    def template_for(self, adapter: str | None) -> PromptTemplate:
+        assert adapter is None
+        return self.template
 
 
 def service(engine: FakeEngine, root: Path | None, max_prompt_tokens: int = 1024):

@@ -16,7 +16,7 @@ from tornado.httpclient import HTTPClientError
 from traitlets import TraitError
 
 from jupyter_ds.app import JupyterDsApp
-from jupyter_ds.handlers import ROUTES
+from jupyter_ds.handlers import ROUTES, endpoint_of
 from jupyter_ds.roles import ROLE_GRANTS, RoleAuthorizer, RolePolicy, user_groups
 
 # -- a server that serves several users -------------------------------------------------
@@ -88,6 +88,9 @@ RESOURCE_OF = {
     "models": "jupyter_ds:admin",
     "health": "jupyter_ds:status",
     "audit/report": "jupyter_ds:audit",
+    "adapters": "jupyter_ds:completion",
+    "adapters/name": "jupyter_ds:admin",
+    "finetune": "jupyter_ds:admin",
 }
 # Who may use each resource (with every action its routes use), written out too.
 ALLOWED = {
@@ -106,13 +109,19 @@ def resource_of(path: str) -> str:
 
 
 def http_routes() -> list[tuple[str, str]]:
+    """(endpoint name, method); a route with a pattern is named by its handler."""
     return [
-        (path, method.upper())
+        (endpoint_of(path, cls), method.upper())
         for path, cls in ROUTES
         if not path.endswith("stream")
         for method in ("get", "post", "put", "delete", "patch")
         if method in vars(cls)
     ]
+
+
+def url_of(endpoint: str) -> str:
+    """A concrete URL path for an endpoint name (``adapters/name`` -> an adapter name)."""
+    return "adapters/some-adapter" if endpoint == "adapters/name" else endpoint
 
 
 def requests_total(endpoint: str) -> float:
@@ -128,7 +137,7 @@ def requests_total(endpoint: str) -> float:
 
 def test_the_matrix_covers_every_route_and_the_code_table_agrees():
     for path, cls in ROUTES:
-        assert cls.auth_resource == resource_of(path), path
+        assert cls.auth_resource == resource_of(endpoint_of(path, cls)), path
     for resource, roles in ALLOWED.items():
         granted = {r for r, grants in ROLE_GRANTS.items() if resource in grants}
         assert granted == roles, resource
@@ -147,7 +156,7 @@ class TestRoleMatrix:
         for path, method in http_routes():
             allowed = role in ALLOWED[resource_of(path)]
             before = requests_total(path)
-            code, env, _ = await ds_client.call(method, path, {}, headers=headers)
+            code, env, _ = await ds_client.call(method, url_of(path), {}, headers=headers)
             got = "allowed" if code != 403 else "denied"
             if code in (401, 500) or got != ("allowed" if allowed else "denied"):
                 wrong.append((path, method, code, env.get("error")))
@@ -230,7 +239,7 @@ class TestNoRoleConfiguration:
 
     async def test_the_token_owner_can_use_every_endpoint(self, ds_client):
         for path, method in http_routes():
-            code, env, _ = await ds_client.call(method, path, {})
+            code, env, _ = await ds_client.call(method, url_of(path), {})
             assert code not in (401, 403), (path, env)
 
     async def test_the_server_authorizer_is_wrapped_once(self, jp_serverapp):

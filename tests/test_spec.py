@@ -10,9 +10,12 @@ import yaml
 from jupyter_ds.git.requests import GIT_REQUESTS, READ_VERBS, wire_name
 from jupyter_ds.handlers import API_PREFIX, ROUTES
 from jupyter_ds.requests import (
+    ADAPTER_NAME,
     DEFAULT_LIMITS,
+    AdapterLoadRequest,
     CompleteRequest,
     ExplainRequest,
+    FinetuneRequest,
     TestsInsertRequest,
     TestsRequest,
     TestsRunRequest,
@@ -25,6 +28,7 @@ def test_every_http_route_is_specified():
     for path, cls in ROUTES:
         if path.endswith("stream"):
             continue
+        path = path.replace(f"({ADAPTER_NAME})", "{name}")
         spec = SPEC["paths"][f"/{API_PREFIX}/{path}"]
         verbs = {m for m in ("get", "post", "put", "delete", "patch") if m in vars(cls)}
         assert set(spec) == verbs, path
@@ -34,7 +38,7 @@ def test_every_http_route_is_specified():
 
 def test_request_schemas_match_the_dataclasses():
     for cls in (CompleteRequest, ExplainRequest, TestsRequest, TestsRunRequest,
-                TestsInsertRequest, *GIT_REQUESTS):
+                TestsInsertRequest, AdapterLoadRequest, FinetuneRequest, *GIT_REQUESTS):
         name = cls.__name__
         schema = SPEC["components"]["schemas"][name]
         fields = {wire_name(f.name): f for f in dataclasses.fields(cls)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from jupyter_server.utils import url_path_join
 
+from jupyter_ds.handlers.adapters import ADAPTER_ROUTES
 from jupyter_ds.handlers.audit import AuditReportHandler
 from jupyter_ds.handlers.complete import CompleteHandler
 from jupyter_ds.handlers.explain import ExplainHandler
@@ -24,8 +25,16 @@ ROUTES = [
     ("models", ModelsHandler),
     ("health", HealthHandler),
     ("audit/report", AuditReportHandler),
+    *ADAPTER_ROUTES,
     *GIT_ROUTES,
 ]
+
+
+def endpoint_of(path: str, cls: type) -> str:
+    """A route's name (rate limits, metrics, audit): the handler's fixed ``endpoint``
+    where the path holds a pattern (``adapters/<name>`` is ``adapters/name``)."""
+    fixed = vars(cls).get("endpoint")
+    return fixed if isinstance(fixed, str) and "(" in path else path
 
 
 def handlers(base_url: str = "/") -> list[tuple[str, type]]:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ds_engine import Engine, EngineNotReady, EngineState, FinishReason, GenerationRequest
+from ds_engine.adapters import AdapterError
+from ds_engine.templates import PromptTemplate
 
 from jupyter_ds.completion.context import CountTokens, trim_context
 from jupyter_ds.completion.notebook import (
@@ -24,7 +26,7 @@ from jupyter_ds.completion.notebook import (
 )
 from jupyter_ds.completion.rules import CompletionContext, block_complete, postprocess
 from jupyter_ds.completion.validate import longest_valid
-from jupyter_ds.errors import ApiError, not_ready, timed_out
+from jupyter_ds.errors import ApiError, adapter_error, not_ready, timed_out
 from jupyter_ds.requests import CompleteRequest
 
 
@@ -44,6 +46,9 @@ class CompletionSettings:
     # Server root for notebook context (path + cell_id of a request); None turns it off.
     root_dir: str | None = None
     notebook_max_bytes: int = MAX_NOTEBOOK_BYTES
+    # Folder under the root ("" for all) -> the adapter its files complete with, when a
+    # request names none; the deepest folder wins.
+    folder_adapters: dict[str, str] = field(default_factory=dict)
 
 
 def ensure_ready(engine: Engine) -> None:
@@ -105,14 +110,36 @@ class CompletionService:
             preceding, fmt, self._count_context, left, chars_per_token=chars_per_token
         )
 
-    def _prompt(self, req: CompleteRequest) -> tuple[str, int]:
+    def adapter_for(self, req: CompleteRequest) -> str | None:
+        """The request's adapter, else its folder's default, else None (the model as
+        served, with its merged default adapter if it has one)."""
+        if req.adapter:
+            return req.adapter
+        if not self.settings.folder_adapters:
+            return None
+        parts = [p for p in (req.path or "").replace("\\", "/").split("/") if p not in ("", ".")]
+        best: tuple[int, str | None] = (-1, None)
+        for folder, name in self.settings.folder_adapters.items():
+            fparts = [p for p in folder.replace("\\", "/").split("/") if p not in ("", ".")]
+            if parts[: len(fparts)] == fparts and len(fparts) > best[0]:
+                best = (len(fparts), name)
+        return best[1]
+
+    def template_for(self, adapter: str | None) -> PromptTemplate:
+        """The prompt template of ``adapter`` (404 when the engine does not serve it)."""
+        try:
+            return self.engine.template_for(adapter)
+        except AdapterError as exc:
+            raise adapter_error(exc) from None
+
+    def _prompt(self, req: CompleteRequest, adapter: str | None = None) -> tuple[str, int]:
         max_tokens = req.max_tokens or self.settings.max_tokens
         budget = max(
             16,
             min(self.settings.max_prompt_tokens, self.engine.context_window() - max_tokens) - 8,
         )
         counts: dict[str, int] = {}  # trim_context has counted what fits: reuse it
-        template = self.engine.template
+        template = self.template_for(adapter)
 
         def count(text: str) -> int:
             # Counted as the prompt will hold it: control tokens in the user's text are
@@ -123,7 +150,7 @@ class CompletionService:
 
         prefix, suffix = trim_context(
             req.prefix,
-            req.suffix if self.engine.template.supports_fim else "",
+            req.suffix if template.supports_fim else "",
             count,
             budget,
             suffix_share=self.settings.suffix_share,
@@ -139,7 +166,8 @@ class CompletionService:
     def _generation(
         self, req: CompleteRequest, index: int = 0, request_id: str | None = None
     ) -> GenerationRequest:
-        prompt, max_tokens = self._prompt(req)
+        adapter = self.adapter_for(req)
+        prompt, max_tokens = self._prompt(req, adapter)
         temperature = req.temperature if req.temperature is not None else 0.0
         if index > 0 and temperature == 0.0:
             temperature = self.settings.sample_temperature
@@ -147,9 +175,10 @@ class CompletionService:
             prompt=prompt,
             max_tokens=max_tokens,
             temperature=temperature,
-            stop=list(self.engine.template.stop),
+            stop=list(self.template_for(adapter).stop),
             timeout_s=self.settings.timeout_s,
             seed=index,
+            adapter=adapter,
         )
         if request_id:
             gen.request_id = request_id
@@ -185,6 +214,7 @@ class CompletionService:
                     )
         first = items[0] if items else None
         return {
+            "adapter": self._adapter_label(self.adapter_for(req)),
             "output": first["insertText"] if first else "",
             "token_count": token_count,
             "confidence": first["confidence"] if first else confidence,
@@ -216,7 +246,7 @@ class CompletionService:
         validation runs on the server's event loop, whose GIL the engine thread needs.
         """
         ctx = CompletionContext(prefix=req.prefix, suffix=req.suffix, language=req.language)
-        template = self.engine.template
+        template = self.template_for(gen.adapter)
         shown = ""
         stopped_early = False
         started = time.monotonic()
@@ -264,3 +294,12 @@ class CompletionService:
                 return
         except EngineNotReady as exc:
             raise engine_errors(exc) from None
+        except AdapterError as exc:  # unloaded between the prompt and the generation
+            raise adapter_error(exc) from None
+
+    def _adapter_label(self, adapter: str | None) -> str | None:
+        """The adapter that answered: the request's, else the model's merged default."""
+        if adapter is not None:
+            return adapter
+        info = self.engine.info()
+        return info.get("adapter") if isinstance(info.get("adapter"), str) else None
