@@ -17,8 +17,8 @@ LABEXT_SRC := $(wildcard labextension/src/*.ts labextension/schema/*.json labext
 LABEXT_STAMP := jupyter_ds/labextension/.jupyter-ds-built
 JLPM := PATH="$(abspath $(BIN)):$$PATH" $(abspath $(BIN))/jlpm
 
-.PHONY: setup run test lint bench bench-latency bench-throughput bench-quality bench-load bench-tests \
-	clean labextension test-js
+.PHONY: setup run test lint bench bench-latency bench-throughput bench-quality bench-load bench-tests bench-adapters \
+	clean labextension test-js finetune-default
 
 setup: $(STAMP) $(LABEXT_STAMP)
 	@# Debian's Chromium for the browser tests (silent when it is already installed).
@@ -90,6 +90,11 @@ bench-throughput: setup $(BENCH_STAMP)
 bench-quality: setup $(BENCH_STAMP)
 	$(BIN)/python benchmarks/infill_quality.py $(BENCH_ARGS)
 
+# Adapters: merged vs attached cost, attach and switch times, completion p50 while a
+# fine-tuning job trains.
+bench-adapters: setup
+	$(BIN)/python benchmarks/adapters.py $(BENCH_ARGS)
+
 # Load test: users mixing completion, explain and tests; zero 5xx, p95, memory over time.
 bench-load: setup
 	$(BIN)/python benchmarks/load_test.py $(BENCH_ARGS)
@@ -98,6 +103,28 @@ bench-load: setup
 #   make bench-tests BENCH_TESTS_ARGS="--problems 50 --out funnel.json"
 bench-tests: setup $(BENCH_STAMP)
 	$(BIN)/python benchmarks/testgen_funnel.py $(BENCH_TESTS_ARGS)
+
+# The default FIM adapter of the embedded model (engine/ds_engine/default_adapter), trained
+# with the project's own `jupyter-ds finetune` on this Python's standard library only, tests
+# and tools left out, ten modules held out for the evaluation curve; the files used are
+# listed in the adapter's data_manifest.json. CPU: hours (FINETUNE_MINUTES); a GPU run
+# (make setup with a CUDA torch) trains in bfloat16 in minutes. FINETUNE_ARGS=--resume
+# carries on from the checkpoint in FINETUNE_OUT.
+FINETUNE_OUT ?= build/default-adapter
+FINETUNE_MINUTES ?= 125
+FINETUNE_ARGS ?=
+STDLIB_HELDOUT := json csv.py textwrap.py heapq.py fractions.py statistics.py shutil.py \
+	argparse.py string.py calendar.py
+STDLIB_EXCLUDE := 'test/' '**/test/' '**/tests/' '**/idle_test/' 'idlelib/' 'lib2to3/' \
+	'turtledemo/' 'ensurepip/' 'config-3*/' '__phello__/' 'pydoc_data/' 'encodings/'
+
+finetune-default: setup
+	$(BIN)/jupyter-ds finetune "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')" \
+		--out $(FINETUNE_OUT) --base-adapter none --max-minutes $(FINETUNE_MINUTES) \
+		--targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj --spm-rate 0.9 \
+		--heldout-share 0 --heldout $(STDLIB_HELDOUT) --exclude $(STDLIB_EXCLUDE) \
+		--eval-every 100000 --eval-cursors 48 $(FINETUNE_ARGS)
+	@echo "[finetune] copy the adapter files of $(FINETUNE_OUT) (not its checkpoint/) to engine/ds_engine/default_adapter"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

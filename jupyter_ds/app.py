@@ -84,13 +84,13 @@ class JupyterDsApp(ExtensionApp):
         ),
     )
     quantization = CaselessStrEnum(
-        ["none", "int8"],
-        default_value="none",
+        ["auto", "none", "int8"],
+        default_value="auto",
         config=True,
         help=(
             "int8: 8-bit weights for the Linear layers, one scale per output channel (CPU: "
             "weight-only, bfloat16 activations; CUDA: needs bitsandbytes). Embeddings, norms "
-            "and the output layer stay floating point."
+            "and the output layer stay floating point. auto: int8 on CPU, none on GPUs."
         ),
     )
     max_batch_size = Int(

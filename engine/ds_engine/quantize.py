@@ -35,12 +35,21 @@ Quantization = Literal["none", "int8"]
 QUANTIZATIONS: tuple[str, ...] = ("none", "int8")
 
 
-def resolve_quantization(quantization: str | None) -> Quantization:
-    """Normalise the ``quantization`` option; a bad value names the option and the choices."""
+def resolve_quantization(quantization: str | None, device: torch.device | None = None
+                         ) -> Quantization:
+    """Normalise the ``quantization`` option; a bad value names the option and the choices.
+
+    ``auto`` is weight-only int8 on CPU (about 70 % less model memory for at most a point
+    of quality, and faster decoding: see the README's figures) and none elsewhere.
+    """
     name = (quantization or "none").strip().lower()
+    if name == "auto":
+        on_cpu = device is None or device.type == "cpu"
+        return "int8" if on_cpu and _int8_kernel_available() else "none"
     if name not in QUANTIZATIONS:
         raise ValueError(
-            f"unknown quantization {quantization!r}: expected one of {', '.join(QUANTIZATIONS)}"
+            f"unknown quantization {quantization!r}: expected auto or one of "
+            f"{', '.join(QUANTIZATIONS)}"
         )
     return name  # type: ignore[return-value]
 

@@ -187,7 +187,33 @@ def make_tiny_adapter(
     return out
 
 
-class ScriptedEngine:
+class NoAdapters:
+    """The adapter part of the Engine interface for test engines that serve none."""
+
+    template = None
+
+    def template_for(self, adapter):
+        from ds_engine.adapters import AdapterError
+
+        if adapter is not None:
+            raise AdapterError(404, f"unknown adapter {adapter!r}")
+        return self.template
+
+    def adapters(self) -> list:
+        return []
+
+    def load_adapter(self, name: str, path: str) -> dict:
+        from ds_engine.adapters import AdapterError
+
+        raise AdapterError(422, f"this engine serves no adapters ({name!r})")
+
+    def unload_adapter(self, name: str) -> dict:
+        from ds_engine.adapters import AdapterError
+
+        raise AdapterError(404, f"unknown adapter {name!r}")
+
+
+class ScriptedEngine(NoAdapters):
     """An :class:`~ds_engine.interface.Engine` whose "model" answers from a script.
 
     For tests of the loops above the model (test generation, post-processing): the real
@@ -249,26 +275,6 @@ class ScriptedEngine:
 
     def cancel(self, request_id: str) -> bool:
         return False
-
-    def template_for(self, adapter):
-        from ds_engine.adapters import AdapterError
-
-        if adapter is not None:
-            raise AdapterError(404, f"unknown adapter {adapter!r}")
-        return self._template
-
-    def adapters(self) -> list:
-        return []
-
-    def load_adapter(self, name: str, path: str) -> dict:
-        from ds_engine.adapters import AdapterError
-
-        raise AdapterError(422, "the scripted engine serves no adapters")
-
-    def unload_adapter(self, name: str) -> dict:
-        from ds_engine.adapters import AdapterError
-
-        raise AdapterError(404, f"unknown adapter {name!r}")
 
     def info(self) -> dict:
         return {"name": self.name, "state": self._state.value, "template": self._template.name}

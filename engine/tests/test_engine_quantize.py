@@ -191,6 +191,8 @@ def test_bad_quantization_value_names_the_option(tiny_model_path: Path, bad: str
     with pytest.raises(ValueError, match=rf"quantization {bad!r}.*none, int8"):
         load_model(tiny_model_path, device="cpu", quantization=bad)
     assert resolve_quantization(None) == "none"
+    assert resolve_quantization("auto", torch.device("cpu")) == "int8"  # the CPU default
+    assert resolve_quantization("Auto", torch.device("cuda")) == "none"
     assert resolve_quantization(" INT8 ") == "int8"
 
 
