@@ -62,7 +62,7 @@ def _engine(args: argparse.Namespace) -> Any:
 
     try:
         engine = LocalEngine(model_path=args.model_path, device=args.device, dtype=args.dtype,
-                             quantization="auto")  # as the server: int8 on CPU
+                             quantization="auto")  # as the server
         engine.load(progress=progress)
     except Exception as exc:  # a model that cannot load is an answer, not a traceback
         raise ApiError(503, "model_failed", f"model failed to load: {exc}") from None
