@@ -266,3 +266,26 @@ def test_large_file_is_fast() -> None:
     elapsed = time.perf_counter() - start
     assert result == body.rstrip()
     assert elapsed < 1.0, f"validation took {elapsed * 1000:.0f} ms"
+
+
+@pytest.mark.parametrize(
+    ("prefix", "suffix", "wanted"),
+    [
+        ("def f(x):\n    ", "\n    return x\n", 1),  # a fresh, indented line
+        ("def f(x):\n", "\n    return x\n", 1),  # column 0 after a header
+        ("", "", 1),  # an empty document
+        ("def f(x):\n    return ", "\n", 0),  # inside a line: ending at once is an answer
+        ("def f(x):\n    ", "x = 1\n", 0),  # text right of the cursor
+    ],
+    ids=["blank-indented", "after-header", "empty", "mid-line", "text-after"],
+)
+async def test_a_blank_line_always_gets_a_suggestion(prefix, suffix, wanted):
+    """The service asks the engine for at least one token where the line is blank."""
+    from ds_engine.testing import ScriptedEngine
+
+    from jupyter_ds.requests import CompleteRequest
+    from jupyter_ds.services.completion import CompletionService
+
+    engine = ScriptedEngine(["return x"])
+    await CompletionService(engine).complete(CompleteRequest(prefix=prefix, suffix=suffix))
+    assert engine.requests[-1].min_tokens == wanted

@@ -185,6 +185,11 @@ class SequenceState:
         self.model_name = model_name
         self.eos = frozenset(stop_token_ids)
         self.stops = [s for s in request.stop if s]
+        # Ending tokens masked while fewer than request.min_tokens are out.
+        self.ending: list[int] = []
+        if request.min_tokens > 0:
+            single = (tokenizer(s, add_special_tokens=False)["input_ids"] for s in self.stops)
+            self.ending = sorted(self.eos | {ids[0] for ids in single if len(ids) == 1})
 
         ids = tokenizer(request.prompt, add_special_tokens=False)["input_ids"]
         if not ids:  # an empty prompt still needs one position to condition on
@@ -256,6 +261,9 @@ class SequenceState:
             return True
         logits = logits.float()
         request = self.request
+        if self.ending and len(self.output_ids) < request.min_tokens:
+            logits = logits.clone()
+            logits[self.ending] = float("-inf")
         token = _choose(logits, request.temperature, request.top_p, self.generator)
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()

@@ -78,6 +78,10 @@ class GenerationRequest:
     priority: Priority = Priority.INTERACTIVE
     # A LoRA adapter loaded in the engine, by name; None: the model as served by default.
     adapter: str | None = None
+    # Tokens generated before the end-of-sequence token or a one-token stop (such as
+    # "<|endoftext|>") may end the output: a fresh line of code wants a suggestion, even
+    # where the model would rather offer nothing.
+    min_tokens: int = 0
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     # Mutable state, owned by the engine while the request runs.
     cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)

@@ -227,6 +227,7 @@ class ScriptedEngine(NoAdapters):
 
         self.answers = list(answers)
         self.prompts: list[str] = []
+        self.requests: list = []  # the GenerationRequests, as the engine got them
         self.name = name
         self._template = detect_template(vocab or BASE_SPECIAL_TOKENS, CHATML_TEMPLATE)
         self._state = EngineState.READY
@@ -252,6 +253,7 @@ class ScriptedEngine(NoAdapters):
         from ds_engine.interface import FinishReason, GenerationResult
 
         self.prompts.append(request.prompt)
+        self.requests.append(request)
         text = self.answers[min(len(self.prompts), len(self.answers)) - 1]
         return GenerationResult(
             text=text,

@@ -264,3 +264,29 @@ def test_held_back_length() -> None:
     assert _held_back("abc\n", ["\n\n"]) == 1
     assert _held_back("abc", ["\n\n"]) == 0
     assert _held_back("a<fi", ["<file_sep>", "<|x"]) == 3
+
+
+def test_min_tokens_masks_ending_tokens_at_the_start(tiny_loaded) -> None:
+    """The end-of-sequence token and one-token stops cannot end an output too early."""
+    from ds_engine.generation import SequenceState
+
+    tok = tiny_loaded.tokenizer
+    eos, marker = tok.eos_token_id, tok.convert_tokens_to_ids("<file_sep>")
+    word = tok.encode("x", add_special_tokens=False)[0]
+
+    def run(min_tokens: int, favourite: int) -> tuple[str, FinishReason | None]:
+        seq = SequenceState(
+            GenerationRequest(PROMPT, max_tokens=3, stop=["<file_sep>"], min_tokens=min_tokens),
+            tok, context_window=2048, stop_token_ids={eos})
+        for _ in range(3):
+            logits = torch.zeros(len(tok))
+            logits[favourite], logits[word] = 10.0, 5.0  # the ending token is the argmax
+            if seq.accept(logits):
+                break
+        return seq.text, seq.finish
+
+    x = tok.decode([word])
+    assert run(0, eos) == ("", FinishReason.STOP)  # nothing offered
+    assert run(0, marker) == ("", FinishReason.STOP)  # "<file_sep>" is cut at once
+    assert run(1, eos) == (x, FinishReason.STOP)  # one token, then the end may come
+    assert run(2, marker) == (x + x, FinishReason.STOP)

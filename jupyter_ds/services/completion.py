@@ -51,6 +51,11 @@ class CompletionSettings:
     folder_adapters: dict[str, str] = field(default_factory=dict)
 
 
+def on_blank_line(prefix: str, suffix: str) -> bool:
+    """Whether the cursor's line holds nothing but whitespace, before and after it."""
+    return not prefix.rsplit("\n", 1)[-1].strip() and not suffix.split("\n", 1)[0].strip()
+
+
 def ensure_ready(engine: Engine) -> None:
     """Raise the 503 of DESIGN.md unless the engine can take requests now."""
     state = engine.state
@@ -179,6 +184,9 @@ class CompletionService:
             timeout_s=self.settings.timeout_s,
             seed=index,
             adapter=adapter,
+            # On a blank line the user waits for code: "nothing" is never the answer there
+            # (an FIM model learns to end at once where a line is already complete).
+            min_tokens=1 if on_blank_line(req.prefix, req.suffix) else 0,
         )
         if request_id:
             gen.request_id = request_id
