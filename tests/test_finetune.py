@@ -294,6 +294,8 @@ def test_a_tiny_run_end_to_end(fim_model: Path, repo: Path, tmp_path: Path) -> N
     # A standard peft folder, no new tokens, that the engine reads and that fits the model.
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and not config.get("modules_to_save")
+    assert config["base_model_name_or_path"] == "tiny"  # no path of this machine
+    assert not (out / "README.md").exists()
     assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (16, 32, 0.1)
     adapter = read_adapter(out, "t")
     assert adapter.fim is not None and adapter.fim.family == "jupyter-ds-spm"

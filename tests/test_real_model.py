@@ -63,6 +63,21 @@ async def test_completions_of_real_code_parse_in_context(engine, name, prefix, s
         assert parses(prefix + item["insertText"] + suffix), item
 
 
+async def test_the_embedded_model_serves_its_fim_adapter(engine):
+    """The shipped FIM adapter is merged: the suffix is in the prompt, and a blank line in
+    a block gets a body (the issue's clamp example offered nothing before)."""
+    info = engine.info()
+    assert info["adapter"] == "default-fim" and engine.template.fim.family == "jupyter-ds-spm"
+    prefix = "def clamp(x, lo, hi):\n    if x > hi:\n        "
+    suffix = "\n    return x\n"
+    data = await CompletionService(engine).complete(
+        CompleteRequest(prefix=prefix, suffix=suffix, max_tokens=16)
+    )
+    assert data["output"].strip() and data["adapter"] == "default-fim", data
+    assert parses(prefix + data["output"] + suffix)
+    assert data["prompt_tokens"] > engine.count_tokens(prefix)  # the suffix is in the prompt
+
+
 async def test_a_simple_function_gets_a_useful_completion(engine):
     prefix = "def add(a, b):\n    return "
     data = await CompletionService(engine).complete(

@@ -370,6 +370,8 @@ class Trainer:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         try:
             model.save_pretrained(tmp, safe_serialization=True)
+            _portable_config(tmp / "adapter_config.json", metadata["base_model"])
+            (tmp / "README.md").unlink(missing_ok=True)  # peft's empty model card
             (tmp / MANIFEST_FILE).write_text(json.dumps(corpus.manifest(), indent=1))
             (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
             _replace_dir(tmp, target)
@@ -585,6 +587,14 @@ class Trainer:
 def _fim_settings(cfg: FinetuneConfig) -> FimSettings:
     s = cfg.fim
     return FimSettings(**{**asdict(s), "spm_rate": cfg.spm_rate})
+
+
+def _portable_config(path: Path, base_model: str) -> None:
+    """Name the base model in peft's config, not the converted-weights cache folder of
+    this machine (a path that means nothing elsewhere and tells where the home is)."""
+    config = json.loads(path.read_text())
+    config["base_model_name_or_path"] = base_model
+    path.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
 def _replace_dir(tmp: Path, target: Path) -> None:
