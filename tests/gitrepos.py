@@ -37,6 +37,18 @@ def notebook(*cells: tuple[str, str], outputs: int = 0) -> str:
                       indent=1)
 
 
+
+def write_files(root: Path, files: dict[str, str | bytes]) -> Path:
+    """Write ``files`` (relative path -> text or bytes) under ``root``; return ``root``."""
+    for rel, content in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+    return root
+
 class RepoFactory:
     """Makes repositories under ``root`` (the server root of the test)."""
 
@@ -63,13 +75,7 @@ class RepoFactory:
         return repo
 
     def write(self, repo: Path, files: dict[str, str | bytes]) -> None:
-        for rel, content in files.items():
-            path = repo / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(content, bytes):
-                path.write_bytes(content)
-            else:
-                path.write_text(content, encoding="utf-8")
+        write_files(repo, files)
 
     def commit(self, repo: Path, files: dict[str, str | bytes], message: str) -> str:
         self.write(repo, files)

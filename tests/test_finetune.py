@@ -17,6 +17,7 @@ import pytest
 from ds_engine.adapters import read_adapter
 from ds_engine.templates import fim_format, neutralize
 from ds_engine.testing import make_tiny_model, make_tiny_tokenizer
+from gitrepos import write_files
 
 from jupyter_ds.finetune.data import CorpusError, GitIgnore, build_corpus
 from jupyter_ds.finetune.evaluate import candidate_lines, cursor_at, sample_cursors
@@ -50,17 +51,6 @@ def paths(root):
 '''
 
 
-def write(root: Path, files: dict[str, str | bytes]) -> Path:
-    for rel, content in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content)
-    return root
-
-
 # -- the corpus ---------------------------------------------------------------------------
 
 
@@ -68,7 +58,7 @@ def test_corpus_honours_gitignore_and_counts_what_it_skips(tmp_path: Path) -> No
     nb = {"cells": [{"cell_type": "code", "source": ["x = 1\n", "y = x + 1"]},
                     {"cell_type": "markdown", "source": "# title"},
                     {"cell_type": "code", "source": "print(y)"}], "nbformat": 4}
-    write(tmp_path, {
+    write_files(tmp_path, {
         ".gitignore": "build_out/\n*.gen.py\n!keep.gen.py\n/secret.py\n",
         "pkg/a.py": SOURCE,
         "pkg/b.py": SOURCE.replace("clamp", "bound"),
@@ -100,9 +90,9 @@ def test_corpus_honours_gitignore_and_counts_what_it_skips(tmp_path: Path) -> No
 
 
 def test_split_is_by_file_and_stable(tmp_path: Path) -> None:
-    write(tmp_path, {f"m{i}.py": SOURCE.replace("clamp", f"clamp{i}") for i in range(60)})
+    write_files(tmp_path, {f"m{i}.py": SOURCE.replace("clamp", f"clamp{i}") for i in range(60)})
     a = build_corpus(tmp_path, seed=3, heldout_share=0.2)
-    write(tmp_path, {"new.py": SOURCE.replace("clamp", "fresh")})
+    write_files(tmp_path, {"new.py": SOURCE.replace("clamp", "fresh")})
     b = build_corpus(tmp_path, seed=3, heldout_share=0.2)
     held_a = {f.path for f in a.heldout}
     assert 4 <= len(held_a) <= 20
@@ -116,7 +106,8 @@ def test_split_is_by_file_and_stable(tmp_path: Path) -> None:
     ("setup", "message"),
     [
         (lambda p: None, "no Python files"),
-        (lambda p: write(p, {"a.bin": b"\x00" * 10, "b.py": b"\x00\x00"}), "skipped: 1 binary"),
+        (lambda p: write_files(p, {"a.bin": b"\x00" * 10, "b.py": b"\x00\x00"}),
+         "skipped: 1 binary"),
     ],
     ids=["empty", "binaries"],
 )
@@ -250,7 +241,7 @@ def fim_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("repo")
-    return write(root, {f"pkg/m{i}.py": SOURCE.replace("clamp", f"clamp_{i}")
+    return write_files(root, {f"pkg/m{i}.py": SOURCE.replace("clamp", f"clamp_{i}")
                         for i in range(12)})
 
 
