@@ -90,8 +90,7 @@ class JupyterDsApp(ExtensionApp):
         help=(
             "int8: 8-bit weights for the Linear layers, one scale per output channel (CPU: "
             "weight-only, bfloat16 activations; CUDA: needs bitsandbytes). Embeddings, norms "
-            "and the output layer stay floating point. auto: int8 on a CPU with native "
-            "bfloat16 (the kernel's activations), none elsewhere (GPUs, AVX2-only CPUs)."
+            "and the output layer stay floating point. auto: int8 on CPU, none on GPUs."
         ),
     )
     max_batch_size = Int(

@@ -191,10 +191,7 @@ def test_bad_quantization_value_names_the_option(tiny_model_path: Path, bad: str
     with pytest.raises(ValueError, match=rf"quantization {bad!r}.*none, int8"):
         load_model(tiny_model_path, device="cpu", quantization=bad)
     assert resolve_quantization(None) == "none"
-    # The CPU default: int8 where bfloat16 (the kernel's activations) is native.
-    native_bf16 = int8_cpu_dtype() == torch.bfloat16
-    assert resolve_quantization("auto", torch.device("cpu")) == ("int8" if native_bf16
-                                                                 else "none")
+    assert resolve_quantization("auto", torch.device("cpu")) == "int8"  # the CPU default
     assert resolve_quantization("Auto", torch.device("cuda")) == "none"
     assert resolve_quantization(" INT8 ") == "int8"
 
