@@ -709,12 +709,20 @@ class LocalEngine:
             request.cancel()
         return len(requests)
 
-    def close(self) -> None:
-        """Cancel everything and stop the worker; the engine accepts no more requests."""
+    def close(self, load_timeout: float = 60.0) -> None:
+        """Cancel everything and stop the worker; the engine accepts no more requests.
+
+        A load still running is waited for (up to ``load_timeout`` seconds): a server that
+        stops while its model loads must not leave forward passes running behind it, in
+        a process that may start another server (a test session) and its own torch work.
+        """
         with self._wakeup:
             self._closed = True
             self._wakeup.notify()
         self.cancel_all()
+        thread = self._load_thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join(load_timeout)
 
     shutdown = close
 
