@@ -295,6 +295,20 @@ def test_a_tiny_run_end_to_end(fim_model: Path, repo: Path, tmp_path: Path) -> N
     assert not {p for p, _ in manifest["train"]} & {p for p, _ in manifest["heldout"]}
 
 
+def test_a_warm_start_from_a_shipped_adapter(fim_model: Path, repo: Path,
+                                             tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    assert finetune(fim_model, repo, first, "--max-tokens", "3000").returncode == 0
+    (first / "checkpoint").rename(tmp_path / "elsewhere")  # shipped: no optimizer state
+    again = finetune(fim_model, repo, tmp_path / "again", "--max-tokens", "3000",
+                     "--init-adapter", str(first))
+    assert again.returncode == 0, again.stderr[-1500:]
+    assert f"starting from the weights of {first}" in again.stderr
+    missing = finetune(fim_model, repo, tmp_path / "x", "--max-tokens", "3000",
+                       "--init-adapter", str(tmp_path / "nothing"))
+    assert missing.returncode == 1 and "no adapter_config.json" in missing.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -1,6 +1,7 @@
 """``jupyter-ds finetune PATH --out DIR``: train a FIM LoRA adapter on a folder of code.
 
     jupyter-ds finetune PATH --out DIR [--max-minutes M | --max-tokens N] [--resume]
+        [--init-adapter DIR]
         [--seed S] [--rank 16] [--alpha 32] [--dropout 0.1] [--targets q_proj,v_proj]
         [--lr 2e-4] [--batch-size 16] [--spm-rate 0.5] [--fim-format NAME]
         [--heldout MODULE ...] [--exclude PREFIX ...] [--eval-every TOKENS]
@@ -30,6 +31,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--max-minutes", type=float, default=None)
     p.add_argument("--max-tokens", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="carry on from OUT/checkpoint")
+    p.add_argument("--init-adapter", default=None,
+                   help="start from this adapter's weights (fresh optimizer and schedule)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--alpha", type=int, default=32)
@@ -87,7 +90,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         data=args.data, out=args.out, model_path=args.model_path,
         base_adapter=args.base_adapter, device=args.device,
         dtype=args.dtype, seed=args.seed, max_tokens=args.max_tokens,
-        max_minutes=args.max_minutes, resume=args.resume, rank=args.rank, alpha=args.alpha,
+        max_minutes=args.max_minutes, resume=args.resume, init_adapter=args.init_adapter,
+        rank=args.rank, alpha=args.alpha,
         dropout=args.dropout, targets=targets, lr=args.lr, warmup_steps=args.warmup_steps,
         batch_size=args.batch_size, micro_batch=args.micro_batch, fim_format=args.fim_format,
         spm_rate=args.spm_rate, heldout_share=args.heldout_share, heldout=tuple(args.heldout),

@@ -70,6 +70,9 @@ class FinetuneConfig:
     max_tokens: int | None = None  # training tokens (context + middle), None: no limit
     max_minutes: float | None = None
     resume: bool = False
+    # A warm start: the LoRA weights of this adapter folder, with a fresh optimizer and
+    # schedule (what a shipped adapter offers a later run: it has no optimizer state).
+    init_adapter: str | None = None
     # The adapter (the seed's figures).
     rank: int = 16
     alpha: int = 32
@@ -464,6 +467,11 @@ class Trainer:
         torch = self.torch
         torch.manual_seed(cfg.seed)
         resume_from, state, optim_state = self._restore(corpus)
+        if resume_from is None and cfg.init_adapter:
+            if not (Path(cfg.init_adapter) / "adapter_config.json").is_file():
+                raise FinetuneError(f"--init-adapter {cfg.init_adapter}: no adapter_config.json")
+            resume_from = Path(cfg.init_adapter)
+            self.log(f"starting from the weights of {resume_from} (fresh optimizer)")
         model = self._peft(resume_from)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         self.log(f"LoRA r={cfg.rank} alpha={cfg.alpha} on {', '.join(cfg.targets)}: "
