@@ -469,3 +469,23 @@ def test_block_complete_agrees_with_stop_at_block_end(
     raw: str, ctx: CompletionContext, expected: str
 ) -> None:
     assert block_complete(raw, ctx) is (stop_at_block_end(raw, ctx) != raw)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "suffix", "expected"),
+    [
+        ("def clamp(x, lo, hi):\n    if x > hi:\n", "\n    return x\n", "        "),
+        ("def clamp(x, lo, hi):\n    if x > hi:\n    ", "\n", "    "),  # half-way there
+        ("if ok:\n\tx = 1\n\tif y:\n", "", "\t\t"),  # the file's tab unit
+        ("def clamp(x, lo, hi):\n    if x > hi:\n        ", "", ""),  # already there
+        ("x = 1\n", "", ""),  # no header above
+        ("def f():\n", "pass\n", ""),  # text right of the cursor
+        ("items = [\n", "", ""),  # a bracket, not a header
+    ],
+    ids=["column-0", "partly-indented", "tabs", "in-body", "no-header", "text-after",
+         "open-bracket"],
+)
+def test_missing_body_indent(prefix: str, suffix: str, expected: str) -> None:
+    from jupyter_ds.completion.rules import missing_body_indent
+
+    assert missing_body_indent(CompletionContext(prefix, suffix)) == expected

@@ -289,3 +289,19 @@ async def test_a_blank_line_always_gets_a_suggestion(prefix, suffix, wanted):
     engine = ScriptedEngine(["return x"])
     await CompletionService(engine).complete(CompleteRequest(prefix=prefix, suffix=suffix))
     assert engine.requests[-1].min_tokens == wanted
+
+
+async def test_the_prompt_stands_in_the_body_at_column_0_under_a_header():
+    """The model is prompted from the body's indentation and its answer gets it too."""
+    from ds_engine.testing import ScriptedEngine
+
+    from jupyter_ds.requests import CompleteRequest
+    from jupyter_ds.services.completion import CompletionService
+
+    prefix, suffix = "def clamp(x, lo, hi):\n    if x > hi:\n", "\n    return x\n"
+    engine = ScriptedEngine(["return hi"])
+    data = await CompletionService(engine).complete(CompleteRequest(prefix=prefix,
+                                                                    suffix=suffix))
+    assert engine.prompts[-1].endswith("    if x > hi:\n        ")
+    assert data["output"] == "        return hi"
+    assert parses(prefix + data["output"] + suffix)

@@ -48,6 +48,7 @@ __all__ = [
     "indent_body_after_header",
     "join_typed_whitespace",
     "limit_to_line_when_midline",
+    "missing_body_indent",
     "postprocess",
     "stop_at_block_end",
     "strip_chat_prose",
@@ -499,6 +500,24 @@ def _header_above(prefix: str) -> tuple[str, str] | None:
     if header is None or depth or quote is not None:
         return None
     return header, unit or ("\t" if "\t" in header else "    ")
+
+
+def missing_body_indent(ctx: CompletionContext) -> str:
+    """The indentation a blank cursor line lacks to stand in the body of the header above.
+
+    At column 0 after ``if x > hi:`` the model is asked to continue from a place where no
+    body starts; the completion service puts this indentation at the end of the prompt's
+    prefix (and in front of the answer), so the model sees the cursor where the body goes.
+    """
+    if not ctx.is_python or ctx.suffix.split("\n", 1)[0].strip():
+        return ""
+    found = _header_above(ctx.prefix)
+    if found is None:
+        return ""
+    target, cur = found[0] + found[1], ctx.current_line
+    if len(cur) >= len(target) or not target.startswith(cur):
+        return ""
+    return target[len(cur) :]
 
 
 def _body_is_relative(lines: list[str], first: int, base: int, target: int) -> bool:

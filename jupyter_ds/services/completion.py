@@ -7,6 +7,7 @@ context (prefix + item + suffix); an item that cannot be made valid is dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -24,7 +25,12 @@ from jupyter_ds.completion.notebook import (
     NotebookReader,
     notebook_context,
 )
-from jupyter_ds.completion.rules import CompletionContext, block_complete, postprocess
+from jupyter_ds.completion.rules import (
+    CompletionContext,
+    block_complete,
+    missing_body_indent,
+    postprocess,
+)
 from jupyter_ds.completion.validate import longest_valid
 from jupyter_ds.errors import ApiError, adapter_error, not_ready, timed_out
 from jupyter_ds.requests import CompleteRequest
@@ -172,7 +178,11 @@ class CompletionService:
         self, req: CompleteRequest, index: int = 0, request_id: str | None = None
     ) -> GenerationRequest:
         adapter = self.adapter_for(req)
-        prompt, max_tokens = self._prompt(req, adapter)
+        # At column 0 under a block header the prompt ends with the body's indentation
+        # (_run puts it in front of the answer): the model continues where a body starts.
+        pad = missing_body_indent(CompletionContext(req.prefix, req.suffix, req.language))
+        prompt_req = dataclasses.replace(req, prefix=req.prefix + pad) if pad else req
+        prompt, max_tokens = self._prompt(prompt_req, adapter)
         temperature = req.temperature if req.temperature is not None else 0.0
         if index > 0 and temperature == 0.0:
             temperature = self.settings.sample_temperature
@@ -255,6 +265,7 @@ class CompletionService:
         """
         ctx = CompletionContext(prefix=req.prefix, suffix=req.suffix, language=req.language)
         template = self.template_for(gen.adapter)
+        pad = missing_body_indent(ctx)  # what _generation added to the prompt's prefix
         shown = ""
         stopped_early = False
         started = time.monotonic()
@@ -262,10 +273,11 @@ class CompletionService:
             async for chunk in self.engine.stream(gen):
                 # A control token the model writes (a new cell, file or turn) ends the
                 # completion; it and what follows are never shown.
-                raw = template.cut_special(chunk.text)
+                cut = template.cut_special(chunk.text)
+                raw = pad + cut
                 if not chunk.done:
                     if not stopped_early and (
-                        len(raw) < len(chunk.text) or block_complete(raw, ctx)
+                        len(cut) < len(chunk.text) or block_complete(raw, ctx)
                     ):
                         stopped_early = True
                         gen.cancel()  # the rest would be cut anyway: stop paying for it
