@@ -139,6 +139,11 @@ class FinetuneJobs:
         model_path = getattr(self.engine, "model_path", None)
         if model_path:
             args += ["--model-path", str(model_path)]
+        # The same base as the server's (its merged default adapter included), so that
+        # the adapter's lineage matches and it can be attached when the job ends.
+        base_adapter = getattr(self.engine, "default_adapter", None)
+        if isinstance(base_adapter, str) and base_adapter:
+            args += ["--base-adapter", base_adapter]
         with (out / LOG_FILE).open("ab") as logfile, (out / RESULT_FILE).open("wb") as result:
             job.process = await asyncio.create_subprocess_exec(
                 *args, stdout=result, stderr=logfile,
