@@ -88,7 +88,9 @@ class TestsRunRequest:
     tests: str = _field(max_chars="max_input_chars")
     source: str | None = _field(None, max_chars="max_input_chars")
     path: str | None = _field(None, max_chars="max_name_chars")
-    module: str | None = _field(None, max_chars="max_name_chars")
+    # The module's file is written in the sandbox: an identifier a file name can hold.
+    module: str | None = _field(None, max_chars="max_name_chars",
+                                pattern=r"[A-Za-z_][A-Za-z0-9_]{0,59}")
     runs: int = _field(1, min=1, max=10)
 
 

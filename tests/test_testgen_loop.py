@@ -186,3 +186,22 @@ async def test_a_branch_that_leaves_the_function_counts_as_coverage():
     assert by_name["test_f_false"]["status"] == "kept", by_name["test_f_false"]
     assert by_name["test_f_false"]["adds"] == {"lines": 0, "branches": 1}
     assert done["coverage"]["after"]["branches"] == 100.0
+
+
+def test_module_names_stay_file_names():
+    """A module is written as "<name>.py" in the sandbox: never past a file name's 255 bytes."""
+    from jupyter_ds.testgen.service import module_name
+
+    name = module_name("pkg/" + "é" * 250 + ".py")
+    assert name.isidentifier() and len((name + ".py").encode()) <= 255
+    assert module_name("3d_tools.py") == "m_3d_tools"
+
+
+def test_a_module_field_that_is_no_file_name_is_refused():
+    from jupyter_ds.errors import ApiError
+    from jupyter_ds.requests import TestsRunRequest, parse_request
+
+    for bad in ("a" * 298, "os.path", "1abc"):
+        with pytest.raises(ApiError) as err:
+            parse_request(TestsRunRequest, {"tests": "", "module": bad})
+        assert err.value.status == 400 and err.value.field == "module"

@@ -88,7 +88,8 @@ def module_name(path: str | None) -> str:
     stem = posixpath.basename(path.replace("\\", "/"))
     stem = stem[:-3] if stem.endswith(".py") else stem
     name = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in stem) or "module"
-    return name if not name[0].isdigit() else f"m_{name}"
+    # "<name>.py" must stay a file name: 255 bytes, and a letter takes up to 4 in UTF-8.
+    return (name if not name[0].isdigit() else f"m_{name}")[:60]
 
 
 # The largest source or test file read from under the root (a request's own text is
