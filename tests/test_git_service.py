@@ -421,11 +421,14 @@ def test_commit_author_from_config_else_the_jupyter_user_else_400(repos, svc):
     assert len(svc.log(GitLogRequest("repo"))["commits"]) == 1
 
 
-def test_a_hanging_git_command_is_killed_and_504(repos, root):
+def test_a_hanging_git_command_is_killed_and_504(repos, root, tmp_path):
     repo = repos.init()
-    hook = repo / ".git" / "hooks" / "pre-commit"
-    hook.write_text("#!/bin/sh\nsleep 30\n")
-    hook.chmod(0o755)
+    # A repository's own hooks never run; the server's (global) signing program does.
+    slow = tmp_path / "slow-gpg"
+    slow.write_text("#!/bin/sh\nsleep 30\n")
+    slow.chmod(0o755)
+    global_config = Path(os.environ["GIT_CONFIG_GLOBAL"])
+    global_config.write_text(f"[gpg]\n\tprogram = {slow}\n[commit]\n\tgpgSign = true\n")
     repos.write(repo, {"a.py": "1\n"})
     svc = GitService(str(root), settings=GitSettings(timeout_s=1.0))
     svc.add(GitFilesRequest("repo", ["a.py"]))
@@ -433,5 +436,5 @@ def test_a_hanging_git_command_is_killed_and_504(repos, root):
         asyncio.run(svc.call("commit", GitCommitRequest("repo", "slow"), write=True))
     assert info.value.status == 504
     # The lock was released: the repository takes the next write.
-    hook.unlink()
+    global_config.write_text("")
     svc.commit(GitCommitRequest("repo", "fast"))

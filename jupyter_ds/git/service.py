@@ -6,6 +6,11 @@ server root and resolved by :class:`~jupyter_ds.git.runner.Runner`, which also c
 file paths, applies the exclusion list and maps git's failures to API errors. Writes to
 one repository are serialised by its lock; :meth:`GitService.call` runs a verb off the
 event loop with an overall timeout.
+
+git never runs a program that a repository brings (see :mod:`jupyter_ds.git.runner`),
+hooks included. A repository's ``pre-commit`` and ``commit-msg`` hooks run only when the
+server's admin turns ``GitSettings.commit_hooks`` on, and then in the test sandbox
+(:meth:`GitService._commit_hooks`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import re
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ds_engine import Engine, EngineNotReady, FinishReason, GenerationRequest, Priority
@@ -25,10 +31,56 @@ from jupyter_ds.git import message as msg
 from jupyter_ds.git import parse
 from jupyter_ds.git.nbdiff import notebook_diff
 from jupyter_ds.git.requests import READ_VERBS, WRITE_VERBS
-from jupyter_ds.git.runner import DEFAULT_EXCLUDE, Repo, Runner
+from jupyter_ds.git.runner import (
+    DEFAULT_EXCLUDE,
+    SAFE_CONFIG,
+    TRUSTED_SCOPES,
+    Repo,
+    Runner,
+    config_env,
+)
 from jupyter_ds.git.validate import CONFIG_KEYS, check_config, check_ref, check_rev
+from jupyter_ds.paths import is_within
+from jupyter_ds.testgen import sandbox
 
-DIFF_OPTIONS = ("--no-ext-diff", "--no-textconv", "-M")
+# No external diff or textconv program; submodules' working trees are not looked into
+# (that would run git there under the submodule's own config).
+DIFF_OPTIONS = ("--no-ext-diff", "--no-textconv", "--ignore-submodules=dirty", "-M")
+# The hooks that may refuse a commit: the ones run, sandboxed, when commit_hooks is on.
+COMMIT_HOOKS = ("pre-commit", "commit-msg")
+HOOK_MAX_BYTES = 1024 * 1024
+# The pytest file the sandbox runs: it starts one hook and fails with its output.
+_HOOK_TEST = """\
+import os
+import subprocess
+
+import pytest
+
+NAME = {name!r}
+ARGS = {args!r}
+CWD = {cwd!r}
+ENV = {env!r}
+TIMEOUT = {timeout!r}
+
+
+def test_hook():
+    here = os.getcwd()
+    hook = os.path.join(here, "hook", NAME)
+    os.chmod(hook, 0o755)
+    try:
+        proc = subprocess.run(
+            [hook, *(os.path.join(here, a) for a in ARGS)], cwd=CWD,
+            env={{**os.environ, **ENV}}, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"it ran longer than {{TIMEOUT}} s", pytrace=False)
+    except OSError as exc:
+        pytest.fail(f"it could not be started: {{exc}}", pytrace=False)
+    if proc.returncode != 0:
+        out = proc.stdout.decode("utf-8", "replace").strip()[-3000:]
+        pytest.fail(f"exit {{proc.returncode}}" + (":\\n" + out if out else ""),
+                    pytrace=False)
+"""
 STATE_FILES = (("MERGE_HEAD", "merging"), ("rebase-merge", "rebasing"),
                ("rebase-apply", "rebasing"), ("CHERRY_PICK_HEAD", "cherry-picking"),
                ("REVERT_HEAD", "reverting"), ("BISECT_LOG", "bisecting"))
@@ -43,6 +95,8 @@ class GitSettings:
     message_max_tokens: int = 96
     message_diff_tokens: int = 1200
     message_timeout_s: float = 120.0
+    # Run the repository's pre-commit and commit-msg hooks, in the test sandbox.
+    commit_hooks: bool = False
 
 
 class GitService:
@@ -70,6 +124,8 @@ class GitService:
         fn = getattr(self, name)
         kwargs = {"user": user} if verb == "commit" else {}
         limit = self.settings.timeout_s * 3 + 5  # a verb runs a few commands
+        if verb == "commit" and self.settings.commit_hooks:
+            limit += len(COMMIT_HOOKS) * (self.settings.timeout_s + 30)  # sandboxed hooks
         try:
             return await asyncio.wait_for(asyncio.to_thread(fn, req, **kwargs), limit)
         except asyncio.TimeoutError:
@@ -92,7 +148,8 @@ class GitService:
 
     def _status(self, repo: Repo) -> dict[str, Any]:
         out = self.git.run(repo, "status", "--porcelain=v2", "--branch", "-z",
-                           "--untracked-files=normal", env={"GIT_OPTIONAL_LOCKS": "0"})
+                           "--untracked-files=normal", "--ignore-submodules=dirty",
+                           env={"GIT_OPTIONAL_LOCKS": "0"})
         result = parse.parse_status(out)
         state = next((name for f, name in STATE_FILES if (repo.git_dir / f).exists()),
                      "clean")
@@ -212,7 +269,8 @@ class GitService:
         repo = self.git.repo(req.path)
         path = self.git.file(repo, req.file, "file")
         rev = [check_rev(req.rev, "rev")] if req.rev else []
-        out = self.git.run(repo, "blame", "--porcelain", *rev, "--", path, field="file")
+        out = self.git.run(repo, "blame", "--porcelain", "--no-textconv", *rev, "--", path,
+                           field="file")
         lines, truncated = parse.parse_blame(out, self.settings.max_blame_lines)
         return {"file": path, "lines": lines, "truncated": truncated}
 
@@ -282,6 +340,8 @@ class GitService:
         args = ["commit", "--no-edit" if not message else f"--message={message}",
                 *(["--amend"] if req.amend else [])]
         with self._write(repo):
+            if self.settings.commit_hooks:
+                self._commit_hooks(repo, message)
             self.git.run(repo, *args, env=env)
             out = self.git.run(repo, "log", "-1", "--format=%H%x00%h%x00%s").rstrip("\n")
             sha, short, summary = out.split("\0", 2)
@@ -303,6 +363,108 @@ class GitService:
                 f"{login or 'jupyter'}@localhost"
         return env
 
+    # ------------------------------------------------------------------ commit hooks
+
+    def _commit_hooks(self, repo: Repo, message: str) -> None:
+        """The repository's ``pre-commit`` then ``commit-msg`` hook, each in the sandbox.
+
+        git itself never runs a hook here (``core.hooksPath`` is ``/dev/null``): its
+        hooks would run with the server's rights. When the admin turns ``commit_hooks``
+        on, the two hooks that decide whether a commit may happen run in the test
+        sandbox (:func:`jupyter_ds.testgen.sandbox.run_pytest`, with a one-test pytest
+        file that starts the hook): no network, the server's files out of sight, and the
+        repository **read-only** (bound read-only as the run's project). A hook can read
+        the working tree, the index and history (``git diff --cached`` works) but cannot
+        change them: one that formats files and stages them fails instead, and
+        ``commit-msg`` sees a copy of the message whose edits are ignored. The hook's own
+        script is copied into the run, so one outside the repository (``core.hooksPath``)
+        is read once, here. The others (``prepare-commit-msg``, ``post-commit``, ...)
+        never run. Without bubblewrap the sandbox could not hide the server's files, so
+        a repository with such a hook cannot commit through the API: a 409 says why,
+        rather than the hook running unsandboxed. A hook that fails refuses the commit
+        (409 ``git_failed``, with its output); nothing is committed.
+        """
+        hooks = self._hooks(repo)
+        if not hooks:
+            return
+        info = sandbox.detect_sandbox()
+        if info.mode != "bwrap":
+            raise ApiError(409, "git_failed", (
+                f"git commit: this repository has a {' and a '.join(hooks)} hook and commit "
+                "hooks are on (JupyterDsApp.git_commit_hooks), but they run only in the "
+                f"bubblewrap sandbox, which is not available here ({info.reason}). Install "
+                "bubblewrap, or turn git_commit_hooks off (the hooks are then not run)"))
+        if not message:  # --amend --no-edit: the message kept
+            message = self.git.run(repo, "log", "-1", "--format=%B")
+        for name, path in hooks.items():
+            self._run_hook(repo, name, path, message)
+
+    def _hooks(self, repo: Repo) -> dict[str, str]:
+        """``COMMIT_HOOKS`` that exist and are executable: name -> script path.
+
+        Where git would look: ``core.hooksPath`` (relative to the working tree), else the
+        ``hooks`` folder of the git directory. A hook that the repository's own config
+        points to must lie under the server root: its text is copied into the sandbox,
+        and a repository must not make the server read a file elsewhere (a 409).
+        """
+        configured = [(scope, value) for scope, key, value
+                      in self.git.config_entries(repo.top)
+                      if key == "core.hookspath" and scope != "command" and value]
+        if configured:
+            scope, value = configured[-1]
+            folder = repo.top / os.path.expanduser(value)
+        else:
+            scope = "local"
+            common = self.git.run(repo, "rev-parse", "--path-format=absolute",
+                                  "--git-common-dir").strip()
+            folder = repo.top / common / "hooks"
+        hooks = {name: str(folder / name) for name in COMMIT_HOOKS
+                 if os.path.isfile(folder / name) and os.access(folder / name, os.X_OK)}
+        for name, path in hooks.items():
+            if scope not in TRUSTED_SCOPES and not is_within(self.git.root,
+                                                             Path(os.path.realpath(path))):
+                raise ApiError(409, "git_failed", f"git commit: the repository's {name} "
+                               "hook lies outside the server root, so it is not run; "
+                               "move it into the repository (core.hooksPath)")
+        return hooks
+
+    def _run_hook(self, repo: Repo, name: str, path: str, message: str) -> None:
+        """Run one hook in the sandbox; a 409 carrying its output when it fails."""
+        try:
+            with open(path, "rb") as f:
+                script = f.read(HOOK_MAX_BYTES + 1).decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            script = None
+        if script is None or len(script) > HOOK_MAX_BYTES:
+            raise ApiError(409, "git_failed", f"git commit: the {name} hook is not a text "
+                           "script of at most 1 MiB, so it cannot run in the sandbox")
+        timeout = self.settings.timeout_s
+        env = {
+            **self.git.env, "GIT_OPTIONAL_LOCKS": "0",  # the repository is read-only
+            "GIT_CONFIG_NOSYSTEM": "1",  # not in the sandbox (nor the server's HOME)
+            # The sandbox's user does not own the repository: git must still read it.
+            **sandbox_config(repo),
+        }
+        sources = {f"hook/{name}": script, "COMMIT_EDITMSG": message}
+        test = _HOOK_TEST.format(name=name, cwd=str(repo.top), env=env, timeout=timeout,
+                                 args=["COMMIT_EDITMSG"] if name == "commit-msg" else [])
+        report = sandbox.run_pytest(test, sources, project_dir=repo.top, targets=[],
+                                    timeout=timeout + 30, test_timeout=timeout + 5)
+        if report.all_passed:
+            return
+        result = next(iter(report.tests.values()), None)
+        if report.ok and result is not None and result.outcome == "failed":
+            text = (result.details or result.message).strip()
+            root = str(self.git.root)
+            text = text.replace(root + os.sep, "").replace(root, ".")
+            status, _, output = text.partition(":\n")  # "exit N", then what it printed
+            raise ApiError(409, "git_failed", f"git commit: the {name} hook refused the "
+                           f"commit ({status})" + (f":\n{output}" if output else "")
+                           + "\n-> fix what it reports, then commit again")
+        why = report.reason or (result.message if result else "") or "no report"
+        raise ApiError(409, "git_failed",
+                       f"git commit: the {name} hook could not be run in the sandbox: {why}")
+
     def branch(self, req: Any) -> dict[str, Any]:
         repo = self.git.repo(req.path)
         name = check_ref(req.name, "name")
@@ -315,7 +477,8 @@ class GitService:
         repo = self.git.repo(req.path)
         name = check_ref(req.name, "name")
         with self._write(repo):
-            self.git.run(repo, "switch", name, field="name")
+            # Quiet: its report of local changes would look into submodules' trees.
+            self.git.run(repo, "switch", "-q", name, field="name")
             return {"status": self._status(repo)}
 
     def branch_delete(self, req: Any) -> dict[str, Any]:
@@ -330,7 +493,7 @@ class GitService:
         return self.branches(_PathOnly(repo.rel))
 
     def stash(self, req: Any) -> dict[str, Any]:
-        repo = self.git.repo(req.path)
+        repo = self.git.with_submodules(self.git.repo(req.path))
         args = ["stash", "push", *([f"--message={req.message}"] if req.message else [])]
         with self._write(repo):
             output = self.git.run_full(repo, *args)
@@ -338,7 +501,7 @@ class GitService:
                     "status": self._status(repo)}
 
     def stash_pop(self, req: Any) -> dict[str, Any]:
-        repo = self.git.repo(req.path)
+        repo = self.git.with_submodules(self.git.repo(req.path))
         with self._write(repo):
             output = self.git.run_full(repo, "stash", "pop")
             return {"output": output, "status": self._status(repo)}
@@ -365,26 +528,34 @@ class GitService:
         repo = self.git.repo(req.path)
         args = self._remote_args(repo, req)
         with self._write(repo):
-            return {"output": self.git.run_full(repo, "fetch", *args, field="remote")}
+            # "--": a remote name read from the repository's config is never an option.
+            options = self.git.fetch_options(repo, args[0] if args else None)
+            return {"output": self.git.run_full(repo, "fetch", *options, "--", *args,
+                                                field="remote")}
 
     def pull(self, req: Any) -> dict[str, Any]:
         repo = self.git.repo(req.path)
         args = self._remote_args(repo, req)
         with self._write(repo):
-            return {"output": self.git.run_full(repo, "pull", "--no-edit", *args,
-                                                field="remote")}
+            options = self.git.fetch_options(repo, args[0] if args else None)
+            return {"output": self.git.run_full(repo, "pull", "--no-edit", *options, "--",
+                                                *args, field="remote")}
 
     def push(self, req: Any) -> dict[str, Any]:
         repo = self.git.repo(req.path)
         args = self._remote_args(repo, req)
         current = self.git.run(repo, "symbolic-ref", "-q", "--short", "HEAD", ok=(0, 1)).strip()
         upstream = current and self._config_value(repo, f"branch.{current}.merge")
+        options: list[str] = []
         if current and not upstream and len(args) < 2:
             # First push of a new branch: publish it and track it, as the UI expects.
             args = [args[0] if args else self._default_remote(repo), current]
-            args.insert(0, "--set-upstream")
+            options.append("--set-upstream")
         with self._write(repo):
-            return {"output": self.git.run_full(repo, "push", *args, field="remote")}
+            options += self.git.push_options(repo, args[0] if args else None)
+            # "--": a remote name read from the repository's config is never an option.
+            return {"output": self.git.run_full(repo, "push", *options, "--", *args,
+                                                field="remote")}
 
     def set_config(self, req: Any) -> dict[str, Any]:
         repo = self.git.repo(req.path)
@@ -443,6 +614,12 @@ class GitService:
             "diff_trimmed": trimmed or diff["truncated"],
             "files": [f["path"] for f in diff["files"]],
         }
+
+
+def sandbox_config(repo: Repo) -> dict[str, str]:
+    """Config for git inside the sandbox: the runner's rules, and ``safe.directory``."""
+    pairs = [*SAFE_CONFIG, ("safe.directory", "*"), *repo.config_overrides]
+    return config_env(pairs, base=0)
 
 
 @dataclass
