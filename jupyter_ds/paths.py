@@ -8,8 +8,11 @@ crafted string nor a symlink reaches a file the server does not serve.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import posixpath
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
 
 from jupyter_ds.errors import ApiError, bad_request
@@ -64,17 +67,93 @@ def is_within(root: str | os.PathLike[str], real: str | os.PathLike[str]) -> boo
     return real_p == root_p or root_p in real_p.parents
 
 
+@dataclass(frozen=True)
+class RootPath:
+    """A client's path joined to the server root: as sent (normalised) and as resolved.
+
+    Callers differ in what a path that resolves outside the root means (an error for a
+    write, "no context" for a notebook Jupyter itself would follow), so :func:`locate`
+    reports it in ``inside`` instead of deciding.
+    """
+
+    root: Path  # the real server root
+    normal: str  # the path as sent: relative, "/" separators, no "." or ".." parts
+    real: Path  # the path with every symlink resolved (it need not exist)
+
+    @property
+    def inside(self) -> bool:
+        return is_within(self.root, self.real)
+
+    @property
+    def real_relative(self) -> str:
+        """``real`` relative to the root, "/" separated; only meaningful when ``inside``."""
+        return self.real.relative_to(self.root).as_posix()
+
+
+def locate(
+    root_dir: str | os.PathLike[str],
+    path: str,
+    field: str = "path",
+    *,
+    allow_root: bool = True,
+    status: int = 400,
+) -> RootPath:
+    """``path`` from a request joined to ``root_dir``, normalised, and resolved.
+
+    The one place where a client's path meets the disk: every reader and writer of files
+    named by a request goes through here (or :func:`resolve_under_root`), so there is
+    one rule for absolute paths, ``..`` climbs and symlinks. A bad string is an error
+    (``status`` for one that reaches outside, see :func:`normalise_relative`); a path that
+    only leaves the root through a symlink is not, see :attr:`RootPath.inside`.
+    """
+    normal = normalise_relative(path, field, allow_root=allow_root, status=status)
+    root = Path(os.path.realpath(root_dir))
+    return RootPath(root, normal, Path(os.path.realpath(root / normal)))
+
+
 def resolve_under_root(
-    root_dir: str | os.PathLike[str], path: str, field: str = "path", *, allow_root: bool = True
+    root_dir: str | os.PathLike[str],
+    path: str,
+    field: str = "path",
+    *,
+    allow_root: bool = True,
+    status: int = 403,
 ) -> Path:
     """The real path of ``path`` under ``root_dir``; 403 naming ``field`` if it leaves it.
 
     Unlike Jupyter's contents API, symlinks that lead outside the root are refused here:
-    the callers (git) act on what the link points to.
+    the callers (git, test insertion) act on what the link points to. ``status`` is the
+    code for a string that climbs out or is absolute (400 where the API has always called
+    that a malformed value); a symlink out of the root is always a 403.
     """
-    normal = normalise_relative(path, field, allow_root=allow_root, status=403)
-    root = Path(os.path.realpath(root_dir))
-    real = Path(os.path.realpath(root / normal))
-    if not is_within(root, real):
+    where = locate(root_dir, path, field, allow_root=allow_root, status=status)
+    if not where.inside:
         raise forbidden(f"field '{field}' resolves outside the server root (a symlink?)", field)
-    return real
+    return where.real
+
+
+def hidden_part(relative: str) -> str | None:
+    """The first component of the "/"-separated ``relative`` that is hidden, if any.
+
+    Jupyter's rule (``ContentsManager.allow_hidden``): a name starting with ``.`` is
+    hidden, and so is everything below it. That is where a server keeps what runs
+    unasked (``.ipython/.../startup``, ``.jupyter``, ``.git/hooks``) and its keys.
+    """
+    return next((part for part in relative.split("/") if part.startswith(".")
+                 and part not in (".", "..")), None)
+
+
+def excluded_by(relative: str, patterns: Iterable[str]) -> str | None:
+    """The first of ``patterns`` (the ``git_exclude`` setting) that ``relative`` matches.
+
+    A pattern without ``/`` matches any component (``.ssh``, ``*.pem``); one with ``/``
+    matches the whole "/"-separated path relative to the server root.
+    """
+    parts = relative.split("/")
+    for pattern in patterns:
+        if "/" in pattern:
+            if fnmatch.fnmatchcase(relative, pattern.strip("/")):
+                return pattern
+        elif any(fnmatch.fnmatchcase(part, pattern) for part in parts):
+            return pattern
+    return None

@@ -476,14 +476,21 @@ PATH_CASES: list[tuple[str, dict[str, Any], int, str]] = [
                       "test_path": "../../test_x.py"}, 400, "test_path"),
     ("tests/insert", {"path": "calc.py", "tests": ["def test_a():\n    pass\n"],
                       "test_path": "/tmp/test_x.py"}, 400, "test_path"),
+    # a link out of the root, or a file that is no test file by name: forbidden (403)
     ("tests/insert", {"path": "calc.py", "tests": ["def test_a():\n    pass\n"],
-                      "test_path": "link-out/test_x.py"}, 400, "test_path"),
+                      "test_path": "link-out/test_x.py"}, 403, "test_path"),
     ("tests/insert", {"path": "calc.py", "tests": ["def test_a():\n    pass\n"],
-                      "test_path": "out.py"}, 400, "test_path"),
+                      "test_path": "out.py"}, 403, "test_path"),
     ("tests/insert", {"path": "calc.py", "tests": ["def test_a():\n    pass\n"],
-                      "test_path": "folder.py"}, 400, "test_path"),
+                      "test_path": "folder.py"}, 403, "test_path"),
     ("tests/insert", {"path": "calc.py", "tests": ["def test_a():\n    pass\n"],
-                      "test_path": "latin1.py"}, 400, "test_path"),
+                      "test_path": "latin1.py"}, 403, "test_path"),
+    ("tests/insert", {"path": "link-out/secret.py", "tests": ["def test_a():\n    pass\n"]},
+     403, "path"),
+    ("tests/insert", {"path": "calc.py", "tests": ["def test_a():\n    pass\n"],
+                      "test_path": "test_folder.py"}, 400, "test_path"),
+    ("tests/insert", {"path": "calc.py", "tests": ["def test_a():\n    pass\n"],
+                      "test_path": "test_latin1.py"}, 400, "test_path"),
     ("tests/insert", {"path": "calc.py", "tests": ["def test_a():\n    pass\n"],
                       "test_path": "afile/test_x.py"}, 400, "test_path"),
 ]
@@ -495,6 +502,8 @@ async def test_paths_built_to_escape_the_root(api_ready, jp_root_dir, outside):
     (jp_root_dir / "big.py").write_text("x = 1\n" * 1_000_000)  # 6 MB
     (jp_root_dir / "latin1.py").write_bytes(b"x = 'caf\xe9'\n")
     (jp_root_dir / "folder.py").mkdir()
+    (jp_root_dir / "test_latin1.py").write_bytes(b"x = 'caf\xe9'\n")
+    (jp_root_dir / "test_folder.py").mkdir()
     (jp_root_dir / "afile").write_text("not a folder\n")
     before = sorted(p.name for p in outside.iterdir())
     bad = Mismatches()

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jupyter_ds.errors import bad_request
-from jupyter_ds.paths import is_within, normalise_relative
+from jupyter_ds.paths import locate
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +93,11 @@ def resolve_notebook_path(
         path = path[len("RTC:"):]
     if not path:
         raise bad_request(f"field '{field}' is empty", field)
-    normal = normalise_relative(path, field, allow_root=True)
-    root = Path(os.path.realpath(root_dir))
-    real = Path(os.path.realpath(root / normal))
-    if not is_within(root, real):
+    where = locate(root_dir, path, field, allow_root=True)
+    if not where.inside:
         log.debug("notebook context: %s resolves outside the server root; not read", path)
         return None
-    return real
+    return where.real
 
 
 # ------------------------------------------------------------------------ reading

@@ -22,6 +22,7 @@ itself is made on the text, by line, which is what makes "unchanged" easy to gua
 from __future__ import annotations
 
 import ast
+import fnmatch
 import os
 import textwrap
 from collections import Counter
@@ -32,6 +33,9 @@ from pathlib import Path, PurePosixPath
 
 import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
+
+from jupyter_ds.errors import ApiError
+from jupyter_ds.paths import excluded_by, forbidden, hidden_part, locate, resolve_under_root
 
 from .imports import ImportedName, parse_imports, render_imports, top_level_imports, unique
 
@@ -87,15 +91,94 @@ def test_path_for(source_path: str, existing: Iterable[str] = ()) -> str:
 
 
 def find_test_file(source_path: str, root: str | os.PathLike[str]) -> str | None:
-    """The existing test file for ``source_path`` under ``root``, or ``None``."""
-    base = Path(root)
+    """The existing test file for ``source_path`` under ``root``, or ``None``.
+
+    A candidate that is not confined to the root (a ``..`` in ``source_path``, a symlink
+    out of the root) is passed over: it is no file of this root.
+    """
     for path in test_file_candidates(source_path):
         try:
-            if (base / path).is_file():
+            where = locate(root, path, allow_root=False)
+            if where.inside and where.real.is_file():
                 return path
-        except OSError:  # a name too long for the file system, a loop of links...
+        except (ApiError, OSError):  # a name too long for the file system, a loop of links
             continue
     return None
+
+
+# --- which files may be written -----------------------------------------------------------
+
+TEST_FILE_NAMES = ("test_*.py", "*_test.py")  # pytest's default python_files
+
+
+def is_test_file_name(name: str) -> bool:
+    """Whether a file called ``name`` is a test file by pytest's default naming."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in TEST_FILE_NAMES)
+
+
+def check_test_file(
+    root: str | os.PathLike[str],
+    test_path: str,
+    field: str = "test_path",
+    *,
+    allow_hidden: bool = False,
+    exclude: Iterable[str] = (),
+) -> Path:
+    """The real path that insertion may write for ``test_path``; else a 403 naming ``field``.
+
+    Insertion writes code that runs later (pytest imports the file), so the file must be
+    one whose purpose is exactly that: a ``test_*.py`` or ``*_test.py`` file under the
+    root, in no hidden folder (unless the contents manager allows hidden files) and not
+    matched by ``git_exclude``. Otherwise ``test_path`` could name an IPython startup
+    file, a Jupyter config file, a git hook or a module of the user's, all of which run
+    code unasked or would be rewritten. The rule holds for the path as sent and for where
+    its symlinks lead: a ``tests/test_x.py`` link to ``.ssh/x`` is no test file. Malformed
+    strings (empty, NUL, too long, absolute, ``..`` above the root) stay a 400.
+    """
+    where = locate(root, test_path, field, allow_root=False)
+    if not where.inside:
+        raise forbidden(f"field '{field}': {test_path!r} resolves outside the server root "
+                        "(a symlink?)", field)
+    exclude = tuple(exclude)
+    for relative in dict.fromkeys((where.normal, where.real_relative)):
+        shown = repr(test_path) if relative == where.normal else (
+            f"{test_path!r} (a link to {relative!r})")
+        name = relative.rsplit("/", 1)[-1]
+        if not is_test_file_name(name):
+            raise forbidden(f"field '{field}': {shown} is not a test file; tests are only "
+                            f"written to files named {' or '.join(TEST_FILE_NAMES)}", field)
+        if not allow_hidden and (hidden := hidden_part(relative)):
+            raise forbidden(f"field '{field}': {shown} is in the hidden {hidden!r}; tests are "
+                            "not written to hidden files or folders", field)
+        if pattern := excluded_by(relative, exclude):
+            raise forbidden(f"field '{field}': {shown} is excluded (matches {pattern!r} of "
+                            "git_exclude)", field)
+    return where.real
+
+
+def insertion_target(
+    root: str | os.PathLike[str],
+    source_path: str,
+    test_path: str | None = None,
+    *,
+    allow_hidden: bool = False,
+    exclude: Iterable[str] = (),
+) -> str:
+    """The test file (relative to ``root``) that tests for ``source_path`` may go into.
+
+    ``test_path`` when given, else the matching existing file or the default one (as
+    :func:`test_path_for`); either way checked by :func:`check_test_file`, whose errors
+    name the field the file came from. ``source_path`` must resolve under the root too:
+    it says which module the tests are for, and a link out of the root is none of its.
+    """
+    resolve_under_root(root, source_path, "path", allow_root=False, status=400)
+    if test_path:
+        check_test_file(root, test_path, "test_path", allow_hidden=allow_hidden,
+                        exclude=exclude)
+        return test_path
+    derived = find_test_file(source_path, root) or test_path_for(source_path)
+    check_test_file(root, derived, "path", allow_hidden=allow_hidden, exclude=exclude)
+    return derived
 
 
 # --- text by lines ------------------------------------------------------------------------
