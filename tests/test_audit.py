@@ -456,6 +456,198 @@ def test_open_audit_log_from_configuration(tmp_path: Path, monkeypatch: pytest.M
     keys = tmp_path / "keys"
     keys.write_text(key_text(k))
     assert open_audit_log(tmp_path / "a.log", key_file=keys, environ={}).keyring is not None
-    assert not open_audit_log(tmp_path / "a.log", environ={}).encrypted
+    assert not (tmp_path / "audit.key").exists()  # a configured key generates nothing
+    # No key configured: encrypted anyway, with a key generated next to the log (was: plain).
+    assert open_audit_log(tmp_path / "a.log", environ={}).encrypted
+    assert (tmp_path / "audit.key").exists()
+    assert not open_audit_log(tmp_path / "b.log", environ={}, encrypt=False).encrypted
     monkeypatch.setenv("JUPYTER_DS_AUDIT_LOG", str(tmp_path / "env.log"))
     assert open_audit_log(environ={}).path == tmp_path / "env.log"
+
+
+# --- hardening (issue 15): bounds, generated key, per-server logs ---------------------
+
+
+@pytest.mark.parametrize("text", [
+    "99999999999d", "999999999999999999999999s", "3000000d", "3651d", "522w", "87601h",
+    "9" * 400 + "s", "1" * 65, "-1d", "7y", "1e3d", "0001-01-01T00:00+01:00", "",
+])
+def test_parse_when_is_bounded_and_only_raises_value_error(text: str):
+    with pytest.raises(ValueError):
+        parse_when(text, T0)
+
+
+def test_parse_when_accepts_up_to_the_documented_maximum():
+    from jupyter_ds.audit import MAX_LOOKBACK_DAYS
+
+    assert MAX_LOOKBACK_DAYS == 3650
+    assert parse_when("3650d", T0) == T0 - dt.timedelta(days=3650)
+    assert parse_when("87600h", T0) == T0 - dt.timedelta(days=3650)
+    assert parse_when("0001-01-01") == dt.datetime(1, 1, 1, tzinfo=UTC)  # exact dates: any
+
+
+def test_cli_since_out_of_bounds_is_a_usage_error(tmp_path: Path):
+    proc = run_cli("report", "--since", "99999999999d", "--log", str(tmp_path / "x"))
+    assert proc.returncode == 2 and "3650d" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_generated_key_is_0600_reused_and_strict(tmp_path: Path):
+    from jupyter_ds.audit import ensure_key_file
+
+    key = tmp_path / "logs" / "audit.key"
+    ring, created = ensure_key_file(key)
+    assert created and stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700
+    again, created = ensure_key_file(key)
+    assert not created and again.current.kid == ring.current.kid
+    assert key.read_text().startswith("# jupyter-ds audit log key")
+    assert not [p for p in key.parent.iterdir() if p.name != "audit.key"]  # no temp left
+
+    key.chmod(0o640)
+    with pytest.raises(AuditKeyConfigError, match="chmod 600"):
+        ensure_key_file(key)
+    key.chmod(0o600)
+    link = tmp_path / "link.key"
+    link.symlink_to(key)
+    with pytest.raises(AuditKeyConfigError, match="cannot read"):
+        ensure_key_file(link)  # a symlink planted where the key goes is not followed
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(AuditKeyConfigError, match=r"cannot create.*audit_encrypt=False"):
+        ensure_key_file(tmp_path / "a_file" / "audit.key")  # a start error, not plaintext
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="needs chown")
+def test_generated_key_owned_by_someone_else_is_refused(tmp_path: Path):
+    from jupyter_ds.audit import ensure_key_file
+
+    key = tmp_path / "audit.key"
+    ensure_key_file(key)
+    os.chown(key, 4242, -1)
+    with pytest.raises(AuditKeyConfigError, match="another user"):
+        ensure_key_file(key)
+
+
+def test_servers_starting_at_once_share_one_generated_key(tmp_path: Path):
+    from jupyter_ds.audit import ensure_key_file
+
+    key = tmp_path / "audit.key"
+    kids: list[str] = []
+
+    def start() -> None:
+        kids.append(ensure_key_file(key)[0].current.kid)
+
+    pool = [threading.Thread(target=start) for _ in range(8)]
+    for th in pool:
+        th.start()
+    for th in pool:
+        th.join()
+    assert len(kids) == 8 and len(set(kids)) == 1
+
+
+def test_find_keyring_prefers_configured_then_generated(tmp_path: Path):
+    from jupyter_ds.audit import ensure_key_file, find_keyring
+
+    log = tmp_path / "audit-abc.log"
+    assert find_keyring(log, environ={}) is None  # nothing generated: a plaintext log
+    generated, _ = ensure_key_file(tmp_path / "audit.key")
+    assert find_keyring(log, environ={}).current.kid == generated.current.kid
+    k = new_key()
+    ring = find_keyring(log, environ={"JUPYTER_DS_AUDIT_KEY": key_text(k)})
+    assert ring.current.kid == k.kid
+
+
+def test_default_log_is_per_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from jupyter_ds.audit import default_log_path, server_id
+
+    monkeypatch.delenv("JUPYTER_DS_AUDIT_LOG", raising=False)
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a-link").symlink_to(tmp_path / "a")
+    ids = {server_id(tmp_path / "a", 8888), server_id(tmp_path / "a", 8889),
+           server_id(tmp_path / "b", 8888), server_id(tmp_path / "a", "/run/j.sock")}
+    assert len(ids) == 4 and all(len(i) == 12 for i in ids)
+    assert server_id(tmp_path / "a-link", 8888) == server_id(tmp_path / "a", 8888)
+    one = default_log_path(server_id(tmp_path / "a", 8888))
+    assert one.parent == tmp_path / "data" / "jupyter_ds"
+    assert one.name == f"audit-{server_id(tmp_path / 'a', 8888)}.log"
+    assert str(tmp_path) not in one.name  # the name spells out no folder
+    monkeypatch.setenv("JUPYTER_DS_AUDIT_LOG", str(tmp_path / "shared.log"))
+    assert default_log_path("abc") == tmp_path / "shared.log"  # explicit: shared on purpose
+
+
+def test_records_carry_the_server_and_the_report_keeps_to_it(tmp_path: Path):
+    path = tmp_path / "audit.log"
+    AuditLog(path, server="aaaaaaaaaaaa").write(event(1, user="ann"))
+    AuditLog(path, server="bbbbbbbbbbbb").write(event(2, user="bob"))
+    AuditLog(path).write(event(3, user="old"))  # written before records had a server
+    assert json.loads(lines(path)[0])["server"] == "aaaaaaaaaaaa"
+    r = build_report(path, server="aaaaaaaaaaaa")
+    assert set(r["by_user"]) == {"ann", "old"} and r["other_server_lines"] == 1
+    assert r["server"] == "aaaaaaaaaaaa" and r["lines"] == {"plain": 3, "encrypted": 0}
+    assert "left out: 1 lines of other servers" in format_table(r)
+    everything = build_report(path)
+    assert set(everything["by_user"]) == {"ann", "bob", "old"}
+    assert everything["other_server_lines"] == 0
+
+
+def test_report_names_the_log_by_name_only(tmp_path: Path):
+    path = tmp_path / "audit.log"
+    AuditLog(path).write(event(0))
+    r = build_report(path)
+    assert r["log"] == "audit.log" and str(tmp_path) not in json.dumps(r)
+    assert f"Audit report for {path} " in format_table(r, path)  # the CLI's own terminal
+    with path.open("a") as fh:
+        fh.write("{oops\n")
+    with pytest.raises(AuditFormatError) as info:
+        build_report(path, full_paths=False)
+    assert str(info.value).startswith("audit.log line 2") and str(tmp_path) not in str(info.value)
+    with pytest.raises(AuditLogMissingError) as missing:
+        build_report(tmp_path / "none.log", full_paths=False)
+    assert str(tmp_path) not in str(missing.value)
+
+
+def test_cli_reads_the_default_encrypted_log_without_flags(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch):
+    from jupyter_ds.audit import default_log_path, server_id
+
+    env = {"JUPYTER_DATA_DIR": str(tmp_path / "data")}
+    monkeypatch.delenv("JUPYTER_DS_AUDIT_LOG", raising=False)
+    monkeypatch.setenv("JUPYTER_DATA_DIR", env["JUPYTER_DATA_DIR"])
+    first = default_log_path(server_id(tmp_path, 8888))
+    second = default_log_path(server_id(tmp_path, 8889))
+    assert first != second
+    open_audit_log(first, environ={}).write(event(0, user="ann"))
+    assert "ann" not in first.read_text()  # encrypted with the generated key
+
+    proc = run_cli("report", "--json", env=env)  # the only log, and the key next to it
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["data"]["by_user"]["ann"]["requests"] == 1
+
+    open_audit_log(second, environ={}).write(event(1, user="bob"))
+    proc = run_cli("report", env=env)  # two servers' logs: name them, do not guess
+    assert proc.returncode == 1
+    assert first.name in proc.stderr and second.name in proc.stderr and "--log" in proc.stderr
+    proc = run_cli("report", "--log", str(second), env=env)
+    assert proc.returncode == 0 and "bob" in proc.stdout and str(second) in proc.stdout
+
+
+def test_rotating_the_generated_key_as_the_readme_says(tmp_path: Path):
+    from jupyter_ds.audit import find_keyring
+
+    path = tmp_path / "audit-abc.log"
+    first = open_audit_log(path, environ={})
+    first.write(event(1, user="ann"))
+    key = tmp_path / "audit.key"
+    old_kid = first.keyring.current.kid
+    new = new_key()  # `jupyter-ds audit keygen`, then put it first in the file
+    key.write_text(key_text(new) + "\n" + key.read_text())
+    second = open_audit_log(path, environ={})  # the restart
+    assert second.keyring.current.kid == new.kid and old_kid in second.keyring.kids
+    second.write(event(2, user="bob"))
+    assert [json.loads(line)["kid"] for line in lines(path)] == [old_kid, new.kid]
+    r = build_report(path, find_keyring(path, environ={}))
+    assert set(r["by_user"]) == {"ann", "bob"} and r["lines"]["encrypted"] == 2
+    key.write_text(key_text(new) + "\n")  # the old key removed too early
+    with pytest.raises(AuditKeyMissingError, match=old_kid):
+        build_report(path, find_keyring(path, environ={}))

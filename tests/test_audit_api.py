@@ -11,12 +11,15 @@ from typing import Any
 import pytest
 
 from jupyter_ds.app import JupyterDsApp
-from jupyter_ds.audit import AuditKeyConfigError, generate_key, load_keyring
+from jupyter_ds.audit import AuditKeyConfigError, generate_key
 from jupyter_ds.audit.report import read_records
 
 
 def records(path: Path, key_file: Path | None = None) -> list[dict[str, Any]]:
-    return list(read_records(path, load_keyring(key_file) if key_file else None))
+    """The log's records, decrypted with ``key_file`` or the key generated next to the log."""
+    from jupyter_ds.audit import find_keyring
+
+    return list(read_records(path, find_keyring(path, key_file, environ={})))
 
 
 class TestRecords:

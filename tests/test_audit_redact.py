@@ -102,6 +102,35 @@ POSITIVE = [
     ("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg (cut off", R("private_key")),
     ("-----BEGIN PGP PRIVATE KEY BLOCK-----\nlQdGBF\n-----END PGP PRIVATE KEY BLOCK-----",
      R("private_key")),
+    # US social security numbers: 3-2-4, dashes or spaces
+    ("SSN 123-45-6789", f"SSN {R('ssn')}"),
+    ("ssn: 123 45 6789.", f"ssn: {R('ssn')}."),
+    ("df.loc[df.ssn == '078-05-1120']", f"df.loc[df.ssn == '{R('ssn')}']"),
+    ("(665-12-3456, 899-99-9999)", f"({R('ssn')}, {R('ssn')})"),
+    # payment cards: Luhn-valid, 13-19 digits, compact or grouped
+    ("card 4111 1111 1111 1111", f"card {R('card_number')}"),
+    ("pay(card='4111-1111-1111-1111')", f"pay(card='{R('card_number')}')"),
+    ("5500005555555559 exp 12/27", f"{R('card_number')} exp 12/27"),
+    ("amex 3782 822463 10005.", f"amex {R('card_number')}."),
+    ("visa13 4222222222222", f"visa13 {R('card_number')}"),
+    ("unionpay 6212345678901265", f"unionpay {R('card_number')}"),
+    ("19 digits: 4111 1111 1111 1111 003", f"19 digits: {R('card_number')}"),
+    # IBANs: mod-97 valid, printed or compact
+    ("IBAN DE89 3704 0044 0532 0130 00", f"IBAN {R('iban')}"),
+    ("iban='GB82WEST12345698765432'", f"iban='{R('iban')}'"),
+    ("to FR14 2004 1010 0505 0001 3M02 606, thanks", f"to {R('iban')}, thanks"),
+    ("NO93 8601 1117 947", R("iban")),
+    ("BE68 5390 0754 7034 EUR", f"{R('iban')} EUR"),
+    # secrets in prose: the keyword stays, the value goes
+    ("my password is hunter3-Secret", f"my password is {R('password')}"),
+    ("My password is hunter3-Secret.", f"My password is {R('password')}."),
+    ("the passphrase is 'correct horse battery staple'",
+     f"the passphrase is '{R('password')}'"),
+    ("# wifi passwd is: Tr0ub4dor&3", f"# wifi passwd is: {R('password')}"),
+    ("Password was Summer2024! (changed)", f"Password was {R('password')} (changed)"),
+    ("the vault secret is 7f3a-99xq, keep it", f"the vault secret is {R('secret')}, keep it"),
+    ("ssh pwd = abc123", f"ssh pwd = {R('password')}"),
+    ("passphrase: x9!kQ", f"passphrase: {R('password')}"),
 ]
 
 NEGATIVE = [
@@ -157,6 +186,43 @@ NEGATIVE = [
     "PWD=/home/ann/project",
     "email = user.email",
     "print(f'{a}@{b}.com')",
+    # near-misses of the SSN rule: never-issued numbers, other shapes, longer runs
+    "666-12-3456 912-34-5678 123-00-4567 123-45-0000",
+    "123-45 6789",
+    "123-45-67890 and 1123-45-6789",
+    "release-123-45-6789-rc1",
+    "rows 1 123 45 6789",
+    "date = '2024-01-15', at 2024 01 15",
+    # near-misses of the card rule: Luhn-invalid, ids and timestamps, other shapes
+    "card 4111 1111 1111 1112",
+    "4111111111111112",
+    "ts = 1678901234567",
+    "ns = 1700000000000000000",
+    "big = 2**63 = 9223372036854775808",
+    "row = '4000 5000 6000 7000'",
+    "id 7 4111 1111 1111 1111",
+    "411 1111 1111 1111 1",
+    "x = 4111-1111 1111-1111",
+    "order 4929-1234-5678",
+    # near-misses of the IBAN rule: a wrong check digit, not a country, lowercase code
+    "IBAN DE89 3704 0044 0532 0130 01",
+    "DE00370400440532013000",
+    "ZZ89370400440532013000",
+    "sku AB12CDEFGHIJKLMNOP",
+    "PY312 and CP1252 and UTF8",
+    # secrets in prose that are not secrets
+    "the password is wrong",
+    "Password is required.",
+    "if password is None:",
+    "assert secret is not expected_secret",
+    "the secret is 42",
+    "the secret is to cache it",
+    "pwd is /home/ann and then ls",
+    "password is `getpass.getpass()`",
+    "the password was reset",
+    "password: str",
+    "secret_key is set",
+    "self.password is password",
 ]
 
 
@@ -168,6 +234,24 @@ def test_redacts(text: str, expected: str):
 @pytest.mark.parametrize("code", NEGATIVE, ids=[n[:40] for n in NEGATIVE])
 def test_leaves_code_alone(code: str):
     assert redact(code) == code
+
+
+def test_checksums_behind_the_number_rules():
+    from jupyter_ds.audit.redact import iban_valid, luhn_valid
+
+    assert luhn_valid("4111111111111111") and luhn_valid("378282246310005")
+    assert not luhn_valid("4111111111111112") and not luhn_valid("1234567812345678")
+    assert iban_valid("DE89 3704 0044 0532 0130 00") and iban_valid("GB82WEST12345698765432")
+    assert not iban_valid("DE88 3704 0044 0532 0130 00")  # one check digit off
+    assert not iban_valid("XX89 3704 0044 0532 0130 00")  # no such IBAN country
+
+
+def test_new_rules_are_counted_by_name():
+    red = redact_with_counts(
+        "ssn 123-45-6789, card 4111 1111 1111 1111, iban DE89370400440532013000, "
+        "and my password is hunter3-Secret"
+    )
+    assert red.counts == {"ssn": 1, "card_number": 1, "iban": 1, "secret_in_prose": 1}
 
 
 def test_rule_names_are_unique_and_counted():

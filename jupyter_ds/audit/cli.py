@@ -6,18 +6,32 @@
 The report is a text table by default; ``--json`` prints the API envelope like every other
 subcommand. A key that is missing, wrong or malformed is a message naming the key id and
 exit status 1, never a shorter report; a bad ``--since`` is a usage error (status 2).
+
+With no ``--key-file`` and no key in the environment, the report uses the key the server
+generated next to the log (``audit.key``), so the default, encrypted setup needs no flags.
+With no ``--log`` and no ``$JUPYTER_DS_AUDIT_LOG``, it reads the one log in the default
+folder; each server writes its own there, so when there are several it names them and asks
+for ``--log`` rather than guess.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
-from jupyter_ds.audit.crypto import KEY_ENV, OLD_KEYS_ENV, generate_key, load_keyring
-from jupyter_ds.audit.errors import AuditError, to_api_error
-from jupyter_ds.audit.log import default_log_path
+from jupyter_ds.audit.crypto import (
+    GENERATED_KEY_NAME,
+    KEY_ENV,
+    OLD_KEYS_ENV,
+    find_keyring,
+    generate_key,
+)
+from jupyter_ds.audit.errors import AuditError, AuditLogMissingError, to_api_error
+from jupyter_ds.audit.log import LOG_ENV, default_log_dir, default_logs
 from jupyter_ds.audit.report import build_report, format_table, parse_when
 
 
@@ -36,11 +50,13 @@ def add_parser(sub: Any) -> None:
                      help="start: 7d, 24h, 30m, 2w ago or an ISO date/time (default: all)")
     rep.add_argument("--until", type=_when, default=None, help="end (exclusive), same forms")
     rep.add_argument("--log", default=None,
-                     help="audit log file (default: $JUPYTER_DS_AUDIT_LOG or the Jupyter "
-                          "data dir's jupyter_ds/audit.log); rotated files are read too")
+                     help="audit log file (default: $JUPYTER_DS_AUDIT_LOG, else the one log "
+                          "in the Jupyter data dir's jupyter_ds/ folder, one per server); "
+                          "rotated files are read too")
     rep.add_argument("--key-file", default=None,
-                     help=f"key file: current key first, older keys after "
-                          f"(default: ${KEY_ENV} and ${OLD_KEYS_ENV})")
+                     help=f"key file: current key first, older keys after (default: "
+                          f"${KEY_ENV} and ${OLD_KEYS_ENV}, else the generated "
+                          f"{GENERATED_KEY_NAME} next to the log)")
     rep.add_argument("--key-env", default=KEY_ENV, help="env var holding the current key")
     rep.add_argument("--json", action="store_true", help="print the JSON envelope")
     audit_sub.add_parser("keygen", help="print a new random AES-256 key (base64)")
@@ -54,8 +70,9 @@ def main(args: argparse.Namespace) -> int:
     from jupyter_ds.envelope import failure, success
 
     try:
-        keyring = load_keyring(args.key_file, args.key_env)
-        report = build_report(args.log or default_log_path(), keyring, args.since, args.until)
+        log_path = _log_path(args.log)
+        keyring = find_keyring(log_path, args.key_file, args.key_env)
+        report = build_report(log_path, keyring, args.since, args.until)
     except AuditError as exc:
         if args.json:
             print(json.dumps(failure(to_api_error(exc)), indent=2))
@@ -74,5 +91,25 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(success(report), indent=2))
     else:
-        sys.stdout.write(format_table(report))
+        sys.stdout.write(format_table(report, log_path))
     return 0
+
+
+def _log_path(given: str | None) -> Path:
+    """``--log``, else ``$JUPYTER_DS_AUDIT_LOG``, else the only log in the default folder."""
+    if given:
+        return Path(given).expanduser()
+    env = os.environ.get(LOG_ENV)
+    if env:
+        return Path(env).expanduser()
+    logs = default_logs()
+    if len(logs) == 1:
+        return logs[0]
+    folder = default_log_dir()
+    if not logs:
+        raise AuditLogMissingError(f"no audit log in {folder} (pass --log)")
+    names = ", ".join(p.name for p in logs)
+    raise AuditLogMissingError(
+        f"{len(logs)} audit logs in {folder}, one per server (root folder and port): "
+        f"{names}; choose one with --log (the server names its log when it starts)"
+    )

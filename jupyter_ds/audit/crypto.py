@@ -21,6 +21,13 @@ environment variable (``JUPYTER_DS_AUDIT_KEY``, plus ``JUPYTER_DS_AUDIT_OLD_KEYS
 comma- or space-separated) or a key file (one key per line, current first, ``#`` comments;
 or exactly 32 raw bytes). A malformed key is an :class:`AuditKeyConfigError` when it is
 loaded, never later.
+
+With no key configured the server does not fall back to plaintext: it generates a key file,
+``audit.key`` in the log's folder (:func:`ensure_key_file`), 0600, and reuses it on every
+later start; the CLI finds it there too (:func:`find_keyring`). Because that file is the
+only thing between the log and its reader, it is held to a stricter standard than a key
+file an operator configures: if it is readable by group or others, or owned by another
+user, it is refused (an operator's own ``--key-file`` only gets a warning, as before).
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ FORMAT_VERSION = 1
 KEY_ENV = "JUPYTER_DS_AUDIT_KEY"
 OLD_KEYS_ENV = "JUPYTER_DS_AUDIT_OLD_KEYS"
 KEY_BYTES = 32
+GENERATED_KEY_NAME = "audit.key"
 NONCE_BYTES = 12
 _ENVELOPE_KEYS = frozenset({"v", "kid", "nonce", "ct"})
 _HEX_KEY = re.compile(r"[0-9A-Fa-f]{64}")
@@ -173,6 +181,11 @@ class Keyring:
         except OSError as exc:
             raise AuditKeyConfigError(f"cannot read audit key file {p}: {exc.strerror}") from None
         _warn_if_readable_by_others(p)
+        return cls.from_bytes(data, p)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, p: Path) -> Keyring:
+        """The keyring from a key file's content; ``p`` only names it in errors."""
         # 32 raw bytes, e.g. from `head -c 32 /dev/urandom`; 32 printable characters are a
         # passphrase typed by hand, far too weak to use as a key.
         if len(data) == KEY_BYTES and not data.decode("latin-1").isprintable():
@@ -274,6 +287,125 @@ def load_keyring(
     if key_file:
         return Keyring.from_file(key_file)
     return Keyring.from_env(environ, env_var, old_env_var)
+
+
+def generated_key_path(log_path: str | os.PathLike[str]) -> Path:
+    """Where the server keeps the key it generated for ``log_path``: next to the log."""
+    return Path(log_path).expanduser().parent / GENERATED_KEY_NAME
+
+
+_KEY_FILE_HEADER = (
+    "# jupyter-ds audit log key (AES-256-GCM), generated {when}.\n"
+    "# Current key first; older keys after it stay readable. Keep this file 0600 and\n"
+    "# back it up: lines written with a lost key cannot be read by anyone.\n"
+)
+
+
+def read_strict_key_file(path: Path) -> Keyring:
+    """Load the generated key file, refusing one that others could read or replace.
+
+    The file is opened without following a symlink and checked on the open descriptor, so
+    the checked file is the one read.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise AuditKeyConfigError(
+            f"cannot read audit key file {path}: {exc.strerror}"
+        ) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise AuditKeyConfigError(f"audit key file {path} is not a regular file")
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise AuditKeyConfigError(
+                f"audit key file {path} is accessible by group or others "
+                f"(mode {stat.S_IMODE(st.st_mode):o}); anyone who can read it can read the "
+                f"audit log. Run `chmod 600 {path}` (and consider rotating the key)"
+            )
+        if hasattr(os, "getuid") and st.st_uid != os.getuid():
+            raise AuditKeyConfigError(
+                f"audit key file {path} belongs to another user (uid {st.st_uid}); "
+                f"refusing a key someone else controls"
+            )
+        with os.fdopen(fd, "rb") as fh:
+            fd = -1
+            data = fh.read()
+    finally:
+        if fd != -1:
+            os.close(fd)
+    return Keyring.from_bytes(data, path)
+
+
+def ensure_key_file(path: str | os.PathLike[str]) -> tuple[Keyring, bool]:
+    """The keyring of the generated key file at ``path``, creating it first if missing.
+
+    Returns ``(keyring, created)``. Creation is atomic (a private temporary file hard-linked
+    into place), so two servers starting at once end up with the same key, and a reader never
+    sees a half-written file.
+    """
+    p = Path(path).expanduser()
+    if not p.exists() and not p.is_symlink():
+        try:
+            created = _create_key_file(p)
+        except OSError as exc:
+            raise AuditKeyConfigError(
+                f"cannot create the audit key file {p}: {exc.strerror or exc}; configure "
+                f"audit_key_file or {KEY_ENV}, or set audit_encrypt=False for a plaintext log"
+            ) from None
+        if created:
+            log.warning(
+                "jupyter-ds: generated an audit log key at %s (no audit_key_file or %s was "
+                "configured); back it up: without it the audit log cannot be read",
+                p, KEY_ENV,
+            )
+            return read_strict_key_file(p), True
+    return read_strict_key_file(p), False
+
+
+def _create_key_file(p: Path) -> bool:
+    """Write a new key file at ``p`` unless one appears first; True when this call made it."""
+    p.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+    text = _KEY_FILE_HEADER.format(when=_now_text()) + generate_key() + "\n"
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, p)  # fails if it exists: another server won the race
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def find_keyring(
+    log_path: str | os.PathLike[str],
+    key_file: str | os.PathLike[str] | None = None,
+    env_var: str = KEY_ENV,
+    old_env_var: str = OLD_KEYS_ENV,
+    environ: Mapping[str, str] | None = None,
+) -> Keyring | None:
+    """What a reader (CLI, report) decrypts ``log_path`` with: the configured key, else the
+    key the server generated next to the log, else None (a log written in plaintext)."""
+    configured = load_keyring(key_file, env_var, old_env_var, environ)
+    if configured is not None:
+        return configured
+    generated = generated_key_path(log_path)
+    if generated.exists() or generated.is_symlink():
+        return read_strict_key_file(generated)
+    return None
+
+
+def _now_text() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _warn_if_readable_by_others(path: Path) -> None:

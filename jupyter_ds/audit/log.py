@@ -10,14 +10,24 @@ counts it in :attr:`AuditLog.failures` and calls ``on_failure`` (for a metric or
 
 The file is created 0600 (samples are users' code) in a 0700 folder when it makes one.
 With a keyring every line is an AES-256-GCM envelope (:mod:`jupyter_ds.audit.crypto`);
-without one, plain JSON. When the file passes ``max_bytes`` it is renamed to
-``<name>.<UTC timestamp>`` and a new one started; rotated files are never deleted here
-(retention is the operator's policy), and the report reads them all in order.
+without one, plain JSON. :func:`open_audit_log` (what the server uses) never leaves it
+without one unless told to: with no key configured it generates one next to the log.
+
+Each server has its own default log, ``audit-<server id>.log``, the id a short hash of the
+server's real root directory and port (or socket), because one file shared by every server
+a user runs mixes their reports, and several writers break rotation. Each record also
+carries that ``server`` id, so a report over a log that several servers were pointed at
+(``$JUPYTER_DS_AUDIT_LOG``) can still keep to one server.
+
+When the file passes ``max_bytes`` it is renamed to ``<name>.<UTC timestamp>`` and a new
+one started; rotated files are never deleted here (retention is the operator's policy), and
+the report reads them all in order.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -27,7 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jupyter_ds.audit.crypto import KEY_ENV, OLD_KEYS_ENV, Keyring, load_keyring
+from jupyter_ds.audit.crypto import (
+    KEY_ENV,
+    OLD_KEYS_ENV,
+    Keyring,
+    ensure_key_file,
+    generated_key_path,
+    load_keyring,
+)
 from jupyter_ds.audit.redact import redact_sample
 
 log = logging.getLogger("jupyter_ds.audit")
@@ -38,14 +55,48 @@ DEFAULT_MAX_BYTES = 100 * 1024 * 1024
 _ROTATED_STAMP = "%Y%m%dT%H%M%S.%fZ"
 
 
-def default_log_path() -> Path:
-    """``$JUPYTER_DS_AUDIT_LOG``, else ``<jupyter data dir>/jupyter_ds/audit.log``."""
+LEGACY_LOG_NAME = "audit.log"
+
+
+def default_log_dir() -> Path:
+    """``<jupyter data dir>/jupyter_ds``: where default logs (and their key) live."""
+    from jupyter_core.paths import jupyter_data_dir
+
+    return Path(jupyter_data_dir()) / "jupyter_ds"
+
+
+def server_id(root_dir: str | os.PathLike[str], port: int | str) -> str:
+    """A short id for one server: its real root directory and its port (or socket path).
+
+    A hash, so that neither the log's name nor its records spell out the user's folders.
+    """
+    root = os.path.realpath(os.path.expanduser(os.fspath(root_dir)))
+    return hashlib.sha256(f"jupyter-ds server\0{root}\0{port}".encode()).hexdigest()[:12]
+
+
+def default_log_path(server: str | None = None) -> Path:
+    """``$JUPYTER_DS_AUDIT_LOG``, else ``<jupyter data dir>/jupyter_ds/audit-<server>.log``.
+
+    Without a ``server`` (a reader that does not know which one): ``.../audit.log``, the
+    shared name of versions before per-server logs.
+    """
     env = os.environ.get(LOG_ENV)
     if env:
         return Path(env).expanduser()
-    from jupyter_core.paths import jupyter_data_dir
+    name = f"audit-{server}.log" if server else LEGACY_LOG_NAME
+    return default_log_dir() / name
 
-    return Path(jupyter_data_dir()) / "jupyter_ds" / "audit.log"
+
+def default_logs(folder: Path | None = None) -> list[Path]:
+    """The logs in the default folder (per-server ones and a legacy ``audit.log``), for a
+    reader that was not told which one; rotated files are not listed (they follow their log).
+    """
+    folder = default_log_dir() if folder is None else folder
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.glob("audit-*.log") if p.is_file()]
+    legacy = folder / LEGACY_LOG_NAME
+    return sorted(found) + ([legacy] if legacy.is_file() else [])
 
 
 def utc_now() -> dt.datetime:
@@ -87,11 +138,13 @@ class AuditLog:
 
     ``capture_samples`` off (the default) writes no input or output text at all.
     ``max_bytes`` 0 turns size rotation off. One writer per file: rotation is locked within
-    this process only, so several servers must not share one log path.
+    this process only, so several servers must not share one log path. ``server``: the
+    writing server's id (:func:`server_id`), written in every record when set.
     """
 
     path: Path
     keyring: Keyring | None = None
+    server: str | None = None
     capture_samples: bool = False
     sample_chars: int = DEFAULT_SAMPLE_CHARS
     max_bytes: int = DEFAULT_MAX_BYTES
@@ -125,6 +178,8 @@ class AuditLog:
             "status": event.status,
             "error_code": event.error_code,
         }
+        if self.server:
+            rec["server"] = self.server
         if self.capture_samples:
             redactions: dict[str, int] = {}
             for name in ("input_sample", "output_sample"):
@@ -168,6 +223,12 @@ class AuditLog:
                 except Exception:
                     log.exception("audit on_failure callback failed")
             return False
+
+    def move(self, path: str | os.PathLike[str], server: str | None) -> None:
+        """Write to ``path`` as ``server`` from now on (the server's port was settled late)."""
+        with self._lock:
+            self.path = Path(path).expanduser()
+            self.server = server
 
     def log_request(self, **fields: Any) -> bool:
         """``write(AuditEvent(**fields))``; a bad field is a counted failure, not a raise."""
@@ -223,13 +284,22 @@ def open_audit_log(
     key_env: str = KEY_ENV,
     old_keys_env: str = OLD_KEYS_ENV,
     environ: Mapping[str, str] | None = None,
+    encrypt: bool = True,
+    server: str | None = None,
     **options: Any,
 ) -> AuditLog:
-    """An :class:`AuditLog` from configuration; a malformed key raises here, at start-up.
+    """An :class:`AuditLog` from configuration; a bad key raises here, at start-up.
 
-    ``options`` are :class:`AuditLog` fields (``capture_samples``, ``sample_chars``,
-    ``max_bytes``, ``fsync``, ``on_failure``).
+    The key is ``key_file``, else ``$key_env``; with neither, and ``encrypt`` (the default),
+    the key generated next to the log (created on first use, 0600, refused if looser):
+    samples are users' code, so a log in plaintext must be asked for (``encrypt=False``).
+    ``path`` defaults to :func:`default_log_path` for ``server``. ``options`` are
+    :class:`AuditLog` fields (``capture_samples``, ``sample_chars``, ``max_bytes``,
+    ``fsync``, ``on_failure``).
     """
+    target = Path(path).expanduser() if path else default_log_path(server)
     keyring = load_keyring(key_file, key_env, old_keys_env, environ)
-    return AuditLog(Path(path) if path else default_log_path(), keyring=keyring, **options)
+    if keyring is None and encrypt:
+        keyring, _ = ensure_key_file(generated_key_path(target))
+    return AuditLog(target, keyring=keyring, server=server, **options)
 

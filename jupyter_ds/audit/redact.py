@@ -9,7 +9,10 @@ still sees *what* was there.
 Rules run in order, specific before generic: a private key block before anything that
 could match inside it, vendor token formats before the generic ``api_key = "..."`` rule (so
 the more precise kind wins), connection-string passwords before emails (``user:pw@host``
-looks like an address). The rules aim to leave ordinary code alone — numbers, version
+looks like an address), bank and identity numbers (IBAN, card, SSN) before phone numbers
+(whose looser shapes would take their digits with the wrong kind). Number rules check more
+than a shape — mod-97 for IBANs, Luhn for cards, never-issued ranges for SSNs — since digit
+runs are everywhere in code. The rules aim to leave ordinary code alone — numbers, version
 strings, slicing, ``a @ b.T``, ``password = getpass()`` — because samples are read by people
 judging the assistant's work; the golden table in ``tests/test_audit_redact.py`` pins both
 sides.
@@ -228,6 +231,40 @@ def _assign(m: re.Match[str]) -> str | None:
     return _group(group, kind)(m)
 
 
+# --- secrets in prose: "my password is hunter3-Secret" --------------------------------
+# The assignment rule above reads code (`password = "..."`); people also write the secret in
+# a sentence or a comment. The keyword stays (a reviewer sees a password was shared), the
+# value goes. `:`/`=` forms mostly reach the assignment rule first; this one adds `is`/`was`
+# and applies the same test for code (`password is None`, `pwd is /home/ann`), plus: an
+# unquoted value must be 4+ characters and not a plain word, so "the password is wrong",
+# "password is required" or "the secret is 42" stay.
+_PROSE_WORDS = r"passwd|password|passphrase|pwd|secret"
+_PROSE_FINDER = re.compile(_PROSE_WORDS)
+_PROSE_SECRET = re.compile(
+    r"(?<![\w.-])(?P<word>(?i:" + _PROSE_WORDS + r"))"
+    r"(?:\s+(?i:is|was)(?:\s*[:=])?\s+|\s*[:=]\s*)"
+    # greedy, then trimmed in _prose: a lazy value with a look-ahead is quadratic
+    r"(?:(?P<q>[\"'`])(?P<qval>[^\"'`\n]{1,200})(?P=q)|(?P<val>[^\s\"'`<>]+))"
+)
+_SENTENCE_END = ".,;:)"
+
+
+def _prose(m: re.Match[str]) -> str | None:
+    kind = _secret_kind(m.group("word"))
+    if m.group("q") is not None:
+        value = m.group("qval")
+        if value.startswith(PLACEHOLDER_PREFIX):
+            return None
+        if m.group("q") == "`" and _unquoted_is_code(value, env_style=False):
+            return None  # markdown code: "the password is `getpass()`"
+        return _group("qval", kind)(m)
+    value = m.group("val").rstrip(_SENTENCE_END)  # "... is hunter3-Secret." keeps its "."
+    if len(value) < 4 or _unquoted_is_code(value, env_style=False):
+        return None
+    whole, start = m.group(0), m.start("val") - m.start()
+    return whole[:start] + placeholder(kind) + whole[start + len(value) :]
+
+
 # --- emails ---------------------------------------------------------------------------
 # Top-level domain from a short list or any two-letter country code, so that `X@w.shape`
 # (matrix product then attribute) is not an address.
@@ -308,6 +345,107 @@ def _phone_eu(m: re.Match[str]) -> str | None:
     return placeholder("phone")
 
 
+# --- bank and identity numbers -------------------------------------------------------
+# Each shape is checked beyond the regex (a checksum or the issuing rules), because plain
+# digit runs are everywhere in code: ids, timestamps, table rows.
+
+# IBAN: country code, two check digits, BBAN; printed in groups of four or compact, and
+# valid only when the ISO 13616 mod-97 check gives 1 (a random string passes 1 time in 97,
+# so the country must also be one that issues IBANs).
+_IBAN_COUNTRIES = frozenset(
+    "AD AE AL AT AZ BA BE BG BH BI BR BY CH CR CY CZ DE DJ DK DO EE EG ES FI FK FO FR GB GE"
+    " GI GL GR GT HR HU IE IL IQ IS IT JO KW KZ LB LC LI LT LU LV LY MC MD ME MK MN MR MT MU"
+    " NI NL NO OM PK PL PS PT QA RO RS RU SA SC SD SE SI SK SM SO ST SV TL TN TR UA VA VG XK"
+    " YE".split()
+)
+_IBAN = re.compile(
+    r"(?<![\w-])[A-Z]{2}\d{2}"
+    r"(?:(?:[ ][A-Z0-9]{4}){2,7}(?:[ ][A-Z0-9]{1,3})?|[A-Z0-9]{11,30})(?![\w-])"
+)
+
+
+def iban_valid(text: str) -> bool:
+    """ISO 13616: a known country, length 15-34, and mod-97 of the rearranged digits is 1."""
+    s = text.replace(" ", "")
+    if not 15 <= len(s) <= 34 or s[:2] not in _IBAN_COUNTRIES or not "02" <= s[2:4] <= "98":
+        return False
+    digits = "".join(str(int(c, 36)) for c in s[4:] + s[:4])  # A=10 ... Z=35
+    return int(digits) % 97 == 1
+
+
+def _iban(m: re.Match[str]) -> str | None:
+    text = m.group(0)
+    if iban_valid(text):
+        return placeholder("iban")
+    # "BE68 5390 0754 7034 EUR": the regex took the currency as a last short group.
+    head, _, tail = text.rpartition(" ")
+    if head and len(tail) < 4 and iban_valid(head):
+        return placeholder("iban") + " " + tail
+    return None
+
+
+# Payment cards: 13-19 digits, compact or in groups (4-4-4-4, Amex 4-6-5, 4-4-4-4-3) with
+# one kind of separator; the first digit is an issuer's (2-6: Mastercard, Amex, Visa,
+# Discover, UnionPay...), so ms timestamps (1...) are not cards; and the Luhn check holds.
+_CARD = re.compile(r"(?<![\w.+-])[2-6]\d{3}(?:[ -]?\d){9,15}(?![\w-]|\.\d)")
+
+
+def _follows_number(text: str, start: int) -> bool:
+    """Whether ``text[start:]`` comes right after a number and a space ("1 4111 ..."): then
+    it is the tail of a longer run of numbers (a table row), not a number on its own."""
+    i = start - 1
+    if i < 1 or text[i] != " " or not text[i - 1].isdigit():
+        return False
+    i -= 1
+    while i > 0 and text[i - 1].isdigit():
+        i -= 1
+    return i == 0 or not (text[i - 1].isalnum() or text[i - 1] == "_")
+
+
+def luhn_valid(digits: str) -> bool:
+    """The Luhn (mod 10) check every payment card number satisfies."""
+    total = 0
+    for i, c in enumerate(reversed(digits)):
+        d = int(c)
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _card(m: re.Match[str]) -> str | None:
+    text = m.group(0)
+    seps = {c for c in text if not c.isdigit()}
+    if len(seps) > 1:
+        return None
+    if seps:
+        sep = seps.pop()
+        groups = text.split(sep)
+        if len(groups[0]) != 4 or not all(3 <= len(g) <= 6 for g in groups[1:]):
+            return None
+        if sep == " " and _follows_number(m.string, m.start()):
+            return None
+    digits = "".join(c for c in text if c.isdigit())
+    return placeholder("card_number") if luhn_valid(digits) else None
+
+
+# US Social Security numbers: 3-2-4 digits with one kind of separator (dashes or spaces);
+# area 000, 666 and 900-999, group 00 and serial 0000 are never issued, so those stay.
+_SSN = re.compile(
+    r"(?<![\w.+-])(?!000|666|9)\d{3}(?P<sep>[- ])(?!00)\d{2}(?P=sep)(?!0000)\d{4}"
+    r"(?![\w-]|\.\d)"
+)
+
+
+def _ssn(m: re.Match[str]) -> str | None:
+    after = m.string[m.end() : m.end() + 2]
+    if m.group("sep") == " " and (  # "1 123 45 6789 0": part of a longer run of numbers
+        _follows_number(m.string, m.start()) or (after[:1] == " " and after[1:].isdigit())
+    ):
+        return None
+    return placeholder("ssn")
+
+
 _AWS_PREFIXES = ("akia", "asia", "abia", "acca", "agpa", "aida", "aroa", "aipa", "anpa",
                  "anva", "apka")
 
@@ -327,9 +465,13 @@ RULES: tuple[Rule, ...] = (
     Rule("huggingface_token", _HF, _whole("token"), ("hf_",)),
     Rule("secret_assignment", _ASSIGN, _assign, ("pass", "pwd", "key", "token", "secret"),
          _ASSIGN_FINDER),
+    Rule("secret_in_prose", _PROSE_SECRET, _prose, ("pass", "pwd", "secret"), _PROSE_FINDER),
     Rule("email", _EMAIL, _email, ("@",)),
     Rule("ipv6", _IPV6, _ipv6, ("::", ":")),
     Rule("ipv4", _IPV4, _ipv4, (".",)),
+    Rule("iban", _IBAN, _iban),
+    Rule("card_number", _CARD, _card),
+    Rule("ssn", _SSN, _ssn),
     Rule("phone_international", _PHONE_INTL, _phone_intl, ("+",)),
     Rule("phone_us", _PHONE_US, _whole("phone")),
     Rule("phone_national", _PHONE_EU, _phone_eu),

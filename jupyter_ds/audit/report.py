@@ -6,7 +6,12 @@ sum of latencies: the resource use a compliance report asks for).
 
 A line that cannot be read (missing key, failed authentication, not JSON) stops the report
 with an error naming the file, line and key id: a report that quietly leaves out lines would
-understate usage, which is the one thing an audit report must not do.
+understate usage, which is the one thing an audit report must not do. For the same reason,
+lines left out on purpose (another server's, in a log several servers share) are counted in
+``other_server_lines``.
+
+The report names its log by file name only (``log``): it goes to auditors over the API, who
+have no business knowing the server's folders; the CLI prints the full path itself.
 """
 
 from __future__ import annotations
@@ -25,32 +30,56 @@ from jupyter_ds.audit.crypto import Keyring, decrypt_record, is_encrypted
 from jupyter_ds.audit.errors import AuditFormatError, AuditLogMissingError
 from jupyter_ds.audit.log import utc_now
 
-_RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+_RELATIVE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+# Ten years back is more than any retention policy keeps; the bound is what turns
+# `since=99999999999d` (past datetime's range) into a clear 400 instead of an overflow.
+MAX_LOOKBACK_DAYS = 3650
+_MAX_WHEN_CHARS = 64
 _ROTATED = re.compile(r"\.\d{8}T\d{6}\.\d{6}Z(?:~\d+)?")
 GROUPS = ("user", "model", "endpoint")
 
 
 def parse_when(text: str, now: dt.datetime | None = None) -> dt.datetime:
-    """``7d``, ``24h``, ``30m``, ``2w``, ``90s`` ago, or an ISO date/time (naive = UTC)."""
+    """``7d``, ``24h``, ``30m``, ``2w``, ``90s`` ago, or an ISO date/time (naive = UTC).
+
+    Only ever raises ValueError (a 400 for the API, a usage error for the CLI): relative
+    times are at most :data:`MAX_LOOKBACK_DAYS` back, so no input overflows a datetime.
+    """
     now = now or utc_now()
     s = text.strip()
+    if len(s) > _MAX_WHEN_CHARS:
+        raise ValueError(f"is longer than {_MAX_WHEN_CHARS} characters")
     m = _RELATIVE.fullmatch(s)
     if m:
-        return now - dt.timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]  # inf for absurd digit runs
+        if not seconds <= MAX_LOOKBACK_DAYS * 86400:
+            raise ValueError(
+                f"{s!r} is too far back: relative times reach at most "
+                f"{MAX_LOOKBACK_DAYS}d (use an ISO date for an exact start)"
+            )
+        try:
+            return now - dt.timedelta(seconds=seconds)
+        except OverflowError:  # `now` itself near year 1: never in practice
+            raise ValueError(f"{s!r} is before the earliest representable time") from None
     try:
         return parse_iso(s)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ValueError(
-            f"{text!r} is neither a relative time (7d, 24h, 30m, 2w) nor an ISO date/time"
+            f"{text!r} is neither a relative time (7d, 24h, 30m, 2w; at most "
+            f"{MAX_LOOKBACK_DAYS}d) nor an ISO date/time"
         ) from None
 
 
 def parse_iso(text: str) -> dt.datetime:
-    """An ISO 8601 date or date/time, ``Z`` accepted (Python 3.10 too); naive means UTC."""
+    """An ISO 8601 date or date/time, ``Z`` accepted (Python 3.10 too); naive means UTC.
+
+    Returned in UTC, so that a time whose offset reaches past year 1 or 9999 fails here
+    (OverflowError) instead of when the report compares it.
+    """
     iso = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
     t = dt.datetime.fromisoformat(iso)
-    return t.replace(tzinfo=dt.timezone.utc) if t.tzinfo is None else t
+    return t.replace(tzinfo=dt.timezone.utc) if t.tzinfo is None else t.astimezone(dt.timezone.utc)
 
 
 def log_files(path: str | os.PathLike[str]) -> list[Path]:
@@ -78,18 +107,23 @@ def read_records(
     path: str | os.PathLike[str],
     keyring: Keyring | None = None,
     counts: LineCounts | None = None,
+    full_paths: bool = True,
 ) -> Iterator[dict[str, Any]]:
-    """Every record of the log and its rotations, decrypted; raises on any unreadable line."""
+    """Every record of the log and its rotations, decrypted; raises on any unreadable line.
+
+    ``full_paths`` False: errors name files by name only (messages that go to API clients).
+    """
     files = log_files(path)
     if not files:
-        raise AuditLogMissingError(f"no audit log at {Path(path).expanduser()}")
+        p = Path(path).expanduser()
+        raise AuditLogMissingError(f"no audit log at {p if full_paths else p.name}")
     counts = counts if counts is not None else LineCounts()
     for file in files:
         with open(file, "rb") as fh:
             for n, raw in enumerate(fh, 1):
                 if not raw.strip():
                     continue
-                where = f"{file} line {n}"
+                where = f"{file if full_paths else file.name} line {n}"
                 try:
                     obj = json.loads(raw.decode("utf-8"))
                 except ValueError:  # UnicodeDecodeError included
@@ -205,12 +239,32 @@ def build_report(
     keyring: Keyring | None = None,
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
+    server: str | None = None,
+    full_paths: bool = True,
 ) -> dict[str, Any]:
-    """The whole report for the log at ``path`` (what the CLI and the admin API return)."""
+    """The whole report for the log at ``path`` (what the CLI and the admin API return).
+
+    ``server``: keep to that server's records; records of other servers are counted in
+    ``other_server_lines``, and records with no ``server`` (written before records had one)
+    are kept. ``log`` is the file's name, never its path (see the module docstring).
+    """
     counts = LineCounts()
-    report = aggregate(read_records(path, keyring, counts), since, until)
-    report["log"] = str(Path(path).expanduser())
+    skipped = 0
+
+    def own(records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        nonlocal skipped
+        for rec in records:
+            other = rec.get("server")
+            if server is not None and other not in (None, "", server):
+                skipped += 1
+                continue
+            yield rec
+
+    report = aggregate(own(read_records(path, keyring, counts, full_paths)), since, until)
+    report["log"] = Path(path).name
+    report["server"] = server
     report["lines"] = {"plain": counts.plain, "encrypted": counts.encrypted}
+    report["other_server_lines"] = skipped
     return report
 
 
@@ -242,13 +296,18 @@ def _table(title: str, rows: list[tuple[str, list[str]]]) -> list[str]:
     return [fmt(*header), fmt("-" * w0, ["-" * w for w in widths])] + [fmt(*r) for r in rows]
 
 
-def format_table(report: dict[str, Any]) -> str:
-    """The report as plain text: one table per grouping, each ending with the total."""
+def format_table(report: dict[str, Any], source: str | os.PathLike[str] | None = None) -> str:
+    """The report as plain text: one table per grouping, each ending with the total.
+
+    ``source``: how to name the log in the title (the CLI's full path); else its name.
+    """
     window = f"{report.get('since') or 'start'} .. {report.get('until') or 'now'}"
-    lines = [f"Audit report for {report.get('log', '?')} ({window})"]
+    lines = [f"Audit report for {source or report.get('log', '?')} ({window})"]
     if "lines" in report:
         lines.append(f"lines read: {report['lines']['plain']} plain, "
                      f"{report['lines']['encrypted']} encrypted")
+    if report.get("other_server_lines"):
+        lines.append(f"left out: {report['other_server_lines']} lines of other servers")
     total = ("TOTAL", [_cell(report["total"][c]) for c, _ in _COLUMNS])
     for g in GROUPS:
         rows = [(name, [_cell(u[c]) for c, _ in _COLUMNS]) for name, u in report[f"by_{g}"].items()]

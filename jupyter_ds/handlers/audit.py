@@ -1,19 +1,22 @@
 """``GET jupyter-ds/v1/audit/report``: usage per user, model and endpoint from the audit log.
 
 Resource ``jupyter_ds:audit`` (read): the ``admin`` and ``auditor`` roles. The same report
-as ``jupyter-ds audit report --json``; a line the server cannot read (a lost key, an
-altered line) is an error naming it, never a shorter report.
+as ``jupyter-ds audit report --json``, kept to this server's records; a line the server
+cannot read (a lost key, an altered line) is an error naming it, never a shorter report.
+
+Auditors get no file-system paths, in answers or errors: the log is named by its file name
+only (an auditor reads usage, not the layout of the server's disk). ``since``/``until``
+that cannot be parsed or reach too far back are a 400 naming the field, never a 500.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from jupyter_ds.errors import ApiError, bad_request
-from jupyter_ds.handlers.base import DsApiHandler
+from jupyter_ds.handlers.base import DsApiHandler, authorized
 
 
 class AuditReportHandler(DsApiHandler):
@@ -40,14 +43,19 @@ class AuditReportHandler(DsApiHandler):
                 continue
             try:
                 bounds[name] = parse_when(text)
-            except ValueError as exc:
+            except (ValueError, OverflowError) as exc:
                 raise bad_request(f"field '{name}': {exc}", name) from None
+        path = audit.path
         try:
             report = await asyncio.to_thread(
-                build_report, audit.path, audit.keyring, bounds["since"], bounds["until"]
+                build_report, path, audit.keyring, bounds["since"], bounds["until"],
+                getattr(audit, "server", None), False,
             )
         except AuditError as exc:
             raise to_api_error(exc) from None
-        except OSError as exc:
-            raise ApiError(500, "audit_error", f"cannot read the audit log: {exc}") from None
+        except OSError as exc:  # str(exc) would name the absolute path: say it ourselves
+            reason = exc.strerror or type(exc).__name__
+            raise ApiError(
+                500, "audit_error", f"cannot read the audit log {path.name}: {reason}"
+            ) from None
         self.ok(report)
