@@ -132,6 +132,13 @@ async def test_bad_messages_get_error_replies_and_the_socket_stays_usable(ws):
     ws.write_message(json.dumps({"number": "one", "prefix": "x"}))
     msg = await recv(ws)
     assert msg["error"]["field"] == "number"
+    # Numbers a JavaScript client cannot hold exactly, and negative ones, are refused
+    # (the reply does not echo them back).
+    for number in ("1" + "0" * 400, "-3", str(2**53)):
+        ws.write_message('{"number": %s, "prefix": "x"}' % number)
+        msg = await recv(ws)
+        assert msg["type"] == "error" and msg["error"]["field"] == "number", msg
+        assert msg["reply_to"] is None
     ws.write_message(json.dumps({"number": 2, "prefix": 5}))
     msg = await recv(ws)
     assert msg["reply_to"] == 2 and msg["error"]["field"] == "prefix"
@@ -140,10 +147,19 @@ async def test_bad_messages_get_error_replies_and_the_socket_stays_usable(ws):
     assert msg["type"] == "inline_completion" and msg["reply_to"] == 4
 
 
-async def test_unauthenticated_websocket_is_refused(ds_ready, jp_ws_fetch):
+async def test_unauthenticated_websocket_is_refused(ds_ready, jp_ws_fetch, jp_fetch):
     from tornado.httpclient import HTTPClientError
 
     with pytest.raises(HTTPClientError) as info:
         await jp_ws_fetch("jupyter-ds", "v1", "complete", "stream",
                           headers={"Authorization": "token wrong"})
     assert info.value.code in (401, 403)
+    # The refused upgrade is answered in the JSON envelope, not Jupyter's HTML page.
+    upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Authorization": "token wrong"}
+    response = await jp_fetch("jupyter-ds", "v1", "complete", "stream", headers=upgrade,
+                              raise_error=False)
+    assert response.code == 401
+    assert response.headers["Content-Type"].startswith("application/json")
+    envelope = json.loads(response.body)
+    assert envelope["status"] == "error" and envelope["error"]["code"] == "unauthorized"

@@ -7,11 +7,10 @@ import asyncio
 from pathlib import Path
 
 from ds_engine.adapters import AdapterError
-from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from jupyter_ds.errors import ApiError, adapter_error
-from jupyter_ds.handlers.base import DsApiHandler
+from jupyter_ds.handlers.base import DsApiHandler, authorized
 from jupyter_ds.paths import resolve_under_root
 from jupyter_ds.requests import ADAPTER_NAME, AdapterLoadRequest, FinetuneRequest
 from jupyter_ds.services.completion import ensure_ready
@@ -41,7 +40,7 @@ class AdapterHandler(DsApiHandler):
     endpoint = "adapters/name"
 
     def _folder(self, name: str) -> Path:
-        body = self.body() if (self.request.body or b"").strip() else {}
+        body = self.body() if self.raw_body().strip() else {}
         if body.get("path") in (None, ""):
             return Path(self.ds.finetune.adapters_dir) / name
         req = self.parse(AdapterLoadRequest)

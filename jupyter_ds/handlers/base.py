@@ -8,20 +8,23 @@ are logged with their traceback on the server and answered as a bare 500.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from ds_engine import EngineNotReady
+from jupyter_server.auth.decorator import authorized as jupyter_authorized
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import httputil, iostream
-from tornado.web import HTTPError
+from tornado.web import HTTPError, stream_request_body
 
 from jupyter_ds import json_logs, metrics
 from jupyter_ds.envelope import failure, success
-from jupyter_ds.errors import ApiError, bad_request, not_ready, too_large
+from jupyter_ds.errors import ApiError, bad_request, engine_error, too_large
+from jupyter_ds.identity import settle_identity
 from jupyter_ds.ratelimit import GenerationSlot
 from jupyter_ds.requests import parse_request
 from jupyter_ds.roles import RoleAuthorizer, user_name
@@ -42,6 +45,9 @@ _HTTP_CODES = {
 PRIMARY_FIELD = {"complete": "prefix", "explain": "code"}
 # Request fields that make the audit log's input sample (when samples are captured).
 SAMPLE_FIELDS = ("prefix", "code", "source", "tests", "question")
+# How much of an oversize chunked body is read (and dropped) so that its client still
+# sees the 413, before the connection is cut instead.
+DRAIN_BYTES = 8 * 1024 * 1024
 # Liveness polls (status bar, Kubernetes probes) are not audited: they would drown the log.
 NOT_AUDITED = frozenset({"health"})
 
@@ -107,18 +113,83 @@ def audit_request(
         log.exception("jupyter-ds: could not build the audit record of %s", endpoint)
 
 
+def error_for(
+    status_code: int, exc: BaseException | None, *, known_user: Any, role_message: str | None
+) -> ApiError:
+    """The envelope error for an answer with ``status_code`` caused by ``exc``.
+
+    ``ApiError`` passes through; Jupyter's 401/403 for a caller that brought no
+    credentials says how to authenticate; a role refusal says which role it needs; any
+    other HTTP error keeps its message; anything else is a bare 500 (the traceback stays
+    in the server log).
+    """
+    if isinstance(exc, EngineNotReady):
+        exc = engine_error(exc)
+    if isinstance(exc, ApiError):
+        return exc
+    if status_code in (401, 403) and not known_user:
+        # Jupyter answers 403 (often about _xsrf) when no credentials came at all.
+        return ApiError(
+            401,
+            "unauthorized",
+            "authentication required: send 'Authorization: token <token>' or log in",
+        )
+    if isinstance(exc, HTTPError) and status_code < 500:
+        message = exc.log_message or httputil.responses.get(status_code, "error")
+        if exc.args and exc.log_message and "%" in exc.log_message:
+            message = exc.log_message % exc.args
+        if status_code == 403 and role_message:  # refused by roles: say which role
+            message = role_message
+        return ApiError(status_code, _HTTP_CODES.get(status_code, "error"), message)
+    return ApiError(
+        status_code,
+        "internal_error" if status_code >= 500 else _HTTP_CODES.get(status_code, "error"),
+        "internal server error; see the server log"
+        if status_code >= 500
+        else httputil.responses.get(status_code, "error"),
+    )
+
+
+def authorized(action: str | None = None) -> Callable[[Callable[..., Any]], Any]:
+    """Jupyter's ``@authorized(action)`` on the handler's ``auth_resource``, then admission.
+
+    The order is authentication (``@web.authenticated``, after ``prepare`` settled the
+    caller's identity), then the role check, then the rate limit and generation slot
+    (:meth:`DsApiHandler.admit`): a caller without the role gets 403, never a 429 that
+    would tell it to come back, and its refused requests spend nobody's budget.
+    """
+
+    def decorate(method: Callable[..., Any]) -> Any:
+        @functools.wraps(method)
+        async def admitted(self: Any, *args: Any, **kwargs: Any) -> Any:
+            self.admit()
+            out = method(self, *args, **kwargs)
+            return await out if asyncio.iscoroutine(out) else out
+
+        return jupyter_authorized(action)(admitted)
+
+    return decorate
+
+
+@stream_request_body
 class DsApiHandler(ExtensionHandlerMixin, APIHandler):
     """Base of every jupyter-ds REST handler.
 
     It defines no HTTP verb itself: each subclass decorates every verb it defines with
-    ``@web.authenticated`` and ``@authorized`` on its ``auth_resource`` (a test checks it).
+    ``@web.authenticated`` and this module's ``@authorized`` on its ``auth_resource`` (a
+    test checks it).
 
-    Around every request: ``prepare`` binds the request id (the client's ``X-Request-Id``
-    or a new one, echoed in the answer's header) for the JSON logs, then applies the rate
-    limits and takes a generation slot for model endpoints; ``on_finish`` releases the
-    slot and records the request in the metrics (and the audit log when configured).
-    ``endpoint`` is the route's name (``complete``, ``git/status``...), the label used
-    by rate limits, metrics and the audit log.
+    Around every request: ``prepare`` authenticates, gives a token client its stable
+    identity (:mod:`jupyter_ds.identity`), binds the request id (the client's
+    ``X-Request-Id`` or a new one, echoed in the answer's header) for the JSON logs and
+    refuses a declared ``Content-Length`` over ``max_body_bytes`` before a byte of the
+    body is read; the body then arrives through :meth:`data_received`, which stops
+    keeping it once over the limit (a chunked upload is counted as it comes), so an
+    oversize upload never sits in memory. ``@authorized`` then checks the role and
+    applies the rate limits, taking a generation slot for model endpoints; ``on_finish``
+    releases the slot and records the request in the metrics (and the audit log when
+    configured). ``endpoint`` is the route's name (``complete``, ``git/status``...), the
+    label used by rate limits, metrics and the audit log.
     """
 
     endpoint = ""
@@ -128,21 +199,62 @@ class DsApiHandler(ExtensionHandlerMixin, APIHandler):
     _ds_slot: GenerationSlot | None = None
     _ds_answer: dict[str, Any] | None = None
     _ds_sample: str | None = None
+    _ds_chunks: list[bytes] | None = None
+    _ds_received = 0
 
     async def prepare(self) -> None:  # type: ignore[override]
         self._ds_error_code = None
+        self._ds_chunks, self._ds_received = [], 0
         await super().prepare()  # authenticates: the user is known from here on
+        settle_identity(self)
         user = self.current_user
         self._ds_token = json_logs.bind_request(
             self.request.headers.get(json_logs.REQUEST_ID_HEADER),
-            user=getattr(user, "username", None),
+            user=user_name(user),
             endpoint=self.endpoint,
         )
         self._ds_request_id = json_logs.current_request_id()
         self.set_header(json_logs.REQUEST_ID_HEADER, self._ds_request_id)
+        declared = self.request.headers.get("Content-Length")
+        limit = self.ds.max_body_bytes
+        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+            raise too_large(f"request body is {int(declared)} bytes, over the limit of {limit}")
+
+    def data_received(self, chunk: bytes) -> None:
+        """Keep the body while it is within ``max_body_bytes``; count, and drop, the rest.
+
+        A chunked upload declares no length, so it is judged as it comes. A little over
+        the limit, the rest is read and dropped, and the method answers 413
+        (:meth:`raw_body`): closing a socket with unread data resets it, and the client
+        would not see the answer. Far over (``DRAIN_BYTES`` more), the upload is hostile
+        or broken: 413 at once, and tornado closes the connection without reading more.
+        """
+        if self._finished:
+            return
+        self._ds_received += len(chunk)
+        limit = self.ds.max_body_bytes
+        if self._ds_received <= limit and self._ds_chunks is not None:
+            self._ds_chunks.append(chunk)
+            return
+        self._ds_chunks = None  # over: what came is freed, and nothing more is kept
+        if self._ds_received > limit + DRAIN_BYTES:
+            error = too_large(f"request body is over the limit of {limit} bytes "
+                              f"({self._ds_received} received so far)")
+            self.send_error(413, exc_info=(type(error), error, None))
+
+    def raw_body(self) -> bytes:
+        """The request body as received; 413 when it grew over ``max_body_bytes``."""
+        limit = self.ds.max_body_bytes
+        if self._ds_chunks is None or self._ds_received > limit:
+            raise too_large(f"request body is over the limit of {limit} bytes "
+                            f"({self._ds_received} or more received)")
+        return b"".join(self._ds_chunks)
+
+    def admit(self) -> None:
+        """Rate limits, then a generation slot for model endpoints (see ``authorized``)."""
         limiter = getattr(self.ds, "limiter", None)
-        name = user_name(user)
-        if limiter is not None and name is not None:
+        name = user_name(self.current_user)
+        if limiter is not None and name is not None and self._ds_slot is None:
             self._ds_slot = limiter.admit(name, self.endpoint)
 
     def on_finish(self) -> None:
@@ -221,10 +333,7 @@ class DsApiHandler(ExtensionHandlerMixin, APIHandler):
 
     def body(self) -> dict[str, Any]:
         """The request body as a dict, from JSON or multipart/form-data."""
-        raw = self.request.body or b""
-        limit = self.ds.max_body_bytes
-        if len(raw) > limit:
-            raise too_large(f"request body is {len(raw)} bytes, over the limit of {limit}")
+        raw = self.raw_body()
         ctype = self.request.headers.get("Content-Type", "application/json")
         if ctype.startswith("multipart/form-data"):
             return self._multipart(ctype, raw)
@@ -244,7 +353,10 @@ class DsApiHandler(ExtensionHandlerMixin, APIHandler):
     def _multipart(self, ctype: str, raw: bytes) -> dict[str, Any]:
         args: dict[str, list[bytes]] = {}
         files: dict[str, list[httputil.HTTPFile]] = {}
-        httputil.parse_body_arguments(ctype, raw, args, files)
+        try:
+            httputil.parse_body_arguments(ctype, raw, args, files)
+        except httputil.HTTPInputError as exc:
+            raise bad_request(f"multipart body is malformed: {exc}") from None
         out: dict[str, Any] = {}
         for name, values in args.items():
             out[name] = self._decode(name, values[0])
@@ -320,32 +432,12 @@ class DsApiHandler(ExtensionHandlerMixin, APIHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Answer every error in the envelope, never with a traceback."""
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, EngineNotReady):
-            exc = not_ready(str(exc), exc.retry_after)
-        if isinstance(exc, ApiError):
-            error = exc
-        elif status_code in (401, 403) and not self._known_user():
-            # Jupyter answers 403 (often about _xsrf) when no credentials came at all.
-            error = ApiError(
-                401,
-                "unauthorized",
-                "authentication required: send 'Authorization: token <token>' or log in",
-            )
-        elif isinstance(exc, HTTPError) and status_code < 500:
-            message = exc.log_message or httputil.responses.get(status_code, "error")
-            if exc.args and exc.log_message and "%" in exc.log_message:
-                message = exc.log_message % exc.args
-            if status_code == 403:  # refused by roles: say which role it needs
-                message = getattr(self, RoleAuthorizer.MESSAGE_ATTR, None) or message
-            error = ApiError(status_code, _HTTP_CODES.get(status_code, "error"), message)
-        else:
-            error = ApiError(
-                status_code,
-                "internal_error" if status_code >= 500 else _HTTP_CODES.get(status_code, "error"),
-                "internal server error; see the server log"
-                if status_code >= 500
-                else httputil.responses.get(status_code, "error"),
-            )
+        error = error_for(
+            status_code,
+            exc,
+            known_user=self._known_user(),
+            role_message=getattr(self, RoleAuthorizer.MESSAGE_ATTR, None),
+        )
         self._ds_error_code = error.code
         if self._ds_request_id:  # send_error cleared the headers set in prepare
             self.set_header(json_logs.REQUEST_ID_HEADER, self._ds_request_id)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from jupyter_server.auth.decorator import authorized
 from tornado import web
 
-from jupyter_ds.handlers.base import DsApiHandler
+from jupyter_ds.handlers.base import DsApiHandler, authorized
 from jupyter_ds.requests import CompleteRequest
 
 

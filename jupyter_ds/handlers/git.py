@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from jupyter_ds.errors import bad_request
 from jupyter_ds.git.requests import READ_VERBS, WRITE_VERBS, parse_git, query_body
-from jupyter_ds.handlers.base import DsApiHandler
+from jupyter_ds.handlers.base import DsApiHandler, authorized
 
 
 class GitHandler(DsApiHandler):

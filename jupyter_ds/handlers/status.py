@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from ds_engine import EngineState
-from jupyter_server.auth.decorator import authorized
 from tornado import web
 
-from jupyter_ds.handlers.base import DsApiHandler
+from jupyter_ds.handlers.base import DsApiHandler, authorized
+from jupyter_ds.roles import user_name
 
 
 class ModelsHandler(DsApiHandler):
@@ -43,5 +43,11 @@ class HealthHandler(DsApiHandler):
                 "version": self.ds.version,
                 # How generated tests are isolated; never a silent downgrade (issue 4).
                 "sandbox": self.ds.testgen.sandbox.to_dict(),
+                # The caller's identity as roles, limits and audit see it, e.g. the
+                # ``token-...`` name of a token client, to put in ``roles``.
+                "user": user_name(self.current_user),
+                "roles": list(self.ds.roles.roles_of(self.current_user))
+                if getattr(self.ds, "roles", None) is not None
+                else [],
             }
         )

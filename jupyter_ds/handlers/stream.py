@@ -28,13 +28,17 @@ from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from jupyter_ds import json_logs, metrics
+from jupyter_ds.envelope import failure
 from jupyter_ds.errors import ApiError, bad_request
-from jupyter_ds.handlers.base import audit_request, input_sample
+from jupyter_ds.handlers.base import audit_request, error_for, input_sample
+from jupyter_ds.identity import settle_identity
 from jupyter_ds.ratelimit import GenerationSlot
 from jupyter_ds.requests import CompleteRequest, parse_request
-from jupyter_ds.roles import user_name
+from jupyter_ds.roles import RoleAuthorizer, user_name
 
 ENDPOINT = "complete/stream"
+#: Request numbers are JSON integers a JavaScript client can hold exactly: 0 <= n < 2^53.
+MAX_NUMBER = 2**53
 
 
 class CompletionStreamHandler(
@@ -52,6 +56,27 @@ class CompletionStreamHandler(
     @property
     def ds(self) -> Any:
         return self.settings["jupyter_ds"]
+
+    async def prepare(self, *args: Any, **kwargs: Any) -> None:
+        await super().prepare(*args, **kwargs)
+        settle_identity(self)  # a token client is one user across its sockets
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """A refused upgrade (no credentials, no role) is answered in the envelope too."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        try:
+            user = self.current_user
+        except RuntimeError:  # refused before authentication ran
+            user = None
+        error = error_for(
+            status_code,
+            exc,
+            known_user=user,
+            role_message=getattr(self, RoleAuthorizer.MESSAGE_ATTR, None),
+        )
+        self.set_status(error.status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(failure(error)))
 
     @ws_authenticated
     @authorized("execute")
@@ -111,8 +136,15 @@ class CompletionStreamHandler(
             if not isinstance(msg, dict):
                 raise bad_request("message must be a JSON object")
             number = msg.get("number")
-            if not isinstance(number, int) or isinstance(number, bool):
-                raise bad_request("field 'number' must be an integer", "number")
+            if (
+                not isinstance(number, int)
+                or isinstance(number, bool)
+                or not 0 <= number < MAX_NUMBER
+            ):
+                number = None  # not echoed back: the client did not send a usable one
+                raise bad_request(
+                    f"field 'number' must be an integer from 0 to {MAX_NUMBER - 1}", "number"
+                )
             if msg.get("type") == "cancel":
                 self._cancel(number)
                 return
