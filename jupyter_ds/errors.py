@@ -47,6 +47,22 @@ def not_ready(message: str, retry_after: int = 5) -> ApiError:
     return ApiError(503, "model_not_ready", message, retry_after=retry_after)
 
 
+def overloaded(message: str, retry_after: int = 1, *, over_share: bool = False) -> ApiError:
+    """A request shed under load: 503 (busy for everyone) or, for a user over their fair
+    share of the queue, 429; both with ``Retry-After``, both code ``overloaded`` so that
+    metrics and alerts can tell shedding from failures."""
+    return ApiError(429 if over_share else 503, "overloaded", message, retry_after=retry_after)
+
+
+def engine_error(exc: Exception) -> ApiError:
+    """An engine's "not now" (``ds_engine.EngineNotReady``, or its ``EngineOverloaded``
+    kind when the request was shed) as the API's error."""
+    retry_after = int(getattr(exc, "retry_after", 5) or 1)
+    if hasattr(exc, "over_share"):  # EngineOverloaded
+        return overloaded(str(exc), retry_after, over_share=bool(exc.over_share))
+    return not_ready(str(exc), retry_after=retry_after)
+
+
 def timed_out(message: str) -> ApiError:
     return ApiError(504, "timeout", message)
 

@@ -95,6 +95,12 @@ def current_request() -> RequestContext | None:
     return _CURRENT.get()
 
 
+def current_user() -> str | None:
+    """The user of the current request: engines share their queues fairly between users."""
+    ctx = _CURRENT.get()
+    return ctx.user if ctx is not None else None
+
+
 def current_request_id() -> str | None:
     ctx = _CURRENT.get()
     return ctx.request_id if ctx is not None else None

@@ -130,6 +130,14 @@ REQUEST_ERRORS = _metric(
     "(the envelope's error.code: invalid_request, rate_limited, timeout, internal_error...).",
     ["endpoint", "code"],
 )
+REQUESTS_SHED = _metric(
+    Counter,
+    "jupyter_ds_requests_shed",
+    "jupyter-ds API requests shed under load (code overloaded: 503, or 429 for a user over "
+    "a fair share), answered at once with Retry-After. Not failures: alerts on 5xx leave "
+    "them out.",
+    ["endpoint", "status"],
+)
 REQUEST_TIMEOUTS = _metric(
     Counter,
     "jupyter_ds_request_timeouts",
@@ -255,6 +263,8 @@ def observe_request(
     if status >= 400:
         code = _label(error_code or _error_code_for(status))
         REQUEST_ERRORS.labels(endpoint=endpoint, code=code).inc()
+        if code == "overloaded":
+            REQUESTS_SHED.labels(endpoint=endpoint, status=str(status)).inc()
     if status == 504:
         REQUEST_TIMEOUTS.labels(endpoint=endpoint).inc()
 

@@ -18,6 +18,7 @@ if "OMP_WAIT_POLICY" not in os.environ:
 from ds_engine.interface import (
     Engine,
     EngineNotReady,
+    EngineOverloaded,
     EngineState,
     FinishReason,
     GenerationRequest,
@@ -30,6 +31,7 @@ from ds_engine.templates import PromptTemplate
 __all__ = [
     "Engine",
     "EngineNotReady",
+    "EngineOverloaded",
     "EngineState",
     "FinishReason",
     "GenerationRequest",

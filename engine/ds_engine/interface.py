@@ -59,6 +59,22 @@ class EngineNotReady(RuntimeError):
         self.retry_after = retry_after
 
 
+class EngineOverloaded(EngineNotReady):
+    """The engine sheds this request: it could not start before its start deadline, or
+    the queue of its priority is full.
+
+    A kind of :class:`EngineNotReady` (the model cannot take the request now; come back
+    after ``retry_after`` seconds), so every caller that answers "not now" already
+    answers this, and quickly: shedding happens before any model work. ``over_share``
+    says the requester itself holds more than a fair share of the queue (429 for that
+    user) rather than the engine being busy for everyone (503).
+    """
+
+    def __init__(self, message: str, retry_after: int = 1, *, over_share: bool = False):
+        super().__init__(EngineState.READY, message, retry_after)
+        self.over_share = over_share
+
+
 @dataclass
 class GenerationRequest:
     """One generation: the prompt text and the sampling parameters.
@@ -82,6 +98,12 @@ class GenerationRequest:
     # "<|endoftext|>") may end the output: a fresh line of code wants a suggestion, even
     # where the model would rather offer nothing.
     min_tokens: int = 0
+    # Seconds the request may wait for the model before it is shed (EngineOverloaded)
+    # rather than started late: a completion that starts after the user typed on is
+    # stale. None: it may wait until its deadline.
+    queue_timeout_s: float | None = None
+    # Who asked (the server's stable user name): fair shares of the queue are per user.
+    user: str | None = None
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     # Mutable state, owned by the engine while the request runs.
     cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -97,6 +119,15 @@ class GenerationRequest:
     @property
     def deadline(self) -> float | None:
         return None if self.timeout_s is None else self.created_at + self.timeout_s
+
+    @property
+    def start_deadline(self) -> float | None:
+        """When the request must have started: its queue timeout, bounded by its deadline."""
+        ends = [self.deadline]
+        if self.queue_timeout_s is not None:
+            ends.append(self.created_at + self.queue_timeout_s)
+        known = [t for t in ends if t is not None]
+        return min(known) if known else None
 
 
 @dataclass

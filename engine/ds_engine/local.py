@@ -40,6 +40,7 @@ from ds_engine.generation import (
 )
 from ds_engine.interface import (
     EngineNotReady,
+    EngineOverloaded,
     EngineState,
     FinishReason,
     GenerationRequest,
@@ -48,7 +49,13 @@ from ds_engine.interface import (
 )
 from ds_engine.loader import LoadedModel, ProgressCallback, load_model
 from ds_engine.prefix_cache import PrefixCache
-from ds_engine.scheduler import WaitingQueue, available_memory_bytes, batch_size_limit
+from ds_engine.scheduler import (
+    Admission,
+    ServiceTime,
+    WaitingQueue,
+    available_memory_bytes,
+    batch_size_limit,
+)
 from ds_engine.templates import PromptTemplate
 
 log = logging.getLogger(__name__)
@@ -75,6 +82,7 @@ class _Work:
     future: Future[GenerationResult] = field(default_factory=Future)
     seq: SequenceState | None = None
     cache: Any = None
+    started_at: float | None = None  # when it took a batch slot
 
 
 _WARMUP_PROMPTS = ("def add(a, b):\n    return", "import os\n\n\ndef main():\n    path = ")
@@ -100,6 +108,7 @@ class LocalEngine:
         prefill_chunk: int = 256,
         warmup: bool = True,
         default_adapter: str | None = "auto",
+        max_queued: int = 64,
     ) -> None:
         """``prefix_cache_entries`` recent prompts (default: 16, or two per batch slot if more, so
         that each concurrent typist keeps one) keep their KV cache for reuse by the next
@@ -111,7 +120,10 @@ class LocalEngine:
         a short generation while loading so the first user request does not pay
         first-call costs. ``default_adapter`` is merged into the weights at load
         (``auto``: the shipped FIM adapter for the embedded model; ``none``: none); other
-        adapters are attached later with :meth:`load_adapter`."""
+        adapters are attached later with :meth:`load_adapter`. At most ``max_queued``
+        requests of each priority wait for a slot (0: no bound); past that, or when a
+        request could not start before its start deadline, it is shed at once with
+        :class:`EngineOverloaded` (see :class:`ds_engine.scheduler.Admission`)."""
         self.model_path = model_path
         self.device = device
         self.dtype = dtype
@@ -149,6 +161,9 @@ class LocalEngine:
         # The scheduler: submitters push under _lock and notify; the worker takes.
         self._wakeup = threading.Condition(self._lock)
         self._waiting = WaitingQueue()
+        self._admission = Admission(max(0, int(max_queued)))
+        self._service = ServiceTime()  # batch-slot seconds per request, for admission
+        self._shed_total = 0
         self._worker: threading.Thread | None = None
         self._requests: dict[str, GenerationRequest] = {}  # queued or running
         self._requests_total = 0
@@ -433,6 +448,22 @@ class LocalEngine:
                     raise AdapterError(404, f"unknown adapter {request.adapter!r}")
                 self._adapter_users[request.adapter] = (
                     self._adapter_users.get(request.adapter, 0) + 1)
+            try:
+                self._admission.check(
+                    request,
+                    self._waiting,
+                    running=len(self._requests) - len(self._waiting),
+                    limit=self._batch_limit,
+                    service_s=self._service.seconds,
+                    now=time.monotonic(),
+                )
+            except EngineOverloaded:
+                self._shed_total += 1
+                if request.adapter is not None:
+                    self._adapter_users[request.adapter] -= 1
+                    if self._adapter_users[request.adapter] <= 0:
+                        del self._adapter_users[request.adapter]
+                raise
             self._requests[request.request_id] = request
             self._requests_total += 1
             self._waiting.push(request, work)
@@ -507,7 +538,31 @@ class LocalEngine:
         return work
 
     def _drop(self, work: _Work, loaded: LoadedModel) -> None:
-        """Finish a request that never started: cancelled, expired, or the engine closed."""
+        """Finish a request that never started: cancelled, expired, or the engine closed.
+
+        One that waited past its queue timeout (but not its deadline) is shed
+        (:class:`EngineOverloaded`): it was never tried, and a completion that starts
+        that late is stale anyway. Past its deadline, it times out as ever.
+        """
+        request = work.request
+        now = time.monotonic()
+        start_by, deadline = request.start_deadline, request.deadline
+        if (
+            not (request.cancelled or self._closed)
+            and start_by is not None
+            and now >= start_by
+            and (deadline is None or now < deadline)
+        ):
+            self._forget(request)
+            with self._lock:
+                self._shed_total += 1
+            waited = time.monotonic() - request.created_at
+            work.future.set_exception(EngineOverloaded(
+                f"the model is busy: this request waited {waited:.1f} s and could not "
+                "start in time; retry shortly",
+                max(1, min(60, round(self._service.seconds or 1.0))),
+            ))
+            return
         seq = self._admit(work, loaded).seq
         assert seq is not None
         if not seq.check_start():
@@ -522,6 +577,7 @@ class LocalEngine:
         if seq.check_start():
             self._finish(work)
             return
+        work.started_at = time.monotonic()
         work.cache = start_prefill(seq, loaded.model, self._prefix_cache, self._count_prompt)
         prefilling.append(work)
         works[work.request.request_id] = work
@@ -621,6 +677,9 @@ class LocalEngine:
         """Build the result, send the final chunk, settle the future, count, cache."""
         assert work.seq is not None
         result = work.seq.result()
+        if work.started_at is not None:
+            with self._lock:
+                self._service.observe(time.monotonic() - work.started_at)
         self._forget(work.request)
         if result.finish_reason is FinishReason.CANCELLED:
             with self._lock:
@@ -840,6 +899,10 @@ class LocalEngine:
                 "active_requests": len(self._requests) - self._queued,
                 "queued_requests": self._queued,
                 "cancelled_total": self._cancelled_total,
+                "shed_total": self._shed_total,
+                "max_queued": self._admission.max_queued,
+                "service_time_s": None if self._service.seconds is None
+                else round(self._service.seconds, 3),
                 "max_batch_size": self._batch_limit if self._loaded else self.max_batch_size,
                 "batch_steps_total": self._batch_steps,
                 "mean_batch_size": round(self._batched_tokens / self._batch_steps, 2)
@@ -880,9 +943,9 @@ class LocalEngine:
 
 
 def _interrupted(request: GenerationRequest) -> bool:
-    """Cancelled, or past its deadline: such a waiting request never starts."""
-    deadline = request.deadline
-    return request.cancelled or (deadline is not None and time.monotonic() >= deadline)
+    """Cancelled, or past its start deadline: such a waiting request never starts."""
+    start_by = request.start_deadline
+    return request.cancelled or (start_by is not None and time.monotonic() >= start_by)
 
 
 def _str_or_none(value: object) -> str | None:

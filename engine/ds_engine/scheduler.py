@@ -1,21 +1,32 @@
-"""Admission policy of the batching engine: who runs next, and how many at once.
+"""Admission policy of the batching engine: who runs next, how many at once, who waits.
 
 Kept apart from the model runner so the policy can be read and tested on its own: the
 waiting requests are ordered by (priority, arrival); the batch is bounded by memory; and
 one slot is held back for interactive requests, so that a batch full of explanations or
 test-generation rounds never makes a keystroke wait for one of them to finish.
+
+Load shedding (:class:`Admission`): under overload a request that would only time out is
+refused at once instead, before any model work, so that its user hears "busy, retry in
+N s" in milliseconds rather than a timeout after 30 s, and the requests that are let in
+finish within their deadlines. Each priority's queue is bounded; a request whose
+estimated start (the work queued ahead of it, over the batch slots, times the recent
+service time) is past its start deadline is shed; and when a queue is under pressure, a
+user who holds more than a fair share of it is told so (``over_share``: 429 for that
+user) while others still get in.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import os
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ds_engine.interface import GenerationRequest, Priority
+from ds_engine.interface import EngineOverloaded, GenerationRequest, Priority
 
 
 def available_memory_bytes(device: Any) -> int | None:
@@ -55,14 +66,20 @@ class _Entry:
     priority: int
     order: int
     item: Any = field(compare=False)
+    user: str | None = field(default=None, compare=False)
 
 
 class WaitingQueue:
-    """Requests not yet admitted, highest priority first, then first come first served."""
+    """Requests not yet admitted, highest priority first, then first come first served.
+
+    It counts what it holds per priority and per (priority, user), for :class:`Admission`.
+    """
 
     def __init__(self) -> None:
         self._heap: list[_Entry] = []
         self._counter = itertools.count()
+        self._per_priority: Counter[int] = Counter()
+        self._per_user: Counter[tuple[int, str | None]] = Counter()
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -70,8 +87,32 @@ class WaitingQueue:
     def __iter__(self) -> Iterator[Any]:
         return (entry.item for entry in sorted(self._heap))
 
+    def queued(self, priority: int) -> int:
+        """Requests waiting at ``priority``."""
+        return self._per_priority[int(priority)]
+
+    def ahead_of(self, priority: int) -> int:
+        """Requests that would start before a new one of ``priority`` (same or higher)."""
+        return sum(n for p, n in self._per_priority.items() if p <= int(priority))
+
+    def users(self, priority: int) -> int:
+        """Distinct users waiting at ``priority``."""
+        return sum(1 for (p, _u), n in self._per_user.items() if p == int(priority) and n > 0)
+
+    def held_by(self, priority: int, user: str | None) -> int:
+        """Requests of ``user`` waiting at ``priority``."""
+        return self._per_user[(int(priority), user)]
+
+    def _count(self, entry: _Entry, delta: int) -> None:
+        self._per_priority[entry.priority] += delta
+        self._per_user[(entry.priority, entry.user)] += delta
+        if self._per_user[(entry.priority, entry.user)] <= 0:
+            del self._per_user[(entry.priority, entry.user)]
+
     def push(self, request: GenerationRequest, item: Any) -> None:
-        heapq.heappush(self._heap, _Entry(int(request.priority), next(self._counter), item))
+        entry = _Entry(int(request.priority), next(self._counter), item, request.user)
+        heapq.heappush(self._heap, entry)
+        self._count(entry, +1)
 
     def pop_admissible(self, running: list[GenerationRequest], limit: int) -> Any | None:
         """The next item that may start beside ``running`` under ``limit`` slots, or None.
@@ -86,12 +127,100 @@ class WaitingQueue:
             background = sum(1 for r in running if r.priority != Priority.INTERACTIVE)
             if background >= limit - 1:
                 return None
-        return heapq.heappop(self._heap).item
+        entry = heapq.heappop(self._heap)
+        self._count(entry, -1)
+        return entry.item
 
     def remove_where(self, predicate: Any) -> list[Any]:
         """Take out every item for which ``predicate(item)`` holds (cancelled, expired)."""
-        gone = [e.item for e in self._heap if predicate(e.item)]
+        gone = [e for e in self._heap if predicate(e.item)]
         if gone:
             self._heap = [e for e in self._heap if not predicate(e.item)]
             heapq.heapify(self._heap)
-        return gone
+            for entry in gone:
+                self._count(entry, -1)
+        return [e.item for e in gone]
+
+
+class ServiceTime:
+    """A moving average of how long an admitted request holds its batch slot (seconds).
+
+    Exponentially weighted (``weight`` for each new sample), so that it follows the load
+    of the last few dozen requests: prompts grow, the machine gets busier.
+    """
+
+    def __init__(self, weight: float = 0.2) -> None:
+        self.weight = weight
+        self.seconds: float | None = None
+
+    def observe(self, seconds: float) -> None:
+        seconds = max(0.0, float(seconds))
+        if self.seconds is None:
+            self.seconds = seconds
+        else:
+            self.seconds += self.weight * (seconds - self.seconds)
+
+
+@dataclass
+class Admission:
+    """Who may join the waiting queue (see the module's docstring); ``max_queued`` per
+    priority (0: no bound)."""
+
+    max_queued: int = 64
+    #: A user may hold this share of a queue that is at least half full... and no more.
+    PRESSURE = 0.5
+
+    def estimated_wait(
+        self, waiting: WaitingQueue, priority: int, running: int, limit: int,
+        service_s: float | None,
+    ) -> float:
+        """Seconds until a new request of ``priority`` would start, from what is queued
+        ahead of it (same or higher priority) and running, over ``limit`` batch slots."""
+        ahead = waiting.ahead_of(priority)
+        if service_s is None or (ahead == 0 and running < limit):
+            return 0.0
+        # Each slot frees after about one service time; the new request is the
+        # (ahead + 1)-th to need one once the running ones hold all of them.
+        rounds = math.ceil((ahead + 1 + max(0, running - limit + 1)) / max(1, limit))
+        return rounds * service_s
+
+    def check(
+        self,
+        request: GenerationRequest,
+        waiting: WaitingQueue,
+        *,
+        running: int,
+        limit: int,
+        service_s: float | None,
+        now: float,
+    ) -> None:
+        """Raise :class:`EngineOverloaded` unless ``request`` may wait in the queue."""
+        priority = int(request.priority)
+        queued = waiting.queued(priority)
+        wait = self.estimated_wait(waiting, priority, running, limit, service_s)
+        retry = max(1, min(60, math.ceil(wait or service_s or 1.0)))
+        full = self.max_queued > 0 and queued >= self.max_queued
+        start_by = request.start_deadline
+        late = wait > 0 and start_by is not None and now + wait > start_by
+        pressed = self.max_queued > 0 and queued >= self.max_queued * self.PRESSURE
+        held = waiting.held_by(priority, request.user)
+        others = waiting.users(priority) - (1 if held else 0)
+        # A fair share: the queue split between the users in it and this one.
+        share = math.ceil(max(self.max_queued, 1) / (others + 1))
+        over_share = request.user is not None and others > 0 and held >= share
+        if over_share and (full or late or pressed):
+            raise EngineOverloaded(
+                f"you have {held} requests waiting for the model, more than a fair share "
+                f"({share}) while {others} other user(s) wait; retry in {retry} s",
+                retry, over_share=True,
+            )
+        if full:
+            raise EngineOverloaded(
+                f"the model is busy: {queued} requests of this kind are waiting (the most "
+                f"that may); retry in {retry} s", retry,
+            )
+        if late:
+            raise EngineOverloaded(
+                f"the model is busy: this request would start in about {wait:.1f} s, after "
+                f"its start deadline; retry in {retry} s", retry,
+            )

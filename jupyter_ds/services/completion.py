@@ -17,6 +17,7 @@ from ds_engine import Engine, EngineNotReady, EngineState, FinishReason, Generat
 from ds_engine.adapters import AdapterError
 from ds_engine.templates import PromptTemplate
 
+from jupyter_ds import json_logs
 from jupyter_ds.completion.context import CountTokens, trim_context
 from jupyter_ds.completion.notebook import (
     MAX_NOTEBOOK_BYTES,
@@ -32,7 +33,7 @@ from jupyter_ds.completion.rules import (
     postprocess,
 )
 from jupyter_ds.completion.validate import longest_valid
-from jupyter_ds.errors import ApiError, adapter_error, not_ready, timed_out
+from jupyter_ds.errors import ApiError, adapter_error, engine_error, not_ready, timed_out
 from jupyter_ds.requests import CompleteRequest
 
 
@@ -48,6 +49,9 @@ class CompletionSettings:
     anchor_lines: int = 32
     confidence_threshold: float = 0.7
     timeout_s: float = 30.0
+    # Seconds a completion may wait for the model before it is shed (503 + Retry-After):
+    # one that starts later than this is stale, the user has typed on.
+    queue_timeout_s: float | None = 5.0
     sample_temperature: float = 0.6  # used for items after the first when n > 1
     # Server root for notebook context (path + cell_id of a request); None turns it off.
     root_dir: str | None = None
@@ -77,7 +81,7 @@ def ensure_ready(engine: Engine) -> None:
 
 
 def engine_errors(exc: EngineNotReady) -> ApiError:
-    return not_ready(str(exc), retry_after=exc.retry_after)
+    return engine_error(exc)
 
 
 class CompletionService:
@@ -192,6 +196,8 @@ class CompletionService:
             temperature=temperature,
             stop=list(self.template_for(adapter).stop),
             timeout_s=self.settings.timeout_s,
+            queue_timeout_s=self.settings.queue_timeout_s,
+            user=json_logs.current_user(),
             seed=index,
             adapter=adapter,
             # On a blank line the user waits for code: "nothing" is never the answer there

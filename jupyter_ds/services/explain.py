@@ -10,6 +10,7 @@ from typing import Any
 from ds_engine import Engine, EngineNotReady, FinishReason, GenerationRequest, Priority
 from ds_engine.templates import DEFAULT_SYSTEM_PROMPT
 
+from jupyter_ds import json_logs
 from jupyter_ds.errors import timed_out
 from jupyter_ds.requests import ExplainRequest
 from jupyter_ds.services.completion import engine_errors, ensure_ready
@@ -56,6 +57,7 @@ class ExplainService:
             stop=[s for s in self.engine.template.stop if s != "<file_sep>"],
             timeout_s=self.settings.timeout_s,
             priority=Priority.CHAT,
+            user=json_logs.current_user(),
         )
 
     async def explain(self, req: ExplainRequest) -> dict[str, Any]:
