@@ -17,7 +17,7 @@ LABEXT_SRC := $(wildcard labextension/src/*.ts labextension/schema/*.json labext
 LABEXT_STAMP := jupyter_ds/labextension/.jupyter-ds-built
 JLPM := PATH="$(abspath $(BIN)):$$PATH" $(abspath $(BIN))/jlpm
 
-.PHONY: setup run test lint bench bench-latency bench-throughput bench-quality bench-load bench-tests bench-adapters \
+.PHONY: setup run test lint bench bench-latency bench-throughput bench-quality bench-load bench-tests bench-adapters bench-soak bench-overload \
 	clean labextension test-js finetune-default
 
 setup: $(STAMP) $(LABEXT_STAMP)
@@ -98,6 +98,17 @@ bench-adapters: setup
 # Load test: users mixing completion, explain and tests; zero 5xx, p95, memory over time.
 bench-load: setup
 	$(BIN)/python benchmarks/load_test.py $(BENCH_ARGS)
+
+# Overload: 200 completions at once, with load shedding and without, side by side.
+bench-overload: setup
+	$(BIN)/python benchmarks/overload.py $(BENCH_ARGS)
+
+# Soak: 8 distinct users mixing completion, explain, tests and git for an hour; the
+# server's RSS every 10 s and its slope over the second half (must be flat).
+SOAK_SECONDS ?= 3600
+bench-soak: setup
+	$(BIN)/python benchmarks/load_test.py --name soak --users 8 --distinct-users \
+		--weights 8:2:1:2 --seconds $(SOAK_SECONDS) --sample-interval 10 $(BENCH_ARGS)
 
 # Test-generation funnel on HumanEval; e.g.
 #   make bench-tests BENCH_TESTS_ARGS="--problems 50 --out funnel.json"

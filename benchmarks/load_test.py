@@ -10,7 +10,14 @@ the machinery of ``throughput.py``), then runs ``--users`` closed-loop users at 
 * ``POST jupyter-ds/v1/explain``: the source of a short standard-library function, with a
   small ``max_tokens`` (default 48);
 * ``POST jupyter-ds/v1/tests``: a small pure function, with the smallest ``rounds`` (1) and
-  ``max_tokens`` (16) the API allows.
+  ``max_tokens`` (16) the API allows;
+* ``GET jupyter-ds/v1/git/{status,diff,log}`` (a fourth weight, default 0): on a real
+  repository in the server's root, whose files the user edits now and then.
+
+``--distinct-users`` makes each user its own identity to the server (rate limits, fair
+shares, audit: see ``bench_identity.py``); by default all share the token's identity.
+``make bench-soak`` is this benchmark for an hour: 8 distinct users mixing all four
+kinds, RSS sampled every 10 s, reported as ``soak``.
 
 Reported, per kind and overall: requests, requests/s, p50/p95/p99 latency, counts by
 status, the 429s (rate limits are off by default) and the 5xx (there must be none: exit
@@ -37,6 +44,7 @@ import platform
 import random
 import shutil
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -65,7 +73,8 @@ from throughput import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-KINDS = ("complete", "explain", "tests")
+KINDS = ("complete", "explain", "tests", "git")
+GIT_REPO = "repo"  # under the server's root
 
 # Short, real functions to explain: standard-library modules searched in this order.
 EXPLAIN_MODULES = (
@@ -154,9 +163,22 @@ class User:
         self.args = args
         self.explain_sources = explain_sources
         self.weights = [args.weights[k] for k in KINDS]
+        self.name = f"user{number}" if args.distinct_users else None
+        self.root: Path | None = None  # the server's root, for git edits
 
     def next_call(self) -> Call:
+        call = self._next()
+        call.user = self.name
+        return call
+
+    def _next(self) -> Call:
         kind = self.rng.choices(KINDS, self.weights)[0]
+        if kind == "git":
+            verb = self.rng.choice(("status", "status", "diff", "log"))
+            if self.root is not None and self.rng.random() < 0.3:  # an edit to see
+                edited = self.root / GIT_REPO / f"notes_{self.rng.randrange(8)}.py"
+                edited.write_text(f"VALUE = {self.rng.randrange(10**6)}\n")
+            return Call("git", "GET", f"git/{verb}?path={GIT_REPO}")
         if kind == "explain":
             return Call("explain", "POST", "explain", {
                 "code": self.rng.choice(self.explain_sources),
@@ -243,8 +265,11 @@ def kind_row(run: Run, kind: str | None) -> dict[str, Any]:
         "latency_max_ms": round(max(latencies), 1) if latencies else None,
         "status_counts": dict(sorted(statuses.items())),
         "rate_limited_429": statuses.get("429", 0),
-        "server_errors_5xx": sum(n for s, n in statuses.items() if s.startswith("5")
-                                 and s != "599"),
+        # Shed requests (503/429 "overloaded", answered at once with Retry-After) are
+        # the server working as designed under overload, not failures.
+        "shed": sum(1 for r in results if r.error_code == "overloaded"),
+        "server_errors_5xx": sum(1 for r in results if 500 <= r.status < 599
+                                 and r.error_code != "overloaded"),
         "no_answer": statuses.get("599", 0),
     })
     # A sample message per error code: what went wrong, without the server log.
@@ -332,8 +357,29 @@ def markdown(report: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- run
 
 
+def make_repository(root: Path) -> None:
+    """A small real git repository under the server's root, for the git calls."""
+    repo = root / GIT_REPO
+    repo.mkdir(parents=True, exist_ok=True)
+    for i in range(8):
+        (repo / f"notes_{i}.py").write_text(f"VALUE = {i}\n")
+    env = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@example.org",
+           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@example.org"}
+    for cmd in (["git", "init", "-q"], ["git", "add", "."],
+                ["git", "commit", "-q", "-m", "start"]):
+        subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     load_before = load_average()
+    if args.distinct_users:  # one identity per simulated user (bench_identity.py)
+        args.server_arg = [
+            "--ServerApp.identity_provider_class=bench_identity.NamedTokenUsers",
+            *args.server_arg,
+        ]
+        here = str(Path(__file__).resolve().parent)
+        path = args.server_env.get("PYTHONPATH") or os.environ.get("PYTHONPATH")
+        args.server_env["PYTHONPATH"] = here + (os.pathsep + path if path else "")
     extra = [
         f"--JupyterDsApp.completion_timeout={args.completion_timeout}",
         f"--JupyterDsApp.explain_timeout={args.explain_timeout}",
@@ -351,6 +397,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         extra, args.ready_timeout, args.keep_server_dir, args.server_env
     ) as (server, health):
         ready_s = time.monotonic() - started
+        if args.weights["git"]:
+            make_repository(server.root_dir)
+            for user in users:
+                user.root = server.root_dir
         info = await engine_info(server)
         pid = server.process.pid
         log(f"ready in {ready_s:.1f} s: model {health.get('model')} on {info.get('device')}, "
@@ -379,7 +429,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 samples.append((time.monotonic() - run_started, value))
             sampler.cancel()
         after = await engine_info(server)
-        fives = sum(1 for r in run.results if 500 <= r.status < 599)
+        fives = sum(1 for r in run.results if 500 <= r.status < 599
+                    and r.error_code != "overloaded")
         if fives:
             log_errors = server_log_errors(server)
             out_dir = Path(args.out_dir)
@@ -406,6 +457,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "users": args.users,
             "seconds": args.seconds,
             "weights": args.weights,
+            "distinct_users": args.distinct_users,
             "seed": args.seed,
             "max_tokens": args.max_tokens,
             "context_lines": args.context_lines,
@@ -447,8 +499,10 @@ async def report_progress(started: float, seconds: float,
 
 def parse_weights(text: str) -> dict[str, int | float]:
     parts = [x.strip() for x in text.split(":")]
+    if len(parts) == len(KINDS) - 1:
+        parts.append("0")  # no git calls unless asked
     if len(parts) != len(KINDS):
-        raise ValueError("three weights, complete:explain:tests")
+        raise ValueError("three or four weights, complete:explain:tests[:git]")
     weights = {k: float(v) for k, v in zip(KINDS, parts, strict=True)}
     weights = {k: int(v) if v.is_integer() else v for k, v in weights.items()}
     if any(v < 0 for v in weights.values()) or not sum(weights.values()):
@@ -462,7 +516,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=90.0,
                         help="run time; requests in flight at the end are awaited (default 90)")
     parser.add_argument("--weights", default="8:2:1",
-                        help="complete:explain:tests (default 8:2:1)")
+                        help="complete:explain:tests[:git] (default 8:2:1, no git)")
+    parser.add_argument("--distinct-users", action="store_true",
+                        help="each user its own identity to the server (default: one)")
+    parser.add_argument("--name", default="load",
+                        help="report name: <out-dir>/<name>.json and .md (default load)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-tokens", type=int, default=16, help="of each completion")
     parser.add_argument("--context-lines", type=int, default=40,
@@ -509,7 +567,8 @@ def main(argv: list[str] | None = None) -> int:
     except ServerError as exc:
         log(f"failed: {exc}")
         return 2
-    paths = publish(report, markdown(report), args.out_dir, "load")
+    report["benchmark"] = args.name
+    paths = publish(report, markdown(report), args.out_dir, args.name)
     log(f"wrote {paths[0]} and {paths[1]}")
     for line in report["server_log_errors"]:
         log(f"server log: {line}")

@@ -258,6 +258,9 @@ class Call:
     route: str
     body: dict[str, Any] | None = None
     timeout: float = 120.0
+    # Who sends it, for a server started with bench_identity.NamedTokenUsers; None: the
+    # token alone.
+    user: str | None = None
 
 
 @dataclass
@@ -290,9 +293,12 @@ async def api_call(
     body: dict[str, Any] | None = None,
     timeout: float = 120.0,
     kind: str = "",
+    user: str | None = None,
 ) -> Result:
     """One request to jupyter-ds's API; never raises for HTTP or connection errors."""
     headers = dict(server.headers)
+    if user is not None:  # see bench_identity.NamedTokenUsers
+        headers["Authorization"] = f"token {server.token}:{user}"
     payload = None
     if body is not None:
         payload = json.dumps(body)
@@ -334,7 +340,7 @@ async def client_loop(
         call = next_call()
         results.append(
             await api_call(http, server, call.method, call.route, call.body,
-                           timeout or call.timeout, call.kind)
+                           timeout or call.timeout, call.kind, call.user)
         )
     return results
 

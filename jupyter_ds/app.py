@@ -18,6 +18,7 @@ from traitlets import (
     List,
     TraitError,
     Unicode,
+    default,
     validate,
 )
 
@@ -33,7 +34,12 @@ from jupyter_ds.roles import install as install_roles
 from jupyter_ds.services.completion import CompletionService, CompletionSettings
 from jupyter_ds.services.explain import ExplainService, ExplainSettings
 from jupyter_ds.testgen.sandbox import detect_sandbox
-from jupyter_ds.testgen.service import TestgenService, TestgenSettings
+from jupyter_ds.testgen.service import (
+    SandboxCapacity,
+    TestgenService,
+    TestgenSettings,
+    default_sandbox_concurrency,
+)
 
 
 @dataclass
@@ -99,6 +105,25 @@ class JupyterDsApp(ExtensionApp):
         help=(
             "Most generations run together in one decode batch (fewer if memory is short: "
             "free memory / model size). 1 runs one request at a time."
+        ),
+    )
+    max_queued = Int(
+        64,
+        config=True,
+        help=(
+            "Load shedding: most requests of each priority (completion, explanation, "
+            "background) that wait for a batch slot; the next is answered 503 with "
+            "Retry-After at once (0: no bound). A request whose estimated start is past "
+            "its start deadline is shed the same way, and a user holding more than a fair "
+            "share of a busy queue gets 429."
+        ),
+    )
+    completion_queue_timeout = Float(
+        5.0,
+        config=True,
+        help=(
+            "Seconds a completion may wait for the model before it is shed (503 + "
+            "Retry-After) instead of started late: by then the user has typed on."
         ),
     )
     prefill_chunk = Int(
@@ -173,6 +198,42 @@ class JupyterDsApp(ExtensionApp):
         5, config=True, help="A kept generated test passes this many runs out of as many."
     )
     testgen_max_tokens = Int(320, config=True, help="Tokens the model writes per round of tests.")
+    # The sandbox's own capacity: its runs never take the threads git and the rest share.
+    sandbox_max_concurrent = Int(
+        config=True, help="Sandbox runs at once, all users together (default: cores, min 2)."
+    )
+    sandbox_max_per_user = Int(
+        2,
+        config=True,
+        help="tests/run and test-generation calls one user may run at once (429 above "
+        "it); 0: no per-user cap.",
+    )
+    sandbox_queue_size = Int(
+        8, config=True, help="Runs that may wait for a sandbox slot (503 beyond them)."
+    )
+    sandbox_queue_timeout = Float(
+        10.0, config=True, help="Seconds a run waits for a sandbox slot before 503."
+    )
+    sandbox_call_timeout = Float(
+        120.0,
+        config=True,
+        help="Seconds all the runs of one tests/run call may take together; the run it "
+        "cuts short is a timeout and no further run starts.",
+    )
+
+    @default("sandbox_max_concurrent")
+    def _default_sandbox_max_concurrent(self) -> int:
+        return default_sandbox_concurrency()
+
+    @validate("sandbox_max_concurrent", "sandbox_max_per_user", "sandbox_queue_size",
+              "sandbox_queue_timeout", "sandbox_call_timeout")
+    def _valid_sandbox_capacity(self, proposal: Any) -> Any:
+        name, value = proposal.trait.name, proposal.value
+        least = 1 if name in ("sandbox_max_concurrent", "sandbox_call_timeout") else 0
+        if value < least:
+            raise TraitError(f"JupyterDsApp.{name} must be at least {least}, got {value}")
+        return value
+
     max_input_chars = Int(200_000, config=True, help="Largest code/prefix/suffix field.")
     max_body_bytes = Int(1_048_576, config=True, help="Largest request body (413 above).")
     notebook_context = Bool(
@@ -197,6 +258,16 @@ class JupyterDsApp(ExtensionApp):
     )
     git_timeout = Float(
         60.0, config=True, help="Seconds before a git command is killed (504)."
+    )
+    git_commit_hooks = Bool(
+        False,
+        config=True,
+        help=(
+            "Run a repository's pre-commit and commit-msg hooks on git/commit, in the test "
+            "sandbox (bubblewrap; the repository read-only); a failing hook refuses the "
+            "commit (409). Off: git never runs a repository's hooks. Without bubblewrap, "
+            "a commit in a repository that has such a hook is refused (409)."
+        ),
     )
 
     json_logs = Bool(
@@ -279,7 +350,8 @@ class JupyterDsApp(ExtensionApp):
         config=True,
         help=(
             "The audit log file; empty: $JUPYTER_DS_AUDIT_LOG, else "
-            "<jupyter data dir>/jupyter_ds/audit.log. Rotated at audit_max_bytes."
+            "<jupyter data dir>/jupyter_ds/audit-<server id>.log, one per server (the id "
+            "hashes the real root_dir and port). Rotated at audit_max_bytes."
         ),
     )
     audit_capture_samples = Bool(
@@ -307,7 +379,17 @@ class JupyterDsApp(ExtensionApp):
         config=True,
         help=(
             "Environment variable with the current audit key (older ones in "
-            "JUPYTER_DS_AUDIT_OLD_KEYS). No key: the log is plain JSON."
+            "JUPYTER_DS_AUDIT_OLD_KEYS). No key configured: see audit_encrypt."
+        ),
+    )
+    audit_encrypt = Bool(
+        True,
+        config=True,
+        help=(
+            "With no audit_key_file and no key in audit_key_env, generate a key at first "
+            "start (audit.key next to the log, 0600; refused if looser) and reuse it. "
+            "False: plain JSON lines instead, only where the log is protected otherwise. "
+            "A configured key always encrypts."
         ),
     )
 
@@ -343,7 +425,7 @@ class JupyterDsApp(ExtensionApp):
         return proposal.value
 
     def open_audit(self) -> Any:
-        """The audit log writer, or None when it is off; a malformed key raises here."""
+        """The audit log writer, or None when it is off; a bad key raises here (at start)."""
         if not self.audit_log:
             return None
         from jupyter_ds.audit import open_audit_log
@@ -352,10 +434,35 @@ class JupyterDsApp(ExtensionApp):
             self.audit_log_path or None,
             key_file=self.audit_key_file or None,
             key_env=self.audit_key_env,
+            encrypt=self.audit_encrypt,
+            server=self.audit_server_id(),
             capture_samples=self.audit_capture_samples,
             sample_chars=self.audit_sample_chars,
             max_bytes=self.audit_max_bytes,
         )
+
+    def audit_server_id(self) -> str | None:
+        """This server's id in audit records and the default log's name: root and port."""
+        server = getattr(self, "serverapp", None)
+        if server is None:
+            return None
+        from jupyter_ds.audit import server_id
+
+        return server_id(server.root_dir, server.sock or server.port)
+
+    async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        """Runs once the port is bound: port_retries may have moved it since
+        initialize_settings, and a second server on the same folder must not keep writing
+        to the first one's log."""
+        services = self.settings.get("jupyter_ds")
+        audit = getattr(services, "audit", None)
+        server = self.audit_server_id()
+        if audit is None or server == audit.server:
+            return
+        from jupyter_ds.audit import default_log_path
+
+        audit.move(self.audit_log_path or default_log_path(server), server)
+        self.log.info("jupyter-ds: audit log now %s (the server's final port)", audit.path)
 
     def role_policy(self) -> RolePolicy:
         return RolePolicy.from_config(self.roles, self.group_roles, self.default_roles)
@@ -381,6 +488,7 @@ class JupyterDsApp(ExtensionApp):
             prefill_chunk=self.prefill_chunk,
             warmup=self.warmup,
             default_adapter=self.default_adapter,
+            max_queued=self.max_queued,
         )
 
     def adapters_path(self) -> str:
@@ -420,6 +528,7 @@ class JupyterDsApp(ExtensionApp):
                     max_prompt_tokens=self.max_prompt_tokens,
                     confidence_threshold=self.confidence_threshold,
                     timeout_s=self.completion_timeout,
+                    queue_timeout_s=self.completion_queue_timeout or None,
                     root_dir=self.serverapp.root_dir if self.notebook_context else None,
                     notebook_max_bytes=self.notebook_max_bytes,
                     folder_adapters=dict(self.folder_adapters),
@@ -435,6 +544,13 @@ class JupyterDsApp(ExtensionApp):
                     runs=self.testgen_runs,
                     max_tokens=self.testgen_max_tokens,
                     root_dir=self.serverapp.root_dir if self.serverapp else None,
+                    call_timeout_s=self.sandbox_call_timeout,
+                ),
+                capacity=SandboxCapacity(
+                    self.sandbox_max_concurrent,
+                    self.sandbox_max_per_user,
+                    self.sandbox_queue_size,
+                    self.sandbox_queue_timeout,
                 ),
             ),
             limits={
@@ -445,7 +561,8 @@ class JupyterDsApp(ExtensionApp):
             git=GitService(
                 self.serverapp.root_dir,
                 engine,
-                GitSettings(timeout_s=self.git_timeout, exclude=tuple(self.git_exclude)),
+                GitSettings(timeout_s=self.git_timeout, exclude=tuple(self.git_exclude),
+                            commit_hooks=self.git_commit_hooks),
             ),
         )
         services.finetune = FinetuneJobs(
@@ -455,7 +572,8 @@ class JupyterDsApp(ExtensionApp):
         services.limiter = self.make_limiter()
         services.audit = self.open_audit()
         if services.audit is not None:
-            self.log.info(
+            # plaintext is only ever asked for (audit_encrypt=False): say so loudly
+            (self.log.info if services.audit.encrypted else self.log.warning)(
                 "jupyter-ds: audit log %s (%s%s)",
                 services.audit.path,
                 "encrypted" if services.audit.encrypted else "plain JSON",
@@ -486,6 +604,8 @@ class JupyterDsApp(ExtensionApp):
         services = self.settings.get("jupyter_ds")
         if services is not None and services.finetune is not None:
             await services.finetune.close()
+        if services is not None:
+            services.testgen.close()  # kill the sandbox runs still going
         metrics.unregister_engine_collector(self.engine)
         close: Any = getattr(self.engine, "close", None)
         if callable(close):

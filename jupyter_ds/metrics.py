@@ -691,8 +691,8 @@ def metric_families() -> dict[str, str]:
     """Every ``jupyter_ds_`` metric family this module can expose -> its type."""
     families: dict[str, str] = {}
     for metric in (
-        REQUEST_DURATION, REQUESTS, REQUEST_ERRORS, REQUEST_TIMEOUTS, CONSECUTIVE_TIMEOUTS,
-        TIME_TO_FIRST_TOKEN, TIME_PER_OUTPUT_TOKEN, E2E_LATENCY, GENERATION_TOKENS,
+        REQUEST_DURATION, REQUESTS, REQUEST_ERRORS, REQUESTS_SHED, REQUEST_TIMEOUTS,
+        CONSECUTIVE_TIMEOUTS, TIME_TO_FIRST_TOKEN, TIME_PER_OUTPUT_TOKEN, E2E_LATENCY, GENERATION_TOKENS,
         PROMPT_TOKENS, GENERATIONS, CANCELLED_REQUESTS, SANDBOX_RUNS, SANDBOX_DURATION,
     ):  # fmt: skip
         for family in metric.describe():

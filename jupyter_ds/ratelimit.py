@@ -39,7 +39,7 @@ from jupyter_ds.errors import ApiError
 
 # Endpoints whose requests run the model: they take a generation slot.
 GENERATION_ENDPOINTS = frozenset(
-    {"complete", "complete/stream", "explain", "tests", "git/commit-message"}
+    {"complete", "complete/stream", "explain", "tests", "tests/run", "git/commit-message"}
 )
 # Endpoints that count against another one's bucket.
 BUCKET_ALIASES = {"complete/stream": "complete"}

@@ -15,6 +15,7 @@ import pytest
 from jupyter_server.auth.identity import IdentityProvider, PasswordIdentityProvider
 
 from jupyter_ds.identity import ANONYMOUS_PREFIX, TOKEN_PREFIX, draws_anonymous_users, keyed_name
+from tests.test_audit_api import records
 from tests.test_rbac import ROLE_CONFIG, TokenUsers, as_user, server_config
 
 SECRET = b"jupyter-ds-test-cookie-secret-0123456789"
@@ -56,12 +57,13 @@ def test_only_jupyters_own_provider_is_renamed():
 
 class TestTokenClient:
     @pytest.fixture
-    def jp_server_config(self, tiny_model_dir):
+    def jp_server_config(self, tiny_model_dir, tmp_path):
         return token_server(
-            tiny_model_dir, {"rate_limits": {"*": "1/m"}, "load_on_start": False}
+            tiny_model_dir, {"rate_limits": {"*": "1/m"}, "load_on_start": False,
+                             "audit_log_path": str(tmp_path / "audit.log")}
         )
 
-    async def test_one_token_is_one_user_for_limits_health_and_audit(self, ds_client):
+    async def test_one_token_is_one_user_for_limits_health_and_audit(self, ds_client, tmp_path):
         codes = []
         for _ in range(10):
             code, env, headers = await ds_client.get("models", headers=TOKEN_HEADER)
@@ -75,6 +77,10 @@ class TestTokenClient:
             if code == 200:
                 users.add(env["data"]["user"])
         assert users <= {TOKEN_USER}
+        # Before: the audit log showed another random user on every request.
+        audited = {r["user"] for r in records(tmp_path / "audit.log")
+                   if r.get("endpoint") == "models"}
+        assert audited == {TOKEN_USER}
 
     async def test_cookies_handed_out_do_not_mint_new_identities(self, ds_client):
         code, env, headers = await ds_client.get("models", headers=TOKEN_HEADER)

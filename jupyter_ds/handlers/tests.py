@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from jupyter_server.auth.decorator import authorized
+import dataclasses
+
 from tornado import web
 
 from jupyter_ds.envelope import success
-from jupyter_ds.handlers.base import DsApiHandler
+from jupyter_ds.git.runner import DEFAULT_EXCLUDE
+from jupyter_ds.handlers.base import DsApiHandler, authorized
 from jupyter_ds.requests import TestsInsertRequest, TestsRequest, TestsRunRequest
+from jupyter_ds.roles import user_name
+from jupyter_ds.testgen.insert import insertion_target
 
 
 class TestsHandler(DsApiHandler):
@@ -24,11 +28,13 @@ class TestsHandler(DsApiHandler):
         await self.cancel_on_disconnect(self._serve(self.parse(TestsRequest)))
 
     async def _serve(self, req: TestsRequest) -> None:
+        # The caller's name: the sandbox caps calls per user (429 above it).
+        user = user_name(self.current_user)
         if not req.stream:
-            self.ok(await self.ds.testgen.generate(req))
+            self.ok(await self.ds.testgen.generate(req, user))
             return
         await self.stream_ndjson(
-            self.ds.testgen.events(req),
+            self.ds.testgen.events(req, user),
             lambda e: success({k: v for k, v in e.items() if k != "type"})
             if e["type"] == "done"
             else e,
@@ -46,8 +52,12 @@ class TestsRunHandler(DsApiHandler):
     @web.authenticated
     @authorized("execute")
     async def post(self) -> None:
+        # A client that leaves cancels the call, and the cancel kills its sandbox run;
+        # the sandbox caps calls per user and runs overall (429 / 503 above them).
         report = await self.cancel_on_disconnect(
-            self.ds.testgen.run_tests(self.parse(TestsRunRequest))
+            self.ds.testgen.run_tests(
+                self.parse(TestsRunRequest), user_name(self.current_user)
+            )
         )
         if report is not None:
             self.ok(report)
@@ -63,4 +73,16 @@ class TestsInsertHandler(DsApiHandler):
     @web.authenticated
     @authorized("write")
     async def post(self) -> None:
-        self.ok(self.ds.testgen.insert(self.parse(TestsInsertRequest)))
+        req = self.parse(TestsInsertRequest)
+        root = self.ds.testgen.settings.root_dir
+        if root is not None:
+            # Only a test file may be written (see check_test_file); the service is handed
+            # the checked path, so that it writes the file that was checked.
+            git = self.ds.git
+            checked = insertion_target(
+                root, req.path, req.test_path,
+                allow_hidden=bool(getattr(self.contents_manager, "allow_hidden", False)),
+                exclude=git.settings.exclude if git is not None else DEFAULT_EXCLUDE,
+            )
+            req = dataclasses.replace(req, test_path=checked)
+        self.ok(self.ds.testgen.insert(req))

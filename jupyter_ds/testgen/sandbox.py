@@ -5,7 +5,8 @@ Plain Python (no Jupyter imports): the server, the CLI and the benchmarks call i
 The sandbox
 -----------
 Every run gets a private temporary directory, its own process group (session) with a
-wall-clock timeout that kills the whole group, resource limits (CPU seconds, address
+wall-clock timeout that kills the whole group (so does a caller's ``cancel``: SIGTERM,
+then SIGKILL after a short grace), resource limits (CPU seconds, address
 space, file size, open files, processes, no core files), a fixed minimal environment
 (nothing of the server's: no tokens, credentials, ``JUPYTER*``, proxies) and, where
 bubblewrap works, namespaces: no network, a new mount namespace showing only the
@@ -115,6 +116,11 @@ ETC_FILES = (
 # _environment(); -E would also drop the PYTHONHASHSEED it sets on purpose.
 PYTHON_FLAGS = ("-s", "-B", *(("-P",) if sys.version_info >= (3, 11) else ()))
 REPORT_MAX_BYTES = 32 * 1024 * 1024
+# A run that is stopped (timeout, cancel) gets SIGTERM, then SIGKILL this much later: the
+# grace is short because nothing of a stopped run is kept but its reports.
+KILL_GRACE_S = 1.0
+# Longest pause between two looks at a running run (its exit, its cancel, its deadline).
+POLL_MAX_S = 0.05
 OUTPUT_TAIL_CHARS = 4000
 MESSAGE_CHARS = 1000
 DETAILS_CHARS = 4000
@@ -230,6 +236,7 @@ FAILURES = {
     "collection_error": "the test file could not be collected",
     "no_tests": "the test file has no tests",
     "sandbox_error": "the sandbox could not be started",
+    "cancelled": "the run was stopped by its caller (its client went away)",
     "internal_error": "pytest stopped with an internal error",
 }
 
@@ -586,6 +593,8 @@ def run_pytest(
     hash_seed: int | None = None,
     keep_dir: str | os.PathLike[str] | None = None,
     on_start: Callable[[int, str], None] | None = None,
+    cancel: threading.Event | None = None,
+    kill_grace: float = KILL_GRACE_S,
 ) -> RunReport:
     """Run pytest on one test file in the sandbox and return the verdict.
 
@@ -604,8 +613,21 @@ def run_pytest(
     ``keep_dir``: copy the run directory there (debugging).
     ``on_start``: called with the run's process-group id and its private directory once
     it has started (monitoring, tests).
+    ``cancel``: set from another thread to stop the run (a server's client went away):
+    a run not started yet never starts; a running one is killed with everything it
+    started (SIGTERM, SIGKILL ``kill_grace`` seconds later) and fails as ``cancelled``.
+    A thread blocked in this call is not interruptible otherwise, so a server must pass
+    one.
     """
     info = sandbox or detect_sandbox()
+    if cancel is not None and cancel.is_set():
+        return RunReport(
+            ok=False,
+            sandbox=info.to_dict(),
+            duration_s=0.0,
+            failure="cancelled",
+            reason=FAILURES["cancelled"],
+        )
     limits = limits or Limits()
     python = sys.executable
     sources = dict(sources or {})
@@ -659,7 +681,7 @@ def run_pytest(
         cmd = _command(
             info, layout, python=python, project_dir=project_bound, limits=limits, env=env
         )
-        outcome = _execute(cmd, info, layout, env, timeout, on_start)
+        outcome = _execute(cmd, info, layout, env, timeout, on_start, cancel, kill_grace)
         report = _build_report(info, layout, outcome, target_map)
         if keep_dir is not None:
             shutil.copytree(tmp, keep_dir, symlinks=True, dirs_exist_ok=True)
@@ -796,6 +818,7 @@ class _Outcome:
     returncode: int | None
     timed_out: bool
     duration_s: float
+    cancelled: bool = False
 
 
 def _execute(
@@ -805,6 +828,8 @@ def _execute(
     env: dict[str, str],
     timeout: float,
     on_start: Callable[[int, str], None] | None = None,
+    cancel: threading.Event | None = None,
+    kill_grace: float = KILL_GRACE_S,
 ) -> _Outcome:
     started = time.monotonic()
     info_r = info_w = -1
@@ -816,6 +841,7 @@ def _execute(
         os.set_blocking(info_r, False)
         cmd = [cmd[0], "--info-fd", str(info_w), *cmd[1:]]
         pass_fds = (info_w,)
+    ended = "exited"
     try:
         with open(layout.log, "wb") as log:
             proc = subprocess.Popen(
@@ -833,17 +859,14 @@ def _execute(
             if info_w >= 0:
                 os.close(info_w)
                 info_w = -1
-            timed_out = False
             try:
                 if on_start is not None:
                     on_start(proc.pid, str(layout.root))
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                _kill_sandbox_init(info_r)
-                _kill_group(proc.pid)
-                proc.wait()
+                ended = _wait(proc, started + timeout, cancel)
             finally:
+                # Stopped, or on_start raised: end the run, whatever it still runs.
+                if proc.poll() is None:
+                    _stop(proc, info_r, kill_grace)
                 _kill_group(proc.pid)  # whatever a test left in the group (limits-only)
                 _wait_group_gone(proc.pid)
     finally:
@@ -851,7 +874,83 @@ def _execute(
             if fd >= 0:
                 os.close(fd)
     _sweep(str(layout.root))
-    return _Outcome(proc.returncode, timed_out, time.monotonic() - started)
+    return _Outcome(
+        proc.returncode,
+        ended == "timeout",
+        time.monotonic() - started,
+        cancelled=ended == "cancelled",
+    )
+
+
+def _wait(
+    proc: subprocess.Popen[bytes], deadline: float, cancel: threading.Event | None
+) -> Literal["exited", "timeout", "cancelled"]:
+    """Until the run exits, its deadline passes or ``cancel`` is set, whichever is first.
+
+    Waiting on the event (not sleeping) makes a cancel act at once; the pause between
+    looks at the process grows as ``Popen.wait`` does, so short runs stay short.
+    """
+    delay = 0.0005
+    while proc.poll() is None:
+        if cancel is not None and cancel.is_set():
+            return "cancelled"
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return "timeout"
+        pause = min(delay, left)
+        if cancel is not None:
+            cancel.wait(pause)
+        else:
+            time.sleep(pause)
+        delay = min(delay * 2, POLL_MAX_S)
+    return "exited"
+
+
+def _stop(proc: subprocess.Popen[bytes], info_fd: int, grace: float) -> None:
+    """Kill a run with everything it started: SIGTERM to its group, SIGKILL after ``grace``.
+
+    The group is the runner's (limits-only) or bubblewrap's. Under bubblewrap the tests
+    run in a session of their own inside a pid namespace, possibly as another user, so
+    the sure kill is SIGKILL to the namespace's init (sent as the server, which started
+    it): the kernel then kills every process of the namespace. The init is pinned by a
+    pidfd opened while bubblewrap, its parent, is still running, so that a recycled pid
+    is never signalled. bubblewrap's ``--die-with-parent`` kills the init as well when
+    bubblewrap itself dies of the SIGTERM.
+    """
+    init = _sandbox_init(info_fd)
+    try:
+        _signal_group(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=max(0.0, grace))
+        if init is not None:
+            init.kill()
+        _kill_group(proc.pid)
+        proc.wait()
+    finally:
+        if init is not None:
+            init.close()
+
+
+class _Pinned:
+    """A process to SIGKILL later without the risk of hitting a recycled pid (pidfd)."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.fd = -1
+        with contextlib.suppress(OSError, AttributeError):  # no pidfd: plain pid
+            self.fd = os.pidfd_open(pid)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
+            if self.fd >= 0:
+                signal.pidfd_send_signal(self.fd, signal.SIGKILL)
+            else:
+                os.kill(self.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def _wait_group_gone(pgid: int, wait_s: float = 3.0) -> None:
@@ -865,24 +964,28 @@ def _wait_group_gone(pgid: int, wait_s: float = 3.0) -> None:
         time.sleep(0.01)
 
 
-def _kill_sandbox_init(info_fd: int) -> None:
+def _sandbox_init(info_fd: int) -> _Pinned | None:
+    """The sandbox's init as bubblewrap reported it on ``--info-fd`` (None: not yet)."""
     if info_fd < 0:
-        return
+        return None
     try:
         data = os.read(info_fd, 65536)
         pid = json.loads(data.decode().split("}")[0] + "}").get("child-pid")
     except (OSError, ValueError, AttributeError):
-        return
+        return None
     if isinstance(pid, int) and pid > 1:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
+        return _Pinned(pid)
+    return None
 
 
 def _sweep(run_dir: str, wait_s: float = 3.0) -> None:
-    """Kill what is left of a run: processes whose command line names its directory.
+    """Kill what is left of a run: processes whose command line names its directory, or
+    whose working directory is in it.
 
     Under bubblewrap nothing is (its pid namespace died with it); in the limits-only
-    fallback this also reaches a process that left the process group (``setsid``).
+    fallback this also reaches a process that left the process group (``setsid``): the
+    runner's command line names the directory, and what a test starts inherits its
+    working directory, the run's ``work/``.
     """
     needle = run_dir.encode() + b"/"
     deadline = time.monotonic() + wait_s
@@ -894,8 +997,12 @@ def _sweep(run_dir: str, wait_s: float = 3.0) -> None:
                     with open(f"/proc/{entry.name}/cmdline", "rb") as f:
                         if needle in f.read():
                             found.append(int(entry.name))
+                            continue
+                    cwd = os.readlink(f"/proc/{entry.name}/cwd")
                 except OSError:
                     continue
+                if (cwd + "/").startswith(run_dir + "/"):
+                    found.append(int(entry.name))
         if not found or time.monotonic() > deadline:
             return
         for pid in found:
@@ -905,8 +1012,12 @@ def _sweep(run_dir: str, wait_s: float = 3.0) -> None:
 
 
 def _kill_group(pgid: int) -> None:
+    _signal_group(pgid, signal.SIGKILL)
+
+
+def _signal_group(pgid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(pgid, signum)
 
 
 # ---------------------------------------------------------------------------- reports
@@ -1050,11 +1161,13 @@ def _build_report(
     runner = _read_json(layout.report / "runner.json")
     junit_bytes = _read_untrusted(layout.report / "junit.xml")
 
-    # How did the runner end? Under bubblewrap a signal shows as exit 128+n.
+    # How did the runner end? Under bubblewrap a signal shows as exit 128+n. A run the
+    # server stopped (timeout, cancel) was killed by the server, not by a limit.
+    stopped = outcome.timed_out or outcome.cancelled
     child_code = supervisor.get("exit_code") if supervisor else None
     if isinstance(child_code, int) and child_code < 0:
         report.killed_by_signal = _signal_name(-child_code)
-    elif code is not None and code < 0 and not outcome.timed_out:
+    elif code is not None and code < 0 and not stopped:
         report.killed_by_signal = _signal_name(-code)
     elif (
         info.mode == "bwrap"
@@ -1062,7 +1175,7 @@ def _build_report(
         and code > 128
         and supervisor is None
         and started is not None
-        and not outcome.timed_out
+        and not stopped
     ):
         report.killed_by_signal = _signal_name(code - 128)
     report.exit_code = child_code if isinstance(child_code, int) else code
@@ -1071,6 +1184,8 @@ def _build_report(
         report.failure, report.reason = kind, reason
         return report
 
+    if outcome.cancelled:
+        return fail("cancelled", FAILURES["cancelled"])
     if outcome.timed_out:
         return fail("timeout", FAILURES["timeout"])
     if started is None:

@@ -6,20 +6,31 @@ together in the sandbox, the passing ones run again until each has passed ``runs
 out of ``runs`` (flaky otherwise), and a test is kept only if its own coverage adds lines
 or branch arcs to what the existing tests and the tests kept so far already cover.
 Failures go back into the next round's prompt. Every candidate ends with a verdict.
+
+Sandbox runs block a thread each for up to their timeout, so they get their own bounded
+capacity (:class:`SandboxCapacity`), never the event loop's default executor that git
+and the rest of the server share: a global cap with a short bounded queue, a per-user
+cap, cancellation that reaches the sandbox's processes, and a total time budget per
+``tests/run`` call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import contextvars
+import math
 import os
 import posixpath
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ds_engine import Engine, EngineNotReady, FinishReason, GenerationRequest, Priority
 
@@ -44,6 +55,8 @@ TIMED_OUT = "timed_out"
 KILLED = "killed_by_sandbox"
 IMPORT_ERROR = "import_error"
 
+T = TypeVar("T")
+
 
 @dataclass
 class TestgenSettings:
@@ -52,6 +65,9 @@ class TestgenSettings:
     runs: int = 5  # a kept test passes runs out of runs
     run_timeout_s: float = 60.0
     test_timeout_s: float = 10.0
+    # All the runs of one ``tests/run`` call together (``runs`` of up to run_timeout_s
+    # each would otherwise hold a sandbox slot for up to ten minutes).
+    call_timeout_s: float = 120.0
     # PYTHONHASHSEED of each run's child processes; None: random (as in real use).
     hash_seeds: Sequence[int] | None = None
     root_dir: str | None = None
@@ -140,6 +156,167 @@ def _lines_arcs(report: RunReport, name: str, label: str) -> tuple[set[int], set
     return lines, arcs
 
 
+def default_sandbox_concurrency() -> int:
+    """Sandbox runs at once by default: one per core, at least two."""
+    return max(2, os.cpu_count() or 1)
+
+
+class SandboxCapacity:
+    """Where sandbox runs execute, and how many: separate from the default executor.
+
+    A sandbox run blocks a thread in ``subprocess`` for up to its timeout. Run on the
+    event loop's default executor (``asyncio.to_thread``), a handful of slow runs took
+    every thread that git and the other blocking calls share, and a client that left did
+    not give its thread back. Here runs have their own executor, sized to the global cap,
+    and:
+
+    * at most ``max_concurrent`` run at once; a run beyond waits in a queue of at most
+      ``queue_size`` for at most ``queue_timeout_s``, else 503 ``sandbox_busy`` with
+      Retry-After (a short wait absorbs bursts; a long one would only hide an overload);
+    * at most ``max_per_user`` calls (``tests/run``, test generation) of one user hold
+      the sandbox at once (:meth:`session`; 0: no per-user cap), else 429
+      ``rate_limited``; a call runs its runs one after another, so this also bounds the
+      user's runs;
+    * cancelling the task that awaits :meth:`run` (a client that went away) sets the
+      run's ``cancel`` event, which kills its processes at once; its slot is free only
+      when its thread has really ended, so the cap counts processes, not requests.
+
+    State is touched on the event loop only; a worker thread that ends hands its slot
+    back through ``call_soon_threadsafe``.
+    """
+
+    def __init__(
+        self,
+        max_concurrent: int | None = None,
+        max_per_user: int = 2,
+        queue_size: int = 8,
+        queue_timeout_s: float = 10.0,
+    ):
+        self.max_concurrent = max_concurrent or default_sandbox_concurrency()
+        if self.max_concurrent < 1 or max_per_user < 0 or queue_size < 0 or queue_timeout_s < 0:
+            raise ValueError("sandbox capacity: counts and times must not be negative")
+        self.max_per_user = max_per_user
+        self.queue_size = queue_size
+        self.queue_timeout_s = queue_timeout_s
+        self.running = 0  # slots taken: runs whose thread has not ended yet
+        self.users: dict[str, int] = {}  # calls in a session, per user
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._cancels: set[threading.Event] = set()
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.max_concurrent, thread_name_prefix="jupyter-ds-sandbox"
+        )
+
+    # -- per user ----------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def session(self, user: str | None) -> AsyncIterator[None]:
+        """One call of ``user`` that uses the sandbox; 429 when they have too many.
+
+        ``user`` None (the CLI, a library caller) is not capped per user.
+        """
+        if user is None or self.max_per_user <= 0:
+            yield
+            return
+        held = self.users.get(user, 0)
+        if held >= self.max_per_user:
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"{held} sandbox calls of yours are already running (sandbox_max_per_user "
+                f"= {self.max_per_user}); wait for one to finish or cancel it",
+                retry_after=2,
+            )
+        self.users[user] = held + 1
+        try:
+            yield
+        finally:
+            left = self.users.get(user, 1) - 1
+            if left > 0:
+                self.users[user] = left
+            else:
+                self.users.pop(user, None)
+
+    # -- global ------------------------------------------------------------------------
+
+    def _busy(self) -> ApiError:
+        return ApiError(
+            503,
+            "sandbox_busy",
+            f"the test sandbox is busy ({self.running} runs, sandbox_max_concurrent = "
+            f"{self.max_concurrent}, {len(self._waiters)} waiting); retry shortly",
+            retry_after=max(1, math.ceil(self.queue_timeout_s or 1)),
+        )
+
+    async def _acquire(self) -> None:
+        if self.running < self.max_concurrent and not self._waiters:
+            self.running += 1
+            return
+        if self.queue_timeout_s <= 0 or len(self._waiters) >= self.queue_size:
+            raise self._busy()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), self.queue_timeout_s)
+        except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+            if waiter.done() and not waiter.cancelled():
+                self._free_slot()  # handed over just now: pass it on
+            else:
+                waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            if isinstance(exc, asyncio.TimeoutError):
+                raise self._busy() from None
+            raise
+
+    def _free_slot(self) -> None:
+        """A run's thread ended: its slot goes to the first waiter, else back to the pool."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes on; ``running`` is unchanged
+                return
+        self.running -= 1
+
+    async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, cancel=event, **kwargs)`` on a sandbox thread, within the caps.
+
+        ``fn`` must end soon after ``cancel`` is set (``run_pytest`` kills the run).
+        """
+        await self._acquire()
+        loop = asyncio.get_running_loop()
+        cancel = threading.Event()
+        context = contextvars.copy_context()  # the request id of the JSON logs
+        try:
+            job = self._executor.submit(context.run, fn, *args, cancel=cancel, **kwargs)
+        except BaseException:
+            self._free_slot()
+            raise
+        self._cancels.add(cancel)
+
+        def ended(_: Future[T]) -> None:
+            def free() -> None:
+                self._cancels.discard(cancel)
+                self._free_slot()
+
+            try:
+                loop.call_soon_threadsafe(free)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                free()
+
+        job.add_done_callback(ended)
+        try:
+            return await asyncio.wrap_future(job)
+        except asyncio.CancelledError:
+            cancel.set()  # the thread kills the run; its slot frees when it has
+            raise
+
+    def close(self) -> None:
+        """Stop every run (server shutdown) and the executor, without waiting."""
+        for cancel in list(self._cancels):
+            cancel.set()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
 class TestgenService:
     """Generates tests for a function and returns only those that proved themselves."""
 
@@ -150,10 +327,16 @@ class TestgenService:
         engine: Engine,
         settings: TestgenSettings | None = None,
         runner: Callable[..., RunReport] = run_pytest,
+        capacity: SandboxCapacity | None = None,
     ):
         self.engine = engine
         self.settings = settings or TestgenSettings()
         self.run_pytest = runner
+        self.capacity = capacity or SandboxCapacity()
+
+    def close(self) -> None:
+        """Kill the runs still going (server shutdown)."""
+        self.capacity.close()
 
     @property
     def sandbox(self) -> SandboxInfo:
@@ -161,14 +344,22 @@ class TestgenService:
 
     # -- running -------------------------------------------------------------------
 
-    async def _run(self, tests: str, module: str, source: str, seed: int | None) -> RunReport:
+    async def _run(
+        self,
+        tests: str,
+        module: str,
+        source: str,
+        seed: int | None,
+        timeout: float | None = None,
+    ) -> RunReport:
+        """One sandbox run, on the sandbox's own threads; cancelling it kills the run."""
         label = f"{module}.py"
-        report = await asyncio.to_thread(
+        report = await self.capacity.run(
             self.run_pytest,
             tests,
             {label: source},
             targets=[label],
-            timeout=self.settings.run_timeout_s,
+            timeout=self.settings.run_timeout_s if timeout is None else timeout,
             test_timeout=self.settings.test_timeout_s,
             hash_seed=seed,
         )
@@ -179,8 +370,13 @@ class TestgenService:
         seeds = self.settings.hash_seeds
         return seeds[index % len(seeds)] if seeds else None
 
-    async def run_tests(self, req: TestsRunRequest) -> dict[str, Any]:
-        """``POST tests/run``: per-test results of ``runs`` runs of the given test file."""
+    async def run_tests(self, req: TestsRunRequest, user: str | None = None) -> dict[str, Any]:
+        """``POST tests/run``: per-test results of ``runs`` runs of the given test file.
+
+        The runs share one time budget (``call_timeout_s``): the run it cuts short is a
+        timeout, and no further run starts. ``user`` is capped per user (see
+        :meth:`SandboxCapacity.session`).
+        """
         source = req.source
         if source is None:
             if not req.path:
@@ -192,9 +388,23 @@ class TestgenService:
                 f"field 'module' must be a Python identifier, got {module!r}", "module"
             )
         started = time.monotonic()
-        reports = [
-            await self._run(req.tests, module, source, self._seed(i)) for i in range(req.runs)
-        ]
+        budget = self.settings.call_timeout_s
+        deadline = started + budget
+        reports: list[RunReport] = []
+        spent = False
+        async with self.capacity.session(user):
+            for i in range(req.runs):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    spent = True
+                    break
+                timeout = min(self.settings.run_timeout_s, left)
+                report = await self._run(req.tests, module, source, self._seed(i), timeout)
+                reports.append(report)
+                if report.timed_out and timeout < self.settings.run_timeout_s:
+                    spent = True  # the budget, not the run's own limit, cut it short
+                    break
+        done = len(reports)
         names = sorted({n for r in reports for n in r.tests})
         per_test = []
         for name in names:
@@ -204,19 +414,29 @@ class TestgenService:
                 {
                     "name": name,
                     "passed_runs": passes,
-                    "runs": req.runs,
-                    "outcome": last.outcome if passes in (0, req.runs) else FLAKY,
+                    "runs": done,
+                    "outcome": last.outcome if passes in (0, done) else FLAKY,
                     "message": last.message,
                 }
             )
         first = reports[0]
         label = f"{module}.py"
         cov = first.coverage.get(label)
+        failure = next((r.failure for r in reports if not r.ok), None)
+        reason = next((r.reason for r in reports if not r.ok), None)
+        if spent:
+            failure = "timeout"
+            reason = (
+                f"the runs took longer than the call's budget (sandbox_call_timeout = "
+                f"{budget:g} s): {done} of {req.runs} runs done"
+            )
         return {
             "tests": per_test,
-            "ok": all(r.ok for r in reports),
-            "failure": next((r.failure for r in reports if not r.ok), None),
-            "reason": next((r.reason for r in reports if not r.ok), None),
+            "ok": not spent and all(r.ok for r in reports),
+            "failure": failure,
+            "reason": reason,
+            "runs": req.runs,
+            "runs_done": done,
             "coverage": (
                 {"lines": cov.line_percent, "branches": cov.branch_percent} if cov else None
             ),
@@ -300,18 +520,34 @@ class TestgenService:
         ctx = target_context(source, module, req.target, existing)
         return ctx, source, existing
 
-    async def generate(self, req: TestsRequest) -> dict[str, Any]:
+    async def generate(self, req: TestsRequest, user: str | None = None) -> dict[str, Any]:
         final: dict[str, Any] = {}
-        async for event in self.events(req):
+        async for event in self.events(req, user):
             if event["type"] == "done":
                 final = event
         final.pop("type", None)
         return final
 
-    async def events(self, req: TestsRequest) -> AsyncIterator[dict[str, Any]]:
-        """Progress events (``candidate``, ``verdict``, ``round``) and a final ``done``."""
+    async def events(
+        self, req: TestsRequest, user: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Progress events (``candidate``, ``verdict``, ``round``) and a final ``done``.
+
+        The whole generation is one sandbox call of ``user`` (429 before the first event
+        when they have too many); its runs take the global slots one at a time.
+        """
         ensure_ready(self.engine)
         ctx, source, existing = self._context(req)
+        async with (
+            self.capacity.session(user),
+            contextlib.aclosing(self._events(req, ctx, source, existing)) as events,
+        ):
+            async for event in events:
+                yield event
+
+    async def _events(
+        self, req: TestsRequest, ctx: TargetContext, source: str, existing: str | None
+    ) -> AsyncIterator[dict[str, Any]]:
         started = time.monotonic()
         label = f"{ctx.module}.py"
         sandbox = self.sandbox.to_dict()
