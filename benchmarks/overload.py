@@ -2,8 +2,8 @@
 
 Starts a real Jupyter server with jupyter-ds on the embedded model (``throughput.py``'s
 machinery), once as configured by default (load shedding on: ``max_queued`` 64,
-``completion_queue_timeout`` 5 s) and once with shedding off (``max_queued=0``,
-``completion_queue_timeout=0``), and sends each ``--requests`` (200) completions at the
+``completion_queue_timeout`` 5 s) and once with shedding off (``load_shedding=False``),
+and sends each ``--requests`` (200) completions at the
 same moment, from ``--users`` (25) distinct identities (``bench_identity.py``, so that
 ``max_concurrent_per_user`` holds no one back), each a word end of a standard-library
 module (40 lines of context, 16 tokens).
@@ -48,8 +48,7 @@ from throughput import (
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS: dict[str, list[str]] = {
     "shedding": [],  # the defaults
-    "no-shedding": ["--JupyterDsApp.max_queued=0",
-                    "--JupyterDsApp.completion_queue_timeout=0"],
+    "no-shedding": ["--JupyterDsApp.load_shedding=False"],
 }
 
 

@@ -118,6 +118,15 @@ class JupyterDsApp(ExtensionApp):
             "share of a busy queue gets 429."
         ),
     )
+    load_shedding = Bool(
+        True,
+        config=True,
+        help=(
+            "Shed requests the model cannot start in time (max_queued, "
+            "completion_queue_timeout): 503/429 'overloaded' at once with Retry-After. "
+            "False: every request waits, until its timeout if need be (504)."
+        ),
+    )
     completion_queue_timeout = Float(
         5.0,
         config=True,
@@ -489,6 +498,7 @@ class JupyterDsApp(ExtensionApp):
             warmup=self.warmup,
             default_adapter=self.default_adapter,
             max_queued=self.max_queued,
+            load_shedding=self.load_shedding,
         )
 
     def adapters_path(self) -> str:
@@ -528,7 +538,8 @@ class JupyterDsApp(ExtensionApp):
                     max_prompt_tokens=self.max_prompt_tokens,
                     confidence_threshold=self.confidence_threshold,
                     timeout_s=self.completion_timeout,
-                    queue_timeout_s=self.completion_queue_timeout or None,
+                    queue_timeout_s=(self.completion_queue_timeout or None)
+                    if self.load_shedding else None,
                     root_dir=self.serverapp.root_dir if self.notebook_context else None,
                     notebook_max_bytes=self.notebook_max_bytes,
                     folder_adapters=dict(self.folder_adapters),

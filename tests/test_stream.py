@@ -135,7 +135,7 @@ async def test_bad_messages_get_error_replies_and_the_socket_stays_usable(ws):
     # Numbers a JavaScript client cannot hold exactly, and negative ones, are refused
     # (the reply does not echo them back).
     for number in ("1" + "0" * 400, "-3", str(2**53)):
-        ws.write_message('{"number": %s, "prefix": "x"}' % number)
+        ws.write_message('{"number": ' + number + ', "prefix": "x"}')
         msg = await recv(ws)
         assert msg["type"] == "error" and msg["error"]["field"] == "number", msg
         assert msg["reply_to"] is None

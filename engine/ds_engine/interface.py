@@ -176,6 +176,11 @@ class Engine(Protocol):
         """Number of tokens ``text`` takes in the model's tokenizer."""
         ...
 
+    def check_admission(self, request: GenerationRequest) -> None:
+        """Raise :class:`EngineOverloaded` now if ``request`` (its priority, user and
+        deadlines; the prompt is not needed) would be shed, before a caller builds it."""
+        ...
+
     def context_window(self) -> int:
         """Maximum prompt + output tokens the model accepts."""
         ...

@@ -109,6 +109,7 @@ class LocalEngine:
         warmup: bool = True,
         default_adapter: str | None = "auto",
         max_queued: int = 64,
+        load_shedding: bool = True,
     ) -> None:
         """``prefix_cache_entries`` recent prompts (default: 16, or two per batch slot if more, so
         that each concurrent typist keeps one) keep their KV cache for reuse by the next
@@ -123,7 +124,8 @@ class LocalEngine:
         adapters are attached later with :meth:`load_adapter`. At most ``max_queued``
         requests of each priority wait for a slot (0: no bound); past that, or when a
         request could not start before its start deadline, it is shed at once with
-        :class:`EngineOverloaded` (see :class:`ds_engine.scheduler.Admission`)."""
+        :class:`EngineOverloaded` (see :class:`ds_engine.scheduler.Admission`);
+        ``load_shedding=False`` turns that off (requests then wait until their deadline)."""
         self.model_path = model_path
         self.device = device
         self.dtype = dtype
@@ -161,7 +163,7 @@ class LocalEngine:
         # The scheduler: submitters push under _lock and notify; the worker takes.
         self._wakeup = threading.Condition(self._lock)
         self._waiting = WaitingQueue()
-        self._admission = Admission(max(0, int(max_queued)))
+        self._admission = Admission(max(0, int(max_queued)), enabled=load_shedding)
         self._service = ServiceTime()  # batch-slot seconds per request, for admission
         self._shed_total = 0
         self._worker: threading.Thread | None = None
@@ -449,16 +451,8 @@ class LocalEngine:
                 self._adapter_users[request.adapter] = (
                     self._adapter_users.get(request.adapter, 0) + 1)
             try:
-                self._admission.check(
-                    request,
-                    self._waiting,
-                    running=len(self._requests) - len(self._waiting),
-                    limit=self._batch_limit,
-                    service_s=self._service.seconds,
-                    now=time.monotonic(),
-                )
+                self._admit_or_shed(request)
             except EngineOverloaded:
-                self._shed_total += 1
                 if request.adapter is not None:
                     self._adapter_users[request.adapter] -= 1
                     if self._adapter_users[request.adapter] <= 0:
@@ -471,6 +465,32 @@ class LocalEngine:
             self._ensure_worker()
             self._wakeup.notify()
         return work.future
+
+    def _admit_or_shed(self, request: GenerationRequest) -> None:
+        """The admission policy on the queue as it is now (call under ``_lock``)."""
+        try:
+            self._admission.check(
+                request,
+                self._waiting,
+                running=len(self._requests) - len(self._waiting),
+                limit=self._batch_limit,
+                service_s=self._service.seconds,
+                now=time.monotonic(),
+            )
+        except EngineOverloaded:
+            self._shed_total += 1
+            raise
+
+    def check_admission(self, request: GenerationRequest) -> None:
+        """Raise :class:`EngineOverloaded` now if ``request`` would be shed.
+
+        For callers that build an expensive prompt (tokenizing a file's context): asked
+        first, with the request's priority, user and deadlines and no prompt yet, it
+        sheds an overloaded request in well under a millisecond, before that work.
+        """
+        self._check_ready()
+        with self._lock:
+            self._admit_or_shed(request)
 
     def _serve(self) -> None:
         """The worker thread: admit, prefill one chunk, decode one step; repeat."""

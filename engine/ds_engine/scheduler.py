@@ -167,6 +167,7 @@ class Admission:
     priority (0: no bound)."""
 
     max_queued: int = 64
+    enabled: bool = True  # False: every request waits (until its deadline) as before
     #: A user may hold this share of a queue that is at least half full... and no more.
     PRESSURE = 0.5
 
@@ -195,6 +196,8 @@ class Admission:
         now: float,
     ) -> None:
         """Raise :class:`EngineOverloaded` unless ``request`` may wait in the queue."""
+        if not self.enabled:
+            return
         priority = int(request.priority)
         queued = waiting.queued(priority)
         wait = self.estimated_wait(waiting, priority, running, limit, service_s)

@@ -188,7 +188,8 @@ def make_tiny_adapter(
 
 
 class NoAdapters:
-    """The adapter part of the Engine interface for test engines that serve none."""
+    """The adapter and admission parts of the Engine interface, for test engines that
+    serve no adapters and shed nothing."""
 
     template = None
 
@@ -211,6 +212,9 @@ class NoAdapters:
         from ds_engine.adapters import AdapterError
 
         raise AdapterError(404, f"unknown adapter {name!r}")
+
+    def check_admission(self, request) -> None:
+        """Test engines shed nothing."""
 
 
 class ScriptedEngine(NoAdapters):

@@ -128,11 +128,16 @@ async def test_a_full_queue_answers_at_once_and_the_admitted_finish(shedding_eng
     with pytest.raises(EngineOverloaded):
         await engine.generate(req("cid", max_tokens=4))
     assert time.monotonic() - started < 0.05  # before any model work: in milliseconds
+    # A caller may ask before it builds a prompt at all.
+    with pytest.raises(EngineOverloaded):
+        engine.check_admission(GenerationRequest("", user="cid"))
+    engine.check_admission(GenerationRequest("", user="cid", priority=Priority.CHAT))
     running.cancel()
     results = await asyncio.gather(first, *queued)
     assert [r.finish_reason for r in results[1:]] == [FinishReason.LENGTH] * 2
     info = engine.info()
-    assert info["shed_total"] == 1 and info["service_time_s"] is not None
+    assert info["shed_total"] == 2 and info["service_time_s"] is not None
+    engine.check_admission(GenerationRequest("", user="cid"))  # room again
 
 
 async def test_a_stale_request_is_dropped_before_prefill(shedding_engine):

@@ -208,9 +208,24 @@ class CompletionService:
             gen.request_id = request_id
         return gen
 
+    def _admit(self) -> None:
+        """Shed an overloaded completion now, before its prompt is tokenized: under a
+        flood that work, not the model, is what would keep the answer from being quick."""
+        probe = GenerationRequest(
+            prompt="",
+            timeout_s=self.settings.timeout_s,
+            queue_timeout_s=self.settings.queue_timeout_s,
+            user=json_logs.current_user(),
+        )
+        try:
+            self.engine.check_admission(probe)
+        except EngineNotReady as exc:
+            raise engine_errors(exc) from None
+
     async def complete(self, req: CompleteRequest) -> dict[str, Any]:
         """Generate ``req.n`` candidates and return the API's ``data`` object."""
         ensure_ready(self.engine)
+        self._admit()
         started = time.monotonic()
         items: list[dict] = []
         token_count = 0
@@ -257,6 +272,7 @@ class CompletionService:
         than the last streamed one, or empty when nothing valid could be made.
         """
         ensure_ready(self.engine)
+        self._admit()
         return self._run(req, self._generation(req, 0, request_id))
 
     async def _run(
