@@ -24,10 +24,10 @@ from traitlets import (
 
 from jupyter_ds import __version__, metrics
 from jupyter_ds.finetune.job import FinetuneJobs
-from jupyter_ds.git.runner import DEFAULT_EXCLUDE
 from jupyter_ds.git.service import GitService, GitSettings
 from jupyter_ds.handlers import ROUTES, endpoint_of, handlers
 from jupyter_ds.json_logs import install_for_server as install_json_logs
+from jupyter_ds.paths import DEFAULT_EXCLUDE
 from jupyter_ds.ratelimit import RateLimiter, parse_limits
 from jupyter_ds.roles import RolePolicy, parse_mapping
 from jupyter_ds.roles import install as install_roles
@@ -556,6 +556,7 @@ class JupyterDsApp(ExtensionApp):
                     max_tokens=self.testgen_max_tokens,
                     root_dir=self.serverapp.root_dir if self.serverapp else None,
                     call_timeout_s=self.sandbox_call_timeout,
+                    exclude=tuple(self.git_exclude),
                 ),
                 capacity=SandboxCapacity(
                     self.sandbox_max_concurrent,

@@ -143,6 +143,13 @@ def hidden_part(relative: str) -> str | None:
                  and part not in (".", "..")), None)
 
 
+#: Globs of files no API call may touch (``git_exclude``'s default): credentials and keys.
+DEFAULT_EXCLUDE = (
+    ".ssh", ".gnupg", ".git-credentials", ".netrc", ".aws", ".azure", ".kube", ".docker",
+    ".pypirc", ".npmrc", "id_rsa*", "id_ed25519*", "*.pem", "*.key",
+)
+
+
 def excluded_by(relative: str, patterns: Iterable[str]) -> str | None:
     """The first of ``patterns`` (the ``git_exclude`` setting) that ``relative`` matches.
 

@@ -19,10 +19,11 @@ Over the limit: 429 ``rate_limited`` with ``Retry-After`` (whole seconds, at lea
 the header and ``error.retry_after`` in the envelope.
 
 ``max_concurrent_per_user`` caps how many generations (completion, explanation, test
-generation, commit message) one user runs at once; the next one is 429 until one ends. A
-slot is held while its work runs, released on every exit path (answer, error, timeout,
-cancellation, a client that went away: the work then stops at its next token or ends
-with its timeout, and the slot with it), and releasing twice is harmless.
+generation, commit message) and sandbox runs (``tests/run``) one user runs at once; the
+next one is 429 until one ends. A slot is held while its work runs, released on every
+exit path (answer, error, timeout, cancellation, a client that went away: the work then
+stops at its next token or ends with its timeout, and the slot with it), and releasing
+twice is harmless.
 """
 
 from __future__ import annotations

@@ -57,6 +57,7 @@ from git.exc import GitCommandNotFound
 
 from jupyter_ds.errors import ApiError, bad_request, timed_out
 from jupyter_ds.paths import (
+    DEFAULT_EXCLUDE,
     excluded_by,
     forbidden,
     is_within,
@@ -64,10 +65,6 @@ from jupyter_ds.paths import (
     resolve_under_root,
 )
 
-DEFAULT_EXCLUDE = (
-    ".ssh", ".gnupg", ".git-credentials", ".netrc", ".aws", ".azure", ".kube", ".docker",
-    ".pypirc", ".npmrc", "id_rsa*", "id_ed25519*", "*.pem", "*.key",
-)
 # Config every command gets, above any config file: nothing a repository names runs.
 SAFE_CONFIG: tuple[tuple[str, str], ...] = (
     ("core.fsmonitor", "false"),  # a hook path, or git's daemon: neither

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from tornado import web
 
 from jupyter_ds.envelope import success
-from jupyter_ds.git.runner import DEFAULT_EXCLUDE
 from jupyter_ds.handlers.base import DsApiHandler, authorized
 from jupyter_ds.requests import TestsInsertRequest, TestsRequest, TestsRunRequest
 from jupyter_ds.roles import user_name
-from jupyter_ds.testgen.insert import insertion_target
 
 
 class TestsHandler(DsApiHandler):
@@ -74,15 +70,6 @@ class TestsInsertHandler(DsApiHandler):
     @authorized("write")
     async def post(self) -> None:
         req = self.parse(TestsInsertRequest)
-        root = self.ds.testgen.settings.root_dir
-        if root is not None:
-            # Only a test file may be written (see check_test_file); the service is handed
-            # the checked path, so that it writes the file that was checked.
-            git = self.ds.git
-            checked = insertion_target(
-                root, req.path, req.test_path,
-                allow_hidden=bool(getattr(self.contents_manager, "allow_hidden", False)),
-                exclude=git.settings.exclude if git is not None else DEFAULT_EXCLUDE,
-            )
-            req = dataclasses.replace(req, test_path=checked)
-        self.ok(self.ds.testgen.insert(req))
+        # Jupyter's own hidden-file rule (ContentsManager.allow_hidden) applies.
+        allow_hidden = bool(getattr(self.contents_manager, "allow_hidden", False))
+        self.ok(self.ds.testgen.insert(req, allow_hidden=allow_hidden))

@@ -36,12 +36,12 @@ from ds_engine import Engine, EngineNotReady, FinishReason, GenerationRequest, P
 
 from jupyter_ds.errors import ApiError, bad_request, too_large
 from jupyter_ds.metrics import observe_sandbox_run
+from jupyter_ds.paths import DEFAULT_EXCLUDE
 from jupyter_ds.requests import TestsInsertRequest, TestsRequest, TestsRunRequest
 from jupyter_ds.services.completion import engine_errors, ensure_ready
 from jupyter_ds.testgen.candidates import Candidate, build_test_module, extract_candidates
 from jupyter_ds.testgen.context import TargetContext, target_context
-from jupyter_ds.testgen.insert import find_test_file, insert_tests
-from jupyter_ds.testgen.insert import test_path_for as matching_test_path
+from jupyter_ds.testgen.insert import find_test_file, insert_tests, insertion_target
 from jupyter_ds.testgen.prompt import Failure, build_prompt
 from jupyter_ds.testgen.sandbox import RunReport, SandboxInfo, detect_sandbox, run_pytest
 
@@ -71,6 +71,8 @@ class TestgenSettings:
     # PYTHONHASHSEED of each run's child processes; None: random (as in real use).
     hash_seeds: Sequence[int] | None = None
     root_dir: str | None = None
+    # Globs no test file may match (the server's git_exclude: .ssh, *.pem...).
+    exclude: Sequence[str] = DEFAULT_EXCLUDE
 
 
 @dataclass
@@ -444,15 +446,21 @@ class TestgenService:
             "duration_ms": round((time.monotonic() - started) * 1000, 1),
         }
 
-    def insert(self, req: TestsInsertRequest) -> dict[str, Any]:
-        """Append kept tests to the test file matching ``req.path`` (created if missing)."""
+    def insert(self, req: TestsInsertRequest, *, allow_hidden: bool = False) -> dict[str, Any]:
+        """Append kept tests to the test file matching ``req.path`` (created if missing).
+
+        Only a test file may be written (:func:`insertion_target`: a ``test_*.py`` or
+        ``*_test.py`` name, no hidden folder unless ``allow_hidden``, nothing the
+        ``exclude`` globs match, checked on where its links lead); the source path must
+        stay under the root.
+        """
         from jupyter_ds.completion.notebook import resolve_notebook_path
 
         root = self.settings.root_dir
         if root is None:
             raise bad_request("inserting tests needs a server root", "path")
-        resolve_notebook_path(root, req.path)  # the source path must stay under the root
-        rel = req.test_path or find_test_file(req.path, root) or matching_test_path(req.path)
+        rel = insertion_target(root, req.path, req.test_path, allow_hidden=allow_hidden,
+                               exclude=self.settings.exclude)
         where = "test_path" if req.test_path else "path"
         real = resolve_notebook_path(root, rel, where)
         if real is None or real.suffix != ".py":
