@@ -203,6 +203,11 @@ class TestSaturatedSandbox:
             watch()
             await asyncio.sleep(0.2)
         assert max(latencies) < 2.0, latencies
+        # ...and so does completion: the sandbox's threads are its own.
+        seconds, (code, env, _) = await timed(api(
+            "POST", "complete", {"prefix": "x = ", "max_tokens": 2, "language": "text"},
+            timeout=30))
+        assert code == 200 and seconds < 2.0, (seconds, env)
 
         results = await asyncio.gather(*calls)
         watch()
