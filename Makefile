@@ -107,7 +107,7 @@ bench-overload: setup
 # server's RSS every 10 s and its slope over the second half (must be flat).
 SOAK_SECONDS ?= 3600
 bench-soak: setup
-	$(BIN)/python benchmarks/load_test.py --name soak --users 8 --distinct-users \
+	$(BIN)/python benchmarks/load_test.py --name soak --users 8 \
 		--weights 8:2:1:2 --seconds $(SOAK_SECONDS) --sample-interval 10 $(BENCH_ARGS)
 
 # Test-generation funnel on HumanEval; e.g.

@@ -14,8 +14,9 @@ the machinery of ``throughput.py``), then runs ``--users`` closed-loop users at 
 * ``GET jupyter-ds/v1/git/{status,diff,log}`` (a fourth weight, default 0): on a real
   repository in the server's root, whose files the user edits now and then.
 
-``--distinct-users`` makes each user its own identity to the server (rate limits, fair
-shares, audit: see ``bench_identity.py``); by default all share the token's identity.
+Each user is its own identity to the server (rate limits, per-user caps, fair shares,
+audit: see ``bench_identity.py``); ``--shared-identity`` makes them all the token's one
+user, who then meets the per-user caps.
 ``make bench-soak`` is this benchmark for an hour: 8 distinct users mixing all four
 kinds, RSS sampled every 10 s, reported as ``soak``.
 
@@ -517,8 +518,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="run time; requests in flight at the end are awaited (default 90)")
     parser.add_argument("--weights", default="8:2:1",
                         help="complete:explain:tests[:git] (default 8:2:1, no git)")
-    parser.add_argument("--distinct-users", action="store_true",
-                        help="each user its own identity to the server (default: one)")
+    parser.add_argument("--shared-identity", dest="distinct_users", action="store_false",
+                        help="all users are the token's one identity (default: one each)")
+    parser.add_argument("--distinct-users", dest="distinct_users", action="store_true",
+                        default=True, help=argparse.SUPPRESS)  # the default
     parser.add_argument("--name", default="load",
                         help="report name: <out-dir>/<name>.json and .md (default load)")
     parser.add_argument("--seed", type=int, default=0)
