@@ -529,6 +529,13 @@ class JupyterDsApp(ExtensionApp):
         engine = metrics.instrument(self.make_engine())
         metrics.register_engine_collector(engine)
         self.engine = engine
+        # One capacity for every sandbox run: tests/run, test generation, commit hooks.
+        sandbox_capacity = SandboxCapacity(
+            self.sandbox_max_concurrent,
+            self.sandbox_max_per_user,
+            self.sandbox_queue_size,
+            self.sandbox_queue_timeout,
+        )
         services = Services(
             engine=engine,
             completion=CompletionService(
@@ -558,12 +565,7 @@ class JupyterDsApp(ExtensionApp):
                     call_timeout_s=self.sandbox_call_timeout,
                     exclude=tuple(self.git_exclude),
                 ),
-                capacity=SandboxCapacity(
-                    self.sandbox_max_concurrent,
-                    self.sandbox_max_per_user,
-                    self.sandbox_queue_size,
-                    self.sandbox_queue_timeout,
-                ),
+                capacity=sandbox_capacity,
             ),
             limits={
                 "max_input_chars": self.max_input_chars,
@@ -575,6 +577,7 @@ class JupyterDsApp(ExtensionApp):
                 engine,
                 GitSettings(timeout_s=self.git_timeout, exclude=tuple(self.git_exclude),
                             commit_hooks=self.git_commit_hooks),
+                sandbox_capacity=sandbox_capacity,
             ),
         )
         services.finetune = FinetuneJobs(

@@ -469,3 +469,37 @@ async def test_closing_stops_the_runs_still_going() -> None:
     assert await until(started.is_set, 5)
     cap.close()  # server shutdown
     assert await asyncio.wait_for(task, 5) == "cancelled"
+
+
+class TestCommitHooksShareTheCapacity:
+    """A commit hook (git_commit_hooks) is one more sandbox run, within the same cap."""
+
+    @pytest.fixture
+    def ds_config(self) -> dict[str, Any]:
+        return {"git_commit_hooks": True, "sandbox_max_concurrent": 1,
+                "sandbox_queue_size": 0}
+
+    async def test_a_hook_waits_for_no_slot_beside_the_cap(
+        self, ds_ready: Any, api: Any, repos: RepoFactory, marker: str
+    ) -> None:
+        if sb.detect_sandbox().mode != "bwrap":
+            pytest.skip("commit hooks run only under bubblewrap")
+        from tests.test_git_hostile import write_hook
+
+        repo = repos.init("hooked")
+        write_hook(repo / ".git" / "hooks", "pre-commit", "exit 0")
+        repos.write(repo, {"app.py": "x = 2\n"})
+        code, env, _ = await api("POST", "git/add", {"path": "hooked", "files": ["app.py"]})
+        assert code == 200, env
+        hanging = asyncio.ensure_future(api("POST", "tests/run", run_body(marker), timeout=8))
+        assert await until(lambda: bool(marked(marker)), 30), "the run did not start"
+        # The one slot is taken: the hook is refused, not run beside it.
+        code, env, headers = await api("POST", "git/commit",
+                                       {"path": "hooked", "message": "two"})
+        assert code == 503 and env["error"]["code"] == "sandbox_busy", env
+        assert int(headers["Retry-After"]) >= 1
+        assert (await hanging)[0] == 599
+        assert await until(lambda: not marked(marker), 6), marked(marker)
+        # With the slot free again, the hook runs and the commit goes through.
+        code, env, _ = await api("POST", "git/commit", {"path": "hooked", "message": "two"})
+        assert code == 200 and env["data"]["summary"] == "two", env

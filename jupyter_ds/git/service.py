@@ -103,9 +103,14 @@ class GitService:
     """Git operations on repositories under ``root_dir``; ``engine`` drafts messages."""
 
     def __init__(self, root_dir: str, engine: Engine | None = None,
-                 settings: GitSettings | None = None):
+                 settings: GitSettings | None = None, sandbox_capacity: Any = None):
+        """``sandbox_capacity``: the test sandbox's :class:`SandboxCapacity`
+        (``jupyter_ds.testgen.service``), through which commit hooks run, so that they
+        count against its global cap like every other sandbox run; None: run directly."""
         self.settings = settings or GitSettings()
         self.engine = engine
+        self.sandbox_capacity = sandbox_capacity
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.git = Runner(root_dir, timeout_s=self.settings.timeout_s,
                           exclude=self.settings.exclude)
 
@@ -123,6 +128,7 @@ class GitService:
             name = "set_config"
         fn = getattr(self, name)
         kwargs = {"user": user} if verb == "commit" else {}
+        self._loop = asyncio.get_running_loop()  # where the sandbox's capacity lives
         limit = self.settings.timeout_s * 3 + 5  # a verb runs a few commands
         if verb == "commit" and self.settings.commit_hooks:
             limit += len(COMMIT_HOOKS) * (self.settings.timeout_s + 30)  # sandboxed hooks
@@ -448,8 +454,8 @@ class GitService:
         sources = {f"hook/{name}": script, "COMMIT_EDITMSG": message}
         test = _HOOK_TEST.format(name=name, cwd=str(repo.top), env=env, timeout=timeout,
                                  args=["COMMIT_EDITMSG"] if name == "commit-msg" else [])
-        report = sandbox.run_pytest(test, sources, project_dir=repo.top, targets=[],
-                                    timeout=timeout + 30, test_timeout=timeout + 5)
+        report = self._sandboxed(sandbox.run_pytest, test, sources, project_dir=repo.top,
+                                 targets=[], timeout=timeout + 30, test_timeout=timeout + 5)
         if report.all_passed:
             return
         result = next(iter(report.tests.values()), None)
@@ -464,6 +470,19 @@ class GitService:
         why = report.reason or (result.message if result else "") or "no report"
         raise ApiError(409, "git_failed",
                        f"git commit: the {name} hook could not be run in the sandbox: {why}")
+
+    def _sandboxed(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``fn`` (a sandbox run) within the sandbox's capacity, from this git thread.
+
+        The capacity lives on the event loop; this thread waits for its slot and run
+        there (503 ``sandbox_busy`` when it is full), so a hook is one more sandbox run,
+        never one beside the cap.
+        """
+        capacity, loop = self.sandbox_capacity, self._loop
+        if capacity is None or loop is None or not loop.is_running():
+            return fn(*args, **kwargs)
+        future = asyncio.run_coroutine_threadsafe(capacity.run(fn, *args, **kwargs), loop)
+        return future.result()
 
     def branch(self, req: Any) -> dict[str, Any]:
         repo = self.git.repo(req.path)
