@@ -21,6 +21,7 @@ import heapq
 import itertools
 import math
 import os
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -67,13 +68,20 @@ class _Entry:
     order: int
     item: Any = field(compare=False)
     user: str | None = field(default=None, compare=False)
+    since: float = field(default=0.0, compare=False)  # the request's creation (monotonic)
 
 
 class WaitingQueue:
     """Requests not yet admitted, highest priority first, then first come first served.
 
+    Aging: a request that has waited ``aging_s`` goes before every newer one, whatever
+    their priority. Without it a steady stream of keystrokes (each one shed after a few
+    seconds, so never aged itself) could keep an explanation waiting until it timed out.
+
     It counts what it holds per priority and per (priority, user), for :class:`Admission`.
     """
+
+    aging_s = 10.0
 
     def __init__(self) -> None:
         self._heap: list[_Entry] = []
@@ -110,26 +118,41 @@ class WaitingQueue:
             del self._per_user[(entry.priority, entry.user)]
 
     def push(self, request: GenerationRequest, item: Any) -> None:
-        entry = _Entry(int(request.priority), next(self._counter), item, request.user)
+        entry = _Entry(int(request.priority), next(self._counter), item, request.user,
+                       request.created_at)
         heapq.heappush(self._heap, entry)
         self._count(entry, +1)
 
-    def pop_admissible(self, running: list[GenerationRequest], limit: int) -> Any | None:
+    def pop_admissible(
+        self, running: list[GenerationRequest], limit: int, now: float | None = None
+    ) -> Any | None:
         """The next item that may start beside ``running`` under ``limit`` slots, or None.
 
-        With more than one slot, non-interactive requests may hold at most ``limit - 1``
-        of them: the last slot is kept for inline completion.
+        The oldest request that has waited ``aging_s`` (``now``: ``time.monotonic()``)
+        comes first, else the head by priority. With more than one slot, non-interactive
+        requests may hold at most ``limit - 1`` of them: the last slot is kept for
+        inline completion.
         """
         if not self._heap or len(running) >= limit:
             return None
-        head = self._heap[0]
-        if head.priority != Priority.INTERACTIVE and limit > 1:
-            background = sum(1 for r in running if r.priority != Priority.INTERACTIVE)
-            if background >= limit - 1:
-                return None
-        entry = heapq.heappop(self._heap)
-        self._count(entry, -1)
-        return entry.item
+        now = time.monotonic() if now is None else now
+        aged = min((e for e in self._heap if now - e.since >= self.aging_s),
+                   key=lambda e: e.order, default=None)
+        background = sum(1 for r in running if r.priority != Priority.INTERACTIVE)
+        candidates = [self._heap[0]]
+        if aged is not None and aged.order < self._heap[0].order:
+            candidates.insert(0, aged)
+        head = next((e for e in candidates if e.priority == Priority.INTERACTIVE
+                     or limit <= 1 or background < limit - 1), None)
+        if head is None:
+            return None
+        if head is self._heap[0]:
+            heapq.heappop(self._heap)
+        else:
+            self._heap.remove(head)
+            heapq.heapify(self._heap)
+        self._count(head, -1)
+        return head.item
 
     def remove_where(self, predicate: Any) -> list[Any]:
         """Take out every item for which ``predicate(item)`` holds (cancelled, expired)."""

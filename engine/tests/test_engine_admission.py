@@ -159,3 +159,21 @@ async def test_a_stale_request_is_dropped_before_prefill(shedding_engine):
     # Past its deadline (not just its queue timeout), a request still times out.
     result = await engine.generate(req("bob", max_tokens=LONG, timeout_s=0))
     assert result.finish_reason is FinishReason.TIMEOUT
+
+
+def test_a_request_that_waited_long_goes_before_newer_keystrokes():
+    explain = req("ann", Priority.CHAT)
+    keys = [req("bob") for _ in range(3)]
+    waiting = queue_of(explain, *keys)
+    start = explain.created_at
+    # Fresh: completions first, as ever.
+    assert waiting.pop_admissible([], 4, now=start + 1.0) is keys[0]
+    # Once the explanation has waited aging_s it goes before the newer keystrokes...
+    aged = start + WaitingQueue.aging_s + 0.1
+    assert waiting.pop_admissible([], 4, now=aged) is explain
+    assert waiting.queued(Priority.CHAT) == 0 and waiting.queued(Priority.INTERACTIVE) == 2
+    # ...but never into the slot kept for completion, which a keystroke still gets.
+    waiting = queue_of(explain, *keys)
+    busy = [req("cid", Priority.CHAT) for _ in range(3)]
+    assert waiting.pop_admissible(busy, 4, now=aged) is keys[0]
+    assert waiting.pop_admissible([*busy, keys[0]], 4, now=aged) is None  # full
