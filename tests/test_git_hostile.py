@@ -24,10 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gitrepos import RepoFactory, isolate_git_config
+import test_git_api
+from gitrepos import RepoFactory
 from test_api import assert_error, assert_success
 
 from jupyter_ds.testgen import sandbox as sb
+
+# The git API suite's fixtures: a RepoFactory under the server root, and the API caller.
+repos = test_git_api.repos
+git = test_git_api.git
 
 # Hooks git runs on the client side, and those of a repository pushed to.
 HOOKS = (
@@ -42,35 +47,11 @@ FAILING_HOOKS = ("pre-commit", "commit-msg", "pre-merge-commit", "pre-push", "pr
 
 
 @pytest.fixture
-def repos(jp_root_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RepoFactory:
-    isolate_git_config(monkeypatch, tmp_path)
-    return RepoFactory(jp_root_dir)
-
-
-@pytest.fixture
 def markers(tmp_path: Path) -> Path:
     """Where a planted program leaves its marker: outside the server root."""
     path = tmp_path / "markers"
     path.mkdir()
     return path
-
-
-@pytest.fixture
-def git(http_server_client, jp_auth_header, jp_base_url):
-    """``git(verb, query_or_body)``: GET with a raw query string, POST with a JSON body."""
-
-    async def call(verb: str, payload: str | dict[str, Any] = "") -> tuple[int, dict]:
-        url = f"{jp_base_url}jupyter-ds/v1/git/{verb}"
-        kwargs: dict[str, Any] = {"headers": jp_auth_header, "raise_error": False,
-                                  "request_timeout": 120}
-        if isinstance(payload, dict):
-            kwargs.update(method="POST", body=json.dumps(payload))
-        else:
-            url += f"?{payload}" if payload else ""
-        response = await http_server_client.fetch(url, **kwargs)
-        return response.code, json.loads(response.body or b"{}")
-
-    return call
 
 
 def touch(markers: Path, name: str) -> str:

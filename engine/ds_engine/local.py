@@ -445,19 +445,14 @@ class LocalEngine:
         with self._wakeup:
             if self._closed:
                 raise EngineNotReady(self._state, "engine is closed")
+            if request.adapter is not None and (
+                request.adapter not in self._adapters or request.adapter in self._unloading
+            ):
+                raise AdapterError(404, f"unknown adapter {request.adapter!r}")
+            self._admit_or_shed(request)  # before anything is counted: a shed costs nothing
             if request.adapter is not None:
-                if request.adapter not in self._adapters or request.adapter in self._unloading:
-                    raise AdapterError(404, f"unknown adapter {request.adapter!r}")
                 self._adapter_users[request.adapter] = (
                     self._adapter_users.get(request.adapter, 0) + 1)
-            try:
-                self._admit_or_shed(request)
-            except EngineOverloaded:
-                if request.adapter is not None:
-                    self._adapter_users[request.adapter] -= 1
-                    if self._adapter_users[request.adapter] <= 0:
-                        del self._adapter_users[request.adapter]
-                raise
             self._requests[request.request_id] = request
             self._requests_total += 1
             self._waiting.push(request, work)

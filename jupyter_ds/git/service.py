@@ -590,7 +590,8 @@ class GitService:
 
     async def commit_message(self, req: Any) -> dict[str, Any]:
         """A commit message drafted by the model from the staged diff (bounded)."""
-        from jupyter_ds.services.completion import engine_errors, ensure_ready
+        from jupyter_ds.errors import engine_error
+        from jupyter_ds.services.completion import ensure_ready
 
         def staged() -> dict[str, Any]:
             repo = self.git.repo(req.path)
@@ -621,7 +622,7 @@ class GitService:
                 temperature=0.0, stop=[s for s in template.stop if s != "<file_sep>"],
                 timeout_s=self.settings.message_timeout_s, priority=Priority.BATCH))
         except EngineNotReady as exc:
-            raise engine_errors(exc) from None
+            raise engine_error(exc) from None
         if result.finish_reason is FinishReason.TIMEOUT:
             raise timed_out(f"drafting took longer than {self.settings.message_timeout_s} s")
         return {

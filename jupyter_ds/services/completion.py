@@ -80,10 +80,6 @@ def ensure_ready(engine: Engine) -> None:
     raise not_ready("model is loading; retry shortly", retry_after=5)
 
 
-def engine_errors(exc: EngineNotReady) -> ApiError:
-    return engine_error(exc)
-
-
 class CompletionService:
     """Turns a :class:`CompleteRequest` into validated completion items."""
 
@@ -220,7 +216,7 @@ class CompletionService:
         try:
             self.engine.check_admission(probe)
         except EngineNotReady as exc:
-            raise engine_errors(exc) from None
+            raise engine_error(exc) from None
 
     async def complete(self, req: CompleteRequest) -> dict[str, Any]:
         """Generate ``req.n`` candidates and return the API's ``data`` object."""
@@ -335,7 +331,7 @@ class CompletionService:
                 }
                 return
         except EngineNotReady as exc:
-            raise engine_errors(exc) from None
+            raise engine_error(exc) from None
         except AdapterError as exc:  # unloaded between the prompt and the generation
             raise adapter_error(exc) from None
 

@@ -11,9 +11,9 @@ from ds_engine import Engine, EngineNotReady, FinishReason, GenerationRequest, P
 from ds_engine.templates import DEFAULT_SYSTEM_PROMPT
 
 from jupyter_ds import json_logs
-from jupyter_ds.errors import timed_out
+from jupyter_ds.errors import engine_error, timed_out
 from jupyter_ds.requests import ExplainRequest
-from jupyter_ds.services.completion import engine_errors, ensure_ready
+from jupyter_ds.services.completion import ensure_ready
 
 
 @dataclass
@@ -65,7 +65,7 @@ class ExplainService:
         try:
             result = await self.engine.generate(self._request(req))
         except EngineNotReady as exc:
-            raise engine_errors(exc) from None
+            raise engine_error(exc) from None
         if result.finish_reason is FinishReason.TIMEOUT:
             raise timed_out(f"explanation took longer than {self.settings.timeout_s} s")
         return {
@@ -96,4 +96,4 @@ class ExplainService:
                     )
                 yield event
         except EngineNotReady as exc:
-            raise engine_errors(exc) from None
+            raise engine_error(exc) from None

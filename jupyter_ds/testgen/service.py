@@ -34,11 +34,11 @@ from typing import Any, TypeVar
 
 from ds_engine import Engine, EngineNotReady, FinishReason, GenerationRequest, Priority
 
-from jupyter_ds.errors import ApiError, bad_request, too_large
+from jupyter_ds.errors import ApiError, bad_request, engine_error, too_large
 from jupyter_ds.metrics import observe_sandbox_run
 from jupyter_ds.paths import DEFAULT_EXCLUDE
 from jupyter_ds.requests import TestsInsertRequest, TestsRequest, TestsRunRequest
-from jupyter_ds.services.completion import engine_errors, ensure_ready
+from jupyter_ds.services.completion import ensure_ready
 from jupyter_ds.testgen.candidates import Candidate, build_test_module, extract_candidates
 from jupyter_ds.testgen.context import TargetContext, target_context
 from jupyter_ds.testgen.insert import find_test_file, insert_tests, insertion_target
@@ -600,7 +600,7 @@ class TestgenService:
             try:
                 result = await self.engine.generate(gen)
             except EngineNotReady as exc:
-                raise engine_errors(exc) from None
+                raise engine_error(exc) from None
             # A control token in the answer starts another file: the tests end there.
             answer = head + self.engine.template.cut_special(result.text)
             known = "\n\n".join(filter(None, [existing or "", *kept_sources]))
