@@ -9,7 +9,8 @@
  * exponential backoff; a request made while disconnected connects again (not sooner
  * than the backoff allows) and waits for the socket to open.
  *
- * Pure: the WebSocket constructor and the timers are injected, no JupyterLab import.
+ * Pure: the WebSocket constructor, its URL (`apiWsUrl` in api.ts) and the timers are
+ * injected, no JupyterLab import. The protocol is described in docs/websocket.md.
  */
 import { ICompletionRequestMessage, IServerItem } from './request';
 import { StreamChannel } from './stream';
@@ -40,16 +41,6 @@ export const defaultTimers: ITimers = {
 };
 
 const OPEN = 1;
-
-/** The URL of the completion socket: the server's wsUrl (base URL included) + token. */
-export function buildWsUrl(wsUrl: string, token: string, appendToken: boolean): string {
-  const base = wsUrl.endsWith('/') ? wsUrl : wsUrl + '/';
-  let url = base + 'jupyter-ds/v1/complete/stream';
-  if (appendToken && token) {
-    url += `?token=${encodeURIComponent(token)}`;
-  }
-  return url;
-}
 
 /**
  * Delay before reconnect attempt `attempt` (0-based): base·2^attempt capped at max,

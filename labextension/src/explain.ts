@@ -1,14 +1,14 @@
 /** "jupyter-ds: Explain": streams a markdown explanation into a side panel. */
 import { JupyterFrontEnd } from '@jupyterlab/application';
 import { CodeEditor } from '@jupyterlab/codeeditor';
-import { URLExt } from '@jupyterlab/coreutils';
 import { IEditorTracker } from '@jupyterlab/fileeditor';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { IRenderMimeRegistry, MimeModel } from '@jupyterlab/rendermime';
 import { ServerConnection } from '@jupyterlab/services';
 import { Panel, Widget } from '@lumino/widgets';
 
-import { ExplainEvent, feedNdjsonResponse, parseExplainLine } from './ndjson';
+import { requestStream } from './api';
+import { ExplainEvent, parseExplainLine } from './ndjson';
 import { ErrorNotifier } from './notifier';
 import { mimeToLanguage } from './request';
 
@@ -178,25 +178,27 @@ export class ExplainPanel extends Panel {
   private _abort: AbortController | null = null;
 }
 
-/** POST the code with `stream: true` and feed the NDJSON events to `onEvent`. */
+/**
+ * POST the code with `stream: true` and feed the NDJSON events to `onEvent`. A failed
+ * request (an HTTP error, no connection, aborted) rejects with an `ApiError`.
+ */
 export async function streamExplain(
   code: ICodeToExplain,
   signal: AbortSignal,
   onEvent: (event: ExplainEvent) => void,
-  settings: ServerConnection.ISettings = ServerConnection.makeSettings()
+  settings?: ServerConnection.ISettings
 ): Promise<void> {
-  const url = URLExt.join(settings.baseUrl, 'jupyter-ds/v1/explain');
-  const response = await ServerConnection.makeRequest(
-    url,
+  await requestStream(
+    'explain',
     {
       method: 'POST',
-      body: JSON.stringify({ code: code.code, language: code.language, stream: true }),
-      headers: { 'Content-Type': 'application/json' },
-      signal
+      body: { code: code.code, language: code.language, stream: true },
+      signal,
+      settings
     },
-    settings
+    parseExplainLine,
+    onEvent
   );
-  await feedNdjsonResponse(response, parseExplainLine, onEvent);
 }
 
 /** Run one explanation into the panel. */

@@ -6,15 +6,14 @@
  * committing by itself). "jupyter-ds: Draft commit message" opens it and drafts.
  */
 import { Dialog, showDialog } from '@jupyterlab/apputils';
-import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 import { Panel, Widget } from '@lumino/widgets';
 
+import { ApiError, request } from './api';
 import {
   ACTION_TEXTS,
   FileAction,
   FileVerb,
-  GitError,
   ICommitResult,
   IDraft,
   IFileRow,
@@ -22,6 +21,7 @@ import {
   IGitCommit,
   IGitDiff,
   IGitLog,
+  IGitCall,
   IGitStatus,
   ISection,
   LOG_PAGE,
@@ -29,7 +29,7 @@ import {
   actionVerb,
   appendLog,
   branchLine,
-  branchesUrl,
+  branchesCall,
   buildCommitMessageRequest,
   buildCommitRequest,
   buildFilesRequest,
@@ -38,18 +38,17 @@ import {
   commitDoneText,
   commitEnablement,
   countsText,
-  diffUrl,
+  diffCall,
   discardQuestion,
   draftEnablement,
   draftInfoText,
   gitErrorText,
-  gitUrl,
-  logUrl,
+  gitCall,
+  logCall,
   readBranches,
   readCommit,
   readDiff,
   readDraft,
-  readGitAnswer,
   readLog,
   readStatus,
   readStatusAfterChange,
@@ -58,7 +57,7 @@ import {
   serverPath,
   shouldNotify,
   statusSections,
-  statusUrl,
+  statusCall,
   tryParentAfter
 } from './gitModel';
 import { ErrorNotifier } from './notifier';
@@ -78,66 +77,58 @@ export interface IGitApi {
   switchTo(repo: string, name: string): Promise<void>;
 }
 
-/** `IGitApi` over `ServerConnection` (base URL, token and XSRF as JupyterLab does). */
+/** `IGitApi` over the API client (base URL, token and XSRF as JupyterLab does). */
 export class GitClient implements IGitApi {
   constructor(private readonly _settings: ServerConnection.ISettings = ServerConnection.makeSettings()) {}
 
   async status(repo: string): Promise<IGitStatus> {
-    return readStatus(await this._request('GET', statusUrl(repo)));
+    return readStatus(await this._get(statusCall(repo)));
   }
 
   async log(repo: string, skip: number): Promise<IGitLog> {
-    return readLog(await this._request('GET', logUrl(repo, skip, LOG_PAGE)));
+    return readLog(await this._get(logCall(repo, skip, LOG_PAGE)));
   }
 
   async diff(repo: string, file: string, staged: boolean): Promise<IGitDiff> {
-    return readDiff(await this._request('GET', diffUrl(repo, file, staged)));
+    return readDiff(await this._get(diffCall(repo, file, staged)));
   }
 
   async change(verb: FileVerb, repo: string, files: string[]): Promise<IGitStatus> {
-    const data = await this._request('POST', gitUrl(verb), buildFilesRequest(repo, files));
+    const data = await this._post(gitCall(verb), buildFilesRequest(repo, files));
     return readStatusAfterChange(data);
   }
 
   async commit(repo: string, message: string, amend: boolean): Promise<ICommitResult> {
     return readCommit(
-      await this._request('POST', gitUrl('commit'), buildCommitRequest(repo, message, amend))
+      await this._post(gitCall('commit'), buildCommitRequest(repo, message, amend))
     );
   }
 
   async draft(repo: string): Promise<IDraft> {
     return readDraft(
-      await this._request('POST', gitUrl('commit-message'), buildCommitMessageRequest(repo))
+      await this._post(gitCall('commit-message'), buildCommitMessageRequest(repo))
     );
   }
 
   async branches(repo: string): Promise<IGitBranches> {
-    return readBranches(await this._request('GET', branchesUrl(repo)));
+    return readBranches(await this._get(branchesCall(repo)));
   }
 
   async switchTo(repo: string, name: string): Promise<void> {
-    await this._request('POST', gitUrl('switch'), buildSwitchRequest(repo, name));
+    await this._post(gitCall('switch'), buildSwitchRequest(repo, name));
   }
 
-  private async _request(method: 'GET' | 'POST', url: string, body?: unknown): Promise<unknown> {
-    const init: RequestInit = { method };
-    if (body !== undefined) {
-      init.body = JSON.stringify(body);
-      init.headers = { 'Content-Type': 'application/json' };
-    }
-    const response = await ServerConnection.makeRequest(
-      URLExt.join(this._settings.baseUrl, url),
-      init,
-      this._settings
-    );
-    let answer: unknown = null;
-    try {
-      const text = await response.text();
-      answer = text ? JSON.parse(text) : null;
-    } catch {
-      answer = null;
-    }
-    return readGitAnswer(response.status, answer, response.statusText);
+  private _get(call: IGitCall): Promise<unknown> {
+    return request(call.path, { query: call.query, settings: this._settings });
+  }
+
+  private _post(call: IGitCall, body: unknown): Promise<unknown> {
+    return request(call.path, {
+      method: 'POST',
+      query: call.query,
+      body,
+      settings: this._settings
+    });
   }
 }
 
@@ -279,7 +270,7 @@ export class GitPanel extends Panel {
         try {
           status = await this._api.status(repo);
         } catch (error) {
-          if (!(error instanceof GitError && error.status === 404)) {
+          if (!(error instanceof ApiError && error.status === 404)) {
             throw error;
           }
           repo = null; // the repository went away: look again
@@ -293,7 +284,7 @@ export class GitPanel extends Panel {
             repo = candidate;
             break;
           } catch (error) {
-            if (error instanceof GitError && error.status === 404) {
+            if (error instanceof ApiError && error.status === 404) {
               lastNotFound = error;
               if (tryParentAfter(error)) {
                 continue;
@@ -468,7 +459,7 @@ export class GitPanel extends Panel {
 
   private _showError(error: unknown, verb: string): void {
     this._error.textContent = gitErrorText(error, verb, this._repo ?? '');
-    if (error instanceof GitError) {
+    if (error instanceof ApiError) {
       this._error.dataset.status = String(error.status);
     } else {
       delete this._error.dataset.status;
@@ -702,7 +693,7 @@ export class GitPanel extends Panel {
         }
       } catch (error) {
         this._showError(error, verb);
-        if (error instanceof GitError && error.status === 409) {
+        if (error instanceof ApiError && error.status === 409) {
           await this._reloadStatus();
         }
       }

@@ -2,13 +2,15 @@
  * The git side panel, the pure part: the answers of `jupyter-ds/v1/git/<verb>` read into
  * plain objects, the status split into the panel's sections (with the actions each file
  * offers), the branch line, the commit box's checks (message, button enablement), the
- * request URLs and bodies, and the texts of the errors (what to do on a 409, a clear
- * "nothing staged" on a 400).
+ * requests (path, query, body), and the texts of the errors (what to do on a 409, a
+ * clear "nothing staged" on a 400). Failed requests are the API client's `ApiError`.
  *
- * Pure: no JupyterLab import, no DOM.
+ * Pure: no DOM, no widgets; no request is sent here (see `GitClient` in git.ts).
  */
+import { ApiError, ApiQuery } from './api';
 
-export const GIT_API = 'jupyter-ds/v1/git';
+/** The git API's paths, under the API's `jupyter-ds/v1/`. */
+export const GIT_API = 'git';
 /** How many commits one page of the recent-commits list holds. */
 export const LOG_PAGE = 10;
 /** Git's convention for the summary line (longer ones are cut in many tools). */
@@ -82,19 +84,6 @@ export interface IGitDiff {
   text: string;
 }
 
-/** An error answer of the git API (or a failed request), with the HTTP status. */
-export class GitError extends Error {
-  constructor(
-    message: string,
-    readonly status: number,
-    readonly code: string,
-    readonly field: string | null = null
-  ) {
-    super(message);
-    this.name = 'GitError';
-  }
-}
-
 function str(value: unknown, fallback = ''): string {
   return typeof value === 'string' ? value : fallback;
 }
@@ -107,26 +96,6 @@ function obj(value: unknown): Record<string, unknown> {
   return value && typeof value === 'object' && !Array.isArray(value)
     ? (value as Record<string, unknown>)
     : {};
-}
-
-/**
- * The `data` of an answer: `{status: "success", data}` gives `data`; an error envelope,
- * or a failed status without one, throws a `GitError`.
- */
-export function readGitAnswer(httpStatus: number, body: unknown, statusText = ''): unknown {
-  const msg = obj(body);
-  if (msg.status === 'error' || (httpStatus >= 400 && msg.status !== 'success')) {
-    const error = obj(msg.error);
-    const message =
-      str(error.message) || statusText || (httpStatus ? `HTTP ${httpStatus}` : 'request failed');
-    throw new GitError(
-      message,
-      httpStatus,
-      str(error.code) || `http_${httpStatus}`,
-      typeof error.field === 'string' ? error.field : null
-    );
-  }
-  return msg.status === 'success' ? msg.data : body;
 }
 
 function fileOf(value: unknown): IGitFile | null {
@@ -213,7 +182,7 @@ export function readCommit(data: unknown): ICommitResult {
   const d = obj(data);
   const sha = str(d.sha);
   if (!sha) {
-    throw new GitError('the server did not name the new commit', 200, 'bad_answer');
+    throw new ApiError('the server did not name the new commit', 200, 'bad_answer');
   }
   return { sha, short: str(d.short) || sha.slice(0, 7), summary: str(d.summary) };
 }
@@ -265,30 +234,33 @@ export function readDiff(data: unknown): IGitDiff {
 
 // -- requests ----------------------------------------------------------------------
 
-export type GitQuery = Record<string, string | number | boolean | null | undefined>;
+export type GitQuery = ApiQuery;
 
-/** `jupyter-ds/v1/git/<verb>?a=1&b=…` (relative to the server's base URL). */
-export function gitUrl(verb: string, query: GitQuery = {}): string {
-  const parts = Object.entries(query)
-    .filter(([, value]) => value !== null && value !== undefined)
-    .map(([key, value]) => `${encodeURIComponent(key)}=${encodeURIComponent(String(value))}`);
-  return `${GIT_API}/${verb}${parts.length ? `?${parts.join('&')}` : ''}`;
+/** One call of the git API: its path under `jupyter-ds/v1/` and its query. */
+export interface IGitCall {
+  path: string;
+  query: GitQuery;
 }
 
-export function statusUrl(repo: string): string {
-  return gitUrl('status', { path: repo });
+/** `git/<verb>` with its query (`null` and `undefined` values are left out when sent). */
+export function gitCall(verb: string, query: GitQuery = {}): IGitCall {
+  return { path: `${GIT_API}/${verb}`, query };
 }
 
-export function logUrl(repo: string, skip = 0, limit = LOG_PAGE): string {
-  return gitUrl('log', { path: repo, skip, limit });
+export function statusCall(repo: string): IGitCall {
+  return gitCall('status', { path: repo });
 }
 
-export function diffUrl(repo: string, file: string, staged: boolean): string {
-  return gitUrl('diff', { path: repo, staged, file });
+export function logCall(repo: string, skip = 0, limit = LOG_PAGE): IGitCall {
+  return gitCall('log', { path: repo, skip, limit });
 }
 
-export function branchesUrl(repo: string): string {
-  return gitUrl('branches', { path: repo });
+export function diffCall(repo: string, file: string, staged: boolean): IGitCall {
+  return gitCall('diff', { path: repo, staged, file });
+}
+
+export function branchesCall(repo: string): IGitCall {
+  return gitCall('branches', { path: repo });
 }
 
 export type FileVerb = 'add' | 'restore' | 'unstage';
@@ -348,7 +320,7 @@ export function repoCandidates(folder: string | null | undefined): string[] {
  * is gone or is no folder.
  */
 export function tryParentAfter(error: unknown): boolean {
-  if (!(error instanceof GitError) || error.status !== 404) {
+  if (!(error instanceof ApiError) || error.status !== 404) {
     return false;
   }
   return !/not (in|inside) a git repository/i.test(error.message);
@@ -671,7 +643,7 @@ export function commitDoneText(result: ICommitResult, amend: boolean): string {
 
 /** Whether a 400 says that the staged diff is empty. */
 export function isNothingStaged(error: unknown): boolean {
-  if (!(error instanceof GitError) || error.status !== 400) {
+  if (!(error instanceof ApiError) || error.status !== 400) {
     return false;
   }
   return (
@@ -697,7 +669,7 @@ function saysWhatToDo(message: string): boolean {
 
 /** The inline text of a failed git request (`verb`: the API verb), for a user. */
 export function gitErrorText(error: unknown, verb: string, repo = ''): string {
-  if (!(error instanceof GitError)) {
+  if (!(error instanceof ApiError)) {
     const message = error instanceof Error ? error.message : String(error);
     return `git ${verb} failed: ${message || 'cannot reach the server'}`;
   }
@@ -734,7 +706,7 @@ export function gitErrorText(error: unknown, verb: string, repo = ''): string {
  * explains inline as a state of the repository (a conflict, nothing staged, not a repo).
  */
 export function shouldNotify(error: unknown): boolean {
-  if (!(error instanceof GitError)) {
+  if (!(error instanceof ApiError)) {
     return true;
   }
   return !(error.status === 409 || error.status === 404 || isNothingStaged(error));

@@ -3,7 +3,8 @@
  * `{type: "stream", text, done: false}` with the cumulative markdown, then one envelope
  * (`{status: "success", data: {text, output, ...}}` or `{status: "error", error}`).
  *
- * Pure: bytes come in as strings, events go out.
+ * Pure: bytes come in as strings, events go out. The requests themselves (and their HTTP
+ * errors) are `requestStream`'s, in `api.ts`.
  */
 
 export type ExplainEvent =
@@ -99,46 +100,4 @@ export async function readNdjsonLines(
   }
   handle(splitter.push(decoder.decode()));
   handle(splitter.flush());
-}
-
-/** The error event every NDJSON stream here can end with. */
-export type NdjsonError = { kind: 'error'; code: string; message: string };
-
-/** What `feedNdjsonResponse` needs of a fetch `Response`. */
-export interface INdjsonHttpResponse extends INdjsonResponse {
-  ok: boolean;
-  status: number;
-  statusText: string;
-}
-
-/**
- * Feed a streamed POST answer to `onEvent`: each line `parse` understands, as it arrives;
- * for an HTTP error, the error envelope the server sent (or one made from the status).
- */
-export async function feedNdjsonResponse<E>(
-  response: INdjsonHttpResponse,
-  parse: (line: string) => E | NdjsonError | null,
-  onEvent: (event: E | NdjsonError) => void
-): Promise<void> {
-  if (!response.ok) {
-    let event: E | NdjsonError | null = null;
-    try {
-      event = parse(await response.text());
-    } catch {
-      event = null;
-    }
-    const sent = event as { kind?: string } | null;
-    onEvent(
-      sent && sent.kind === 'error'
-        ? (event as NdjsonError)
-        : { kind: 'error', code: `http_${response.status}`, message: response.statusText }
-    );
-    return;
-  }
-  await readNdjsonLines(response, line => {
-    const event = parse(line);
-    if (event) {
-      onEvent(event);
-    }
-  });
 }

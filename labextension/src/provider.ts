@@ -10,7 +10,8 @@ import {
 import { ServerConnection } from '@jupyterlab/services';
 import { Widget } from '@lumino/widgets';
 
-import { buildWsUrl, CompletionClient, ICompletionDone, IWebSocketLike } from './connection';
+import { apiWsUrl, COMPLETION_SOCKET } from './api';
+import { CompletionClient, ICompletionDone, IWebSocketLike } from './connection';
 import { LatestOnly } from './debounce';
 import { ErrorNotifier } from './notifier';
 import { buildRequest, filterItems, IServerItem } from './request';
@@ -46,7 +47,7 @@ export class JupyterDsInlineProvider implements IInlineCompletionProvider {
     this._options = options;
     const server = options.serverSettings ?? ServerConnection.makeSettings();
     this._client = new CompletionClient({
-      url: () => buildWsUrl(server.wsUrl, server.token, server.appendToken),
+      url: () => apiWsUrl(COMPLETION_SOCKET, server),
       createSocket: url => new server.WebSocket(url) as unknown as IWebSocketLike,
       onDone: options.onDone,
       onConnection: state => {

@@ -1,8 +1,8 @@
 /** The status bar item: model state from the health endpoint and the last latency. */
-import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 import { Widget } from '@lumino/widgets';
 
+import { request } from './api';
 import { IHealth, nextPollDelay, readHealth, statusText } from './health';
 
 export class DsStatus extends Widget {
@@ -51,13 +51,10 @@ export class DsStatus extends Widget {
 
   private async _poll(): Promise<void> {
     try {
-      const url = URLExt.join(this._settings.baseUrl, 'jupyter-ds/v1/health');
-      const response = await ServerConnection.makeRequest(url, {}, this._settings);
-      if (!response.ok) {
-        throw new Error(`health: HTTP ${response.status}`);
-      }
-      const body = await response.json();
-      this._health = readHealth(body?.data);
+      const data = await request<Record<string, unknown> | null>('health', {
+        settings: this._settings
+      });
+      this._health = readHealth(data);
       this._failures = 0;
     } catch {
       this._failures += 1;

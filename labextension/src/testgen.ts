@@ -5,14 +5,13 @@
  */
 import { JupyterFrontEnd } from '@jupyterlab/application';
 import { Clipboard } from '@jupyterlab/apputils';
-import { URLExt } from '@jupyterlab/coreutils';
 import { IEditorTracker } from '@jupyterlab/fileeditor';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { ServerConnection } from '@jupyterlab/services';
 import { Panel, Widget } from '@lumino/widgets';
 
+import { ApiError, request, requestStream } from './api';
 import { notebookIsCurrent, selectionOf } from './explain';
-import { feedNdjsonResponse } from './ndjson';
 import { ErrorNotifier } from './notifier';
 import { mimeToLanguage } from './request';
 import {
@@ -32,7 +31,7 @@ import {
   funnelText,
   initialTestsState,
   parseTestsLine,
-  readInsertAnswer,
+  readInsertResult,
   reasonLabel,
   reduceTestsEvent,
   sandboxTexts,
@@ -101,54 +100,30 @@ export function findTestsTarget(
   return { request, what };
 }
 
-/** POST the request and feed the NDJSON events to `onEvent`. */
+/**
+ * POST the request and feed the NDJSON events to `onEvent`. A failed request (an HTTP
+ * error, no connection, aborted) rejects with an `ApiError`.
+ */
 export async function streamTests(
-  request: ITestsRequest,
+  req: ITestsRequest,
   signal: AbortSignal,
   onEvent: (event: TestsEvent) => void,
-  settings: ServerConnection.ISettings = ServerConnection.makeSettings()
+  settings?: ServerConnection.ISettings
 ): Promise<void> {
-  const url = URLExt.join(settings.baseUrl, 'jupyter-ds/v1/tests');
-  const response = await ServerConnection.makeRequest(
-    url,
-    {
-      method: 'POST',
-      body: JSON.stringify(request),
-      headers: { 'Content-Type': 'application/json' },
-      signal
-    },
-    settings
+  await requestStream(
+    'tests',
+    { method: 'POST', body: req, signal, settings },
+    parseTestsLine,
+    onEvent
   );
-  await feedNdjsonResponse(response, parseTestsLine, onEvent);
 }
 
 /** POST the kept tests to `tests/insert`; resolves to where they were written. */
 export async function insertTests(
   body: IInsertRequest,
-  settings: ServerConnection.ISettings = ServerConnection.makeSettings()
+  settings?: ServerConnection.ISettings
 ): Promise<IInsertResult> {
-  const url = URLExt.join(settings.baseUrl, 'jupyter-ds/v1/tests/insert');
-  const response = await ServerConnection.makeRequest(
-    url,
-    {
-      method: 'POST',
-      body: JSON.stringify(body),
-      headers: { 'Content-Type': 'application/json' }
-    },
-    settings
-  );
-  let answer: unknown = null;
-  try {
-    answer = await response.json();
-  } catch {
-    answer = null;
-  }
-  if (!response.ok && !(answer && (answer as any).status === 'error')) {
-    const error = new Error(response.statusText || `HTTP ${response.status}`);
-    (error as any).status = response.status;
-    throw error;
-  }
-  return readInsertAnswer(answer);
+  return readInsertResult(await request('tests/insert', { method: 'POST', body, settings }));
 }
 
 export interface ITestsPanelOptions {
@@ -430,7 +405,8 @@ export async function runTests(
       return;
     }
     const message = error instanceof Error ? error.message : String(error);
-    panel.fail('network', message);
+    // An answer with an HTTP error keeps the server's code; no answer at all is 'network'.
+    panel.fail(error instanceof ApiError && error.status > 0 ? error.code : 'network', message);
     notifier.report(error, 'test generation failed');
   }
 }

@@ -660,15 +660,12 @@ export function buildInsertRequest(state: ITestsState, path: string): IInsertReq
   return { path, tests, imports: [...state.imports] };
 }
 
-/** `{status: "success", data: {test_path, created, added}}` → the result; throws errors. */
-export function readInsertAnswer(body: unknown): IInsertResult {
-  const msg = (body && typeof body === 'object' ? body : {}) as Record<string, any>;
-  if (msg.status === 'error') {
-    const error = new Error(String(msg.error?.message ?? 'insert failed'));
-    (error as any).code = String(msg.error?.code ?? 'error');
-    throw error;
-  }
-  const data = (msg.status === 'success' ? msg.data : msg) ?? {};
+/**
+ * The `data` of `POST tests/insert` (`{test_path, created, added}`, the envelope already
+ * unwrapped by the API client) → the result; throws when it names no test file.
+ */
+export function readInsertResult(answer: unknown): IInsertResult {
+  const data = (answer && typeof answer === 'object' ? answer : {}) as Record<string, any>;
   if (typeof data.test_path !== 'string') {
     throw new Error('the server did not say where the tests were written');
   }

@@ -2,13 +2,13 @@ import { beforeEach, describe, expect, it } from 'vitest';
 
 import {
   backoffDelay,
-  buildWsUrl,
   CompletionClient,
   CompletionError,
   ICompletionDone,
   ITimers,
   IWebSocketLike
 } from '../src/connection';
+import { buildWsUrl } from '../src/api';
 
 class FakeSocket implements IWebSocketLike {
   readyState = 0;

@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 
+import { ApiError, apiUrl, readEnvelope } from '../src/api';
 import {
-  GitError,
+  IGitCall,
   IGitStatus,
   SUMMARY_MAX,
   actionVerb,
@@ -16,19 +17,18 @@ import {
   commitDoneText,
   commitEnablement,
   countsText,
-  diffUrl,
+  diffCall,
   discardQuestion,
   draftEnablement,
   draftInfoText,
   gitErrorText,
-  gitUrl,
+  gitCall,
   isNothingStaged,
-  logUrl,
+  logCall,
   readBranches,
   readCommit,
   readDiff,
   readDraft,
-  readGitAnswer,
   readLog,
   readStatus,
   readStatusAfterChange,
@@ -39,7 +39,7 @@ import {
   stateText,
   statusLabel,
   statusSections,
-  statusUrl,
+  statusCall,
   normalRepo,
   tryParentAfter
 } from '../src/gitModel';
@@ -75,7 +75,7 @@ function envelopeError(code: string, message: string, field?: string): unknown {
 
 function errorOf(httpStatus: number, body: unknown): unknown {
   try {
-    readGitAnswer(httpStatus, body);
+    readEnvelope(httpStatus, body);
   } catch (error) {
     return error;
   }
@@ -120,19 +120,15 @@ describe('git answers', () => {
     expect(readStatusAfterChange(STATUS_DATA).unstaged).toHaveLength(2);
   });
 
-  it('unwraps success envelopes and throws GitError for error envelopes', () => {
-    expect(readGitAnswer(200, { status: 'success', data: { a: 1 } })).toEqual({ a: 1 });
+  it('reads errors as the API client\'s ApiError', () => {
     const error = errorOf(409, envelopeError('conflict', 'a merge is in progress', 'path'));
-    expect(error).toBeInstanceOf(GitError);
+    expect(error).toBeInstanceOf(ApiError);
     expect(error).toMatchObject({
       status: 409,
       code: 'conflict',
       message: 'a merge is in progress',
       field: 'path'
     });
-    // A failed answer that is not an envelope (a proxy's HTML page, nothing at all).
-    expect(errorOf(502, null)).toMatchObject({ status: 502, code: 'http_502', message: 'HTTP 502' });
-    expect(() => readGitAnswer(500, null, 'Internal Server Error')).toThrow('Internal Server Error');
   });
 
   it('reads log pages and appends without repeating commits', () => {
@@ -161,7 +157,7 @@ describe('git answers', () => {
       short: 'abcdef0',
       summary: 'feat: x'
     });
-    expect(() => readCommit({})).toThrow(GitError);
+    expect(() => readCommit({})).toThrow(ApiError);
 
     const draft = readDraft({
       output: 'feat: add mean\n\nAdds mean().\n',
@@ -198,12 +194,15 @@ describe('git answers', () => {
 
 describe('git requests', () => {
   it('builds URLs with encoded query parameters', () => {
-    expect(statusUrl('')).toBe('jupyter-ds/v1/git/status?path=');
-    expect(statusUrl('my repo/ä')).toBe('jupyter-ds/v1/git/status?path=my%20repo%2F%C3%A4');
-    expect(logUrl('r', 10)).toBe('jupyter-ds/v1/git/log?path=r&skip=10&limit=10');
-    expect(diffUrl('r', 'a&b.py', true)).toBe('jupyter-ds/v1/git/diff?path=r&staged=true&file=a%26b.py');
-    expect(gitUrl('add')).toBe('jupyter-ds/v1/git/add');
-    expect(gitUrl('x', { a: null, b: undefined, c: 0 })).toBe('jupyter-ds/v1/git/x?c=0');
+    const settings = { baseUrl: 'http://localhost:8888/user/a/' } as any;
+    const url = (call: IGitCall): string => apiUrl(call.path, call.query, settings);
+    const base = 'http://localhost:8888/user/a/jupyter-ds/v1/git/';
+    expect(url(statusCall(''))).toBe(`${base}status?path=`);
+    expect(url(statusCall('my repo/ä'))).toBe(`${base}status?path=my%20repo%2F%C3%A4`);
+    expect(url(logCall('r', 10))).toBe(`${base}log?path=r&skip=10&limit=10`);
+    expect(url(diffCall('r', 'a&b.py', true))).toBe(`${base}diff?path=r&staged=true&file=a%26b.py`);
+    expect(url(gitCall('add'))).toBe(`${base}add`);
+    expect(url(gitCall('x', { a: null, b: undefined, c: 0 }))).toBe(`${base}x?c=0`);
   });
 
   it('builds the bodies of the POST verbs', () => {
@@ -425,6 +424,11 @@ describe('git error texts', () => {
     );
     expect(shouldNotify(notReady)).toBe(true);
     expect(gitErrorText(new TypeError('Failed to fetch'), 'status')).toBe('git status failed: Failed to fetch');
+    // what the API client rejects with when no answer came
+    const offline = new ApiError('Failed to fetch', 0, 'network_error');
+    expect(gitErrorText(offline, 'status')).toBe('git status failed: Failed to fetch');
+    expect(shouldNotify(offline)).toBe(true);
+    expect(tryParentAfter(offline)).toBe(false);
     expect(shouldNotify(new TypeError('Failed to fetch'))).toBe(true);
     expect(gitErrorText(errorOf(500, envelopeError('internal', 'boom')), 'commit')).toBe(
       'git commit failed: boom'

@@ -14,7 +14,7 @@ import {
   initialTestsState,
   isServerPyPath,
   parseTestsLine,
-  readInsertAnswer,
+  readInsertResult,
   reasonLabel,
   reduceTestsEvent,
   reduceTestsEvents,
@@ -399,14 +399,14 @@ describe('Insert and Copy', () => {
     });
   });
 
-  it('reads the insert answer and its errors', () => {
-    expect(
-      readInsertAnswer({ status: 'success', data: { test_path: 'tests/test_stats.py', created: true, added: 2 } })
-    ).toEqual({ test_path: 'tests/test_stats.py', created: true, added: 2 });
-    expect(() =>
-      readInsertAnswer({ status: 'error', error: { code: 'invalid_request', message: 'bad path' } })
-    ).toThrow('bad path');
-    expect(() => readInsertAnswer(null)).toThrow();
+  it('reads the insert answer (the envelope\'s data)', () => {
+    expect(readInsertResult({ test_path: 'tests/test_stats.py', created: true, added: 2 })).toEqual({
+      test_path: 'tests/test_stats.py',
+      created: true,
+      added: 2
+    });
+    expect(() => readInsertResult(null)).toThrow('the server did not say where the tests were written');
+    expect(() => readInsertResult({ created: true })).toThrow();
   });
 });
 
