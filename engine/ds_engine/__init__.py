@@ -17,6 +17,9 @@ if "OMP_WAIT_POLICY" not in os.environ:
 
 from ds_engine.interface import (
     Engine,
+    EngineConfig,
+    EngineCounters,
+    EngineInfo,
     EngineNotReady,
     EngineOverloaded,
     EngineState,
@@ -30,6 +33,9 @@ from ds_engine.templates import PromptTemplate
 
 __all__ = [
     "Engine",
+    "EngineConfig",
+    "EngineCounters",
+    "EngineInfo",
     "EngineNotReady",
     "EngineOverloaded",
     "EngineState",

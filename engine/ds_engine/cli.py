@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ds_engine.interface import GenerationRequest
+from ds_engine.interface import EngineConfig, GenerationRequest
 from ds_engine.local import LocalEngine
 
 
@@ -23,14 +23,16 @@ def _progress(stage: str, fraction: float) -> None:
 
 
 def _engine(args: argparse.Namespace) -> LocalEngine:
-    return LocalEngine(
+    # The constructor's own defaults (quantization "none"), not the server's: this
+    # command checks a model as it is.
+    return LocalEngine.from_config(EngineConfig(
         model_path=args.model_path,
         device=args.device,
         dtype=args.dtype,
         cache_dir=args.cache_dir,
-        num_threads=args.threads,
-        progress=_progress,
-    )
+        quantization="none",
+        options={"num_threads": args.threads, "progress": _progress},
+    ))
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -112,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     try:
         if args.command == "info":
-            print(json.dumps(engine.info(), indent=2))
+            print(json.dumps(engine.info().to_dict(), indent=2))
         else:
             summary = asyncio.run(_generate(engine, args))
             print(json.dumps(summary), file=sys.stderr)

@@ -3,7 +3,8 @@
 ``model.generate`` cannot be interrupted from outside except through stopping criteria,
 reports no per-token text, and hides the log-probabilities that the API's ``confidence``
 needs. This loop forwards the prompt once, then feeds back one token at a time through a
-``DynamicCache``; between two tokens it checks the request's cancel flag and deadline,
+``DynamicCache``; between two tokens it checks the request's stop flag (the engine's
+:class:`ds_engine.scheduler.StopFlag`, set by ``Engine.cancel``) and its deadline,
 decodes the text so far (never emitting half a UTF-8 character or the start of a stop
 sequence that may still complete) and reports a cumulative :class:`StreamChunk`.
 
@@ -29,6 +30,7 @@ from ds_engine.interface import (
     StreamChunk,
 )
 from ds_engine.prefix_cache import PrefixCache, extract_layers, fill_cache
+from ds_engine.scheduler import StopFlag
 
 ChunkCallback = Callable[[StreamChunk], None]
 
@@ -160,10 +162,12 @@ def fit_prompt(
 class SequenceState:
     """One request's generation state, advanced one token at a time.
 
-    The request carries its own state (vLLM's style), so the same code serves the
+    The sequence carries its own state (vLLM's style), so the same code serves the
     single-request loop below and the batched decode of :mod:`ds_engine.batch`: the
     caller forwards the model and hands each step's logits to :meth:`accept`, which
     samples, detokenizes, checks stops, streams and says when the request is finished.
+    ``stop`` is the engine's flag for this request (its scheduler's, set by
+    ``Engine.cancel``); without one the sequence stops only at its deadline or its end.
     """
 
     def __init__(
@@ -177,8 +181,10 @@ class SequenceState:
         on_token: Callable[[int], None] | None = None,
         model_name: str = "",
         device: torch.device | str = "cpu",
+        stop: StopFlag | None = None,
     ) -> None:
         self.request = request
+        self.stop_flag = stop if stop is not None else StopFlag()
         self.started = time.monotonic()
         self.on_chunk = on_chunk
         self.on_token = on_token
@@ -233,16 +239,19 @@ class SequenceState:
         return self.prompt_tokens + len(self.output_ids) - 1
 
     def interrupted(self) -> FinishReason | None:
-        """CANCELLED or TIMEOUT when the request must stop now, else None."""
-        if self.request.cancel_event.is_set():
-            return FinishReason.CANCELLED
+        """Why the request must stop now: the reason it was stopped with (CANCELLED or
+        STOP, see :class:`ds_engine.scheduler.StopFlag`), TIMEOUT past its deadline, or
+        None."""
+        reason = self.stop_flag.reason
+        if reason is not None:
+            return reason
         deadline = self.request.deadline
         if deadline is not None and time.monotonic() >= deadline:
             return FinishReason.TIMEOUT
         return None
 
     def check_start(self) -> bool:
-        """Finish before any forward if cancelled, expired or asked for 0 tokens."""
+        """Finish before any forward if stopped, expired or asked for 0 tokens."""
         reason = self.interrupted()
         if reason is None and self.max_new == 0:
             reason = FinishReason.LENGTH
@@ -302,8 +311,9 @@ class SequenceState:
             return True
         return False
 
-    def result(self) -> GenerationResult:
-        """The final result; also sends the ``done`` chunk to the stream callback."""
+    def result(self, *, send: bool = True) -> GenerationResult:
+        """The final result; also sends the ``done`` chunk to the stream callback unless
+        ``send`` is False (then :meth:`send_result` does, once the caller is ready)."""
         now = time.monotonic()
         origin = min(self.started, self.request.created_at)
         logprobs = self.logprobs
@@ -320,13 +330,18 @@ class SequenceState:
             ),
             request_id=self.request.request_id,
         )
+        if send:
+            self.send_result(result)
+        return result
+
+    def send_result(self, result: GenerationResult) -> None:
+        """Send the final ``done`` chunk, carrying ``result``, to the stream callback."""
         if self.on_chunk is not None:
             text, emitted = self.text, self.emitted
             delta = text[len(emitted) :] if text.startswith(emitted) else ""
             self.on_chunk(
                 StreamChunk(text, delta, len(self.output_ids), done=True, result=result)
             )
-        return result
 
 
 def new_cache(model: Any) -> Any:
@@ -413,6 +428,7 @@ def run_generation(
     model_name: str = "",
     prefix_cache: PrefixCache | None = None,
     on_prompt: Callable[[int, int], None] | None = None,
+    stop: StopFlag | None = None,
 ) -> GenerationResult:
     """Generate for ``request`` alone, on the calling thread; see the module docstring.
 
@@ -430,6 +446,8 @@ def run_generation(
     once forwarded. Greedy output is the same with or without it up to floating-point
     rounding of the attention over a split prompt. ``on_prompt(prompt_tokens,
     reused_tokens)`` is called once the prompt is about to be forwarded, for counters.
+    Setting ``stop`` (from ``on_token``, another thread) ends the loop before the next
+    token, with the reason it was set with.
     """
     device = next(model.parameters()).device
     seq = SequenceState(
@@ -441,6 +459,7 @@ def run_generation(
         on_token=on_token,
         model_name=model_name,
         device=device,
+        stop=stop,
     )
     with torch.inference_mode():
         if not seq.check_start():

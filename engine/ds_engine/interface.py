@@ -2,19 +2,20 @@
 
 The routing tier (``jupyter_ds``) only ever talks to an :class:`Engine`: the in-process
 :class:`ds_engine.local.LocalEngine` today, an HTTP client of ``ds-engine serve`` or of
-vLLM's OpenAI-compatible server later. Requests carry their own state (cancel flag,
-deadline, produced tokens) so that cancellation and timeouts need no registry lookups
-in the hot loop.
+vLLM's OpenAI-compatible server later, chosen with ``engine_class``
+(:mod:`ds_engine.factory`). Nothing here assumes the model is in this process: prompts
+are rendered through the engine's :class:`PromptTemplate`, tokens are counted by the
+engine, a request is stopped only through :meth:`Engine.cancel` with its id (its stop
+state lives in the engine), and :meth:`Engine.info` is a typed record.
 """
 
 from __future__ import annotations
 
 import enum
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol, runtime_checkable
 
 from ds_engine.templates import PromptTemplate
@@ -104,17 +105,9 @@ class GenerationRequest:
     queue_timeout_s: float | None = None
     # Who asked (the server's stable user name): fair shares of the queue are per user.
     user: str | None = None
+    # The id to stop it by (``Engine.cancel``): its stop state lives in the engine.
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    # Mutable state, owned by the engine while the request runs.
-    cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
     created_at: float = field(default_factory=time.monotonic, repr=False)
-
-    def cancel(self) -> None:
-        self.cancel_event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self.cancel_event.is_set()
 
     @property
     def deadline(self) -> float | None:
@@ -156,6 +149,103 @@ class GenerationResult:
     request_id: str = ""
 
 
+@dataclass
+class EngineCounters:
+    """What an engine has done since it started, and what it holds now.
+
+    Counters (``*_total``, hits, misses) only grow; the others are gauges read at the
+    moment of :meth:`Engine.info`. None: the engine does not know (a remote engine that
+    does not report it, a mean over no steps yet).
+    """
+
+    requests_total: int = 0
+    tokens_generated_total: int = 0
+    active_requests: int = 0  # left the queue, not finished yet
+    queued_requests: int = 0
+    cancelled_total: int = 0
+    shed_total: int = 0
+    max_queued: int | None = None
+    service_time_s: float | None = None
+    max_batch_size: int | None = None
+    batch_steps_total: int = 0
+    mean_batch_size: float | None = None
+    max_batch_size_seen: int = 0
+    prefix_cache_hits: int = 0
+    prefix_cache_misses: int = 0
+    prefix_cache_entries: int = 0
+    prompt_tokens_total: int = 0
+    prompt_tokens_reused_total: int = 0
+    result_cache_hits: int = 0
+    result_cache_entries: int = 0
+
+
+@dataclass
+class EngineInfo:
+    """What an engine says about itself: the model, its state, and its counters.
+
+    Typed, so that the routing tier reads ``info.state`` rather than guessing keys;
+    :meth:`to_dict` is the JSON the API shows (``GET models``) and the metrics read, one
+    flat object as before.
+    """
+
+    name: str | None
+    state: EngineState
+    error: str | None = None
+    source: str | None = None
+    kind: str | None = None  # "hf" | "gguf" | "remote" ...
+    device: str | None = None
+    dtype: str | None = None
+    loading_stage: str | None = None
+    loading_progress: float | None = None
+    template: str | None = None
+    supports_fim: bool | None = None
+    context_window: int | None = None
+    load_time_s: float | None = None
+    warmup_s: float | None = None
+    from_cache: bool | None = None
+    quantization: str | None = None
+    model_memory_bytes: int | None = None
+    # The adapter merged into the weights (the model as served answers with it).
+    adapter: str | None = None
+    adapters_attached: int = 0
+    # None: the engine keeps no counters (a test engine, a server that does not report
+    # them); the metrics then show none rather than zeros an autoscaler would trust.
+    counters: EngineCounters | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat JSON object: every field, ``state`` as its value, counters inline."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "counters"}
+        out["state"] = self.state.value
+        if self.counters is not None:
+            out.update(asdict(self.counters))
+        return out
+
+
+@dataclass
+class EngineConfig:
+    """What the server knows about the model it wants; every engine class is built from
+    it with ``from_config`` (the ``engine_class`` setting picks the class).
+
+    The common fields are read by the in-process engine; a remote engine reads what it
+    needs (``model_path`` as the served model's name, ``options`` for its URL, token,
+    template and tokenizer file) and ignores the rest. ``options`` carries each engine
+    class's own settings (``engine_options`` in the server's configuration).
+    """
+
+    model_path: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    cache_dir: str | None = None
+    quantization: str = "auto"
+    max_batch_size: int = 8
+    prefill_chunk: int = 256
+    warmup: bool = True
+    default_adapter: str | None = "auto"
+    max_queued: int = 64
+    load_shedding: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
+
+
 @runtime_checkable
 class Engine(Protocol):
     """What every engine offers: load state, generate, stream, cancel, info."""
@@ -165,15 +255,26 @@ class Engine(Protocol):
 
     @property
     def template(self) -> PromptTemplate:
-        """Prompt template of the loaded model (FIM family and chat format)."""
+        """Prompt template of the model as served (FIM family, chat format, control
+        tokens): callers render prompts only through it, never with literal tokens. A
+        remote engine builds it from configuration (``templates.configured_template``)."""
         ...
 
     def start_loading(self) -> None:
         """Begin loading the model in the background; returns at once."""
         ...
 
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until loading settles (or ``timeout``); True if the model is READY."""
+        ...
+
     def count_tokens(self, text: str) -> int:
-        """Number of tokens ``text`` takes in the model's tokenizer."""
+        """Number of tokens ``text`` takes in the model's tokenizer.
+
+        Local work in every engine, never a round trip: the in-process engine asks its
+        tokenizer, a remote one a tokenizer file named in its configuration (or an
+        estimate it documents). Context budgets are counted with it.
+        """
         ...
 
     def check_admission(self, request: GenerationRequest) -> None:
@@ -189,12 +290,20 @@ class Engine(Protocol):
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[StreamChunk]: ...
 
-    def cancel(self, request_id: str) -> bool:
-        """Cancel a queued or running request; True if it was known."""
+    def cancel(self, request_id: str, *, reason: FinishReason = FinishReason.CANCELLED) -> bool:
+        """Stop a queued or running request, by id (the only way to stop one); True if
+        it was known.
+
+        ``CANCELLED``: its client gave up (a newer keystroke, a closed socket).
+        ``STOP``: the caller has what it needs (completion stops once a block is
+        complete); the generation ends as a normal finish, with the text so far.
+        Leaving a :meth:`stream` early, or cancelling the task awaiting
+        :meth:`generate`, cancels the request too.
+        """
         ...
 
-    def info(self) -> dict[str, Any]:
-        """JSON-ready description: model name, source, device, dtype, state, counters."""
+    def info(self) -> EngineInfo:
+        """The model, its state and counters (``.to_dict()`` for JSON)."""
         ...
 
     def template_for(self, adapter: str | None) -> PromptTemplate:

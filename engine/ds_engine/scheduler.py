@@ -13,21 +13,36 @@ estimated start (the work queued ahead of it, over the batch slots, times the re
 service time) is past its start deadline is shed; and when a queue is under pressure, a
 user who holds more than a fair share of it is told so (``over_share``: 429 for that
 user) while others still get in.
+
+:class:`Scheduler` puts these together into the engine's decisions (vLLM v1's shape):
+``schedule()`` says what the model runner does next, ``update_from_output()`` records
+what it did. It holds every request the engine knows, with its phase and its stop flag
+(the only cancel state there is: ``Engine.cancel`` sets it by request id), and no model:
+it is tested with plain requests and a fake clock (``engine/tests/test_scheduler.py``).
+It is not thread-safe; :class:`ds_engine.local.LocalEngine` calls it under one lock.
 """
 
 from __future__ import annotations
 
+import enum
 import heapq
 import itertools
 import math
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ds_engine.interface import EngineOverloaded, GenerationRequest, Priority
+from ds_engine.interface import (
+    EngineOverloaded,
+    FinishReason,
+    GenerationRequest,
+    GenerationResult,
+    Priority,
+    StreamChunk,
+)
 
 
 def available_memory_bytes(device: Any) -> int | None:
@@ -250,3 +265,317 @@ class Admission:
                 f"the model is busy: this request would start in about {wait:.1f} s, after "
                 f"its start deadline; retry in {retry} s", retry,
             )
+
+
+# ------------------------------------------------------------------------------ the scheduler
+
+#: The reasons a caller may stop a request with (see ``Engine.cancel``).
+STOP_REASONS = frozenset({FinishReason.CANCELLED, FinishReason.STOP})
+
+
+class StopFlag:
+    """Why a request must end before it is done, or None while it may run.
+
+    Set through :meth:`Scheduler.cancel` (by request id, from any thread, under the
+    engine's lock) and read by the token loop between two tokens without a lock
+    (:meth:`ds_engine.generation.SequenceState.interrupted`): one attribute, written
+    once. The first reason wins, so a stream its caller leaves after saying STOP still
+    finishes as STOP.
+    """
+
+    __slots__ = ("reason",)
+
+    def __init__(self) -> None:
+        self.reason: FinishReason | None = None
+
+    def set(self, reason: FinishReason = FinishReason.CANCELLED) -> None:
+        if self.reason is None:
+            self.reason = reason
+
+
+class Phase(enum.Enum):
+    """Where a known request is."""
+
+    WAITING = "waiting"  # in the queue
+    PREFILLING = "prefilling"  # holds a batch slot; its prompt is being forwarded
+    HELD = "held"  # prefilled, waits outside the decode batch (another adapter runs,
+    # or the model's KV cache cannot be batched)
+    DECODING = "decoding"  # in the decode batch
+    ENDING = "ending"  # left the queue to finish without a forward (cancelled, expired)
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class RequestState:
+    """The engine's side of one request: its phase and stop flag.
+
+    ``on_chunk`` (where its stream chunks go) and ``future`` (the caller's handle on the
+    result) belong to the engine's front; the scheduler passes them along untouched.
+    """
+
+    request: GenerationRequest
+    on_chunk: Callable[[StreamChunk], None] | None = None
+    future: Any = None
+    flag: StopFlag = field(default_factory=StopFlag)
+    phase: Phase = Phase.WAITING
+    started_at: float | None = None  # when it took a batch slot (its prefill began)
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+
+@dataclass
+class SchedulerOutput:
+    """What the model runner does in the next step, in this order."""
+
+    # Left the engine unstarted, shed: they waited past their queue timeout.
+    shed: list[tuple[RequestState, EngineOverloaded]] = field(default_factory=list)
+    # Finish without a forward (cancelled, past their deadline, engine closing); the
+    # reason applies unless the request turns out to be finished anyway.
+    dropped: list[tuple[RequestState, FinishReason]] = field(default_factory=list)
+    # Take a batch slot now: start their prefill (from the prefix cache).
+    admitted: list[RequestState] = field(default_factory=list)
+    # The prefilling requests by priority: one prompt chunk for the first still running.
+    prefill: list[RequestState] = field(default_factory=list)
+    # Held requests of one adapter, oldest first, that start the decode batch if it is
+    # still empty once the prefill chunk ran (a request it finished may have started it).
+    resume: list[RequestState] = field(default_factory=list)
+    # Step the decode batch (it has requests, or may have after the prefill chunk).
+    decode: bool = False
+    # Adapters whose last request just left (an unloading one can be detached now).
+    freed_adapters: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunnerOutput:
+    """What the model runner did in one stage of a step (see :mod:`ds_engine.runner`)."""
+
+    started: list[RequestState] = field(default_factory=list)  # their prefill began
+    joined: list[RequestState] = field(default_factory=list)  # entered the decode batch
+    held: list[RequestState] = field(default_factory=list)  # prefilled, kept out of it
+    finished: list[tuple[RequestState, GenerationResult]] = field(default_factory=list)
+    failed: list[tuple[RequestState, BaseException]] = field(default_factory=list)
+    unbatchable: bool = False  # the model's KV cache cannot be batched: one at a time
+    batch_size: int = 0  # requests in a decode forward (0: no decode forward ran)
+    tokens: int = 0  # tokens generated
+
+
+class Scheduler:
+    """The engine's decisions, without a model (see the module's docstring).
+
+    It knows every queued and running request (:class:`RequestState`, by id), the
+    waiting queue (priorities, aging, the slot kept for completion), admission and
+    shedding, the batch-size limit, and what the runner has in flight: which requests
+    are prefilling, held back or decoding. Times are passed in (``now``, monotonic
+    seconds) so that tests drive it with a fake clock.
+    """
+
+    def __init__(
+        self, max_queued: int = 64, *, load_shedding: bool = True, batch_limit: int = 1
+    ) -> None:
+        self.waiting = WaitingQueue()
+        self.admission = Admission(max(0, int(max_queued)), enabled=load_shedding)
+        self.service = ServiceTime()  # batch-slot seconds per request, for admission
+        self.batch_limit = max(1, batch_limit)  # the engine sets it once the model is loaded
+        self.closed = False
+        self.requests: dict[str, RequestState] = {}  # queued or running, by id
+        self.running: list[RequestState] = []  # out of the queue, in admission order
+        self.held: list[RequestState] = []  # in the order they were held back
+        self.adapter_users: Counter[str] = Counter()  # known requests per adapter
+        self.requests_total = 0
+        self.tokens_total = 0
+        self.cancelled_total = 0
+        self.shed_total = 0
+        self.batch_steps = 0
+        self.batched_tokens = 0  # sum over decode steps of the batch size
+        self.max_batch_seen = 0
+
+    # ---------------------------------------------------------------- requests in
+
+    @property
+    def queued(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def active(self) -> int:
+        """Known requests that left the queue and are not finished yet."""
+        return len(self.requests) - len(self.waiting)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def check(self, request: GenerationRequest, now: float) -> None:
+        """Raise :class:`EngineOverloaded` (and count it shed) unless ``request`` may
+        join the queue as it is now."""
+        try:
+            self.admission.check(
+                request,
+                self.waiting,
+                running=self.active,
+                limit=self.batch_limit,
+                service_s=self.service.seconds,
+                now=now,
+            )
+        except EngineOverloaded:
+            self.shed_total += 1
+            raise
+
+    def add(self, state: RequestState, now: float) -> None:
+        """Queue ``state`` or shed it (:meth:`check`); a shed request is not counted."""
+        if state.request_id in self.requests:
+            raise ValueError(f"request {state.request_id!r} is already queued or running")
+        self.check(state.request, now)
+        adapter = state.request.adapter
+        if adapter is not None:
+            self.adapter_users[adapter] += 1
+        self.requests[state.request_id] = state
+        self.requests_total += 1
+        self.waiting.push(state.request, state)
+
+    def cancel(self, request_id: str, reason: FinishReason = FinishReason.CANCELLED) -> bool:
+        """Flag a known request to stop (see :class:`StopFlag`); False if unknown."""
+        if reason not in STOP_REASONS:
+            raise ValueError(f"a request is stopped with CANCELLED or STOP, not {reason}")
+        state = self.requests.get(request_id)
+        if state is None:
+            return False
+        state.flag.set(reason)
+        return True
+
+    def cancel_all(self, reason: FinishReason = FinishReason.CANCELLED) -> int:
+        for state in self.requests.values():
+            state.flag.set(reason)
+        return len(self.requests)
+
+    def close(self) -> int:
+        """Take no more requests; cancel every known one (the queue drains unstarted)."""
+        self.closed = True
+        return self.cancel_all()
+
+    # ---------------------------------------------------------------- decisions
+
+    def schedule(self, now: float) -> SchedulerOutput:
+        """The next step: shed or drop what must not start, admit up to the batch
+        limit by priority, pick the prefill chunk, the held requests to resume, and
+        whether the decode batch steps."""
+        out = SchedulerOutput()
+        for state in self.waiting.remove_where(lambda s: self._must_leave(s, now)):
+            error = self._shed_error(state, now)
+            if error is not None:
+                self._forget(state, out.freed_adapters)
+                self.shed_total += 1
+                out.shed.append((state, error))
+            else:
+                state.phase = Phase.ENDING
+                out.dropped.append((state, self._drop_reason(state, now)))
+        busy = [s.request for s in self.running]
+        while (state := self.waiting.pop_admissible(busy, self.batch_limit, now)) is not None:
+            state.phase = Phase.PREFILLING
+            self.running.append(state)
+            busy.append(state.request)
+            out.admitted.append(state)
+        # Stable: among equal priorities the one admitted first goes first.
+        out.prefill = sorted(
+            (s for s in self.running if s.phase is Phase.PREFILLING),
+            key=lambda s: s.request.priority,
+        )
+        decoding = any(s.phase is Phase.DECODING for s in self.running)
+        if self.held and not decoding:
+            # One adapter per decode batch: the oldest held request picks it.
+            adapter = self.held[0].request.adapter
+            out.resume = [s for s in self.held if s.request.adapter == adapter]
+        out.decode = decoding or bool(out.prefill or out.resume)
+        return out
+
+    def _must_leave(self, state: RequestState, now: float) -> bool:
+        """Cancelled, past its start deadline, or the engine closes: it never starts."""
+        start_by = state.request.start_deadline
+        return (
+            state.flag.reason is not None
+            or self.closed
+            or (start_by is not None and now >= start_by)
+        )
+
+    def _shed_error(self, state: RequestState, now: float) -> EngineOverloaded | None:
+        """The error for a request that waited past its queue timeout but not its
+        deadline: it was never tried (shed, retry), and a completion that starts that
+        late is stale anyway. Past its deadline it times out as ever (None)."""
+        request = state.request
+        start_by, deadline = request.start_deadline, request.deadline
+        if (
+            state.flag.reason is not None
+            or self.closed
+            or start_by is None
+            or now < start_by
+            or (deadline is not None and now >= deadline)
+        ):
+            return None
+        waited = now - request.created_at
+        return EngineOverloaded(
+            f"the model is busy: this request waited {waited:.1f} s and could not "
+            "start in time; retry shortly",
+            max(1, min(60, round(self.service.seconds or 1.0))),
+        )
+
+    @staticmethod
+    def _drop_reason(state: RequestState, now: float) -> FinishReason:
+        if state.flag.reason is not None:
+            return state.flag.reason
+        deadline = state.request.deadline
+        if deadline is not None and now >= deadline:
+            return FinishReason.TIMEOUT
+        return FinishReason.CANCELLED  # the engine closes
+
+    # ---------------------------------------------------------------- outcomes
+
+    def update_from_output(self, output: RunnerOutput, now: float) -> list[str]:
+        """Record one runner stage: slots taken, batch moves, tokens, finished and
+        failed requests (they are forgotten). Returns the adapters whose last request
+        left."""
+        freed: list[str] = []
+        for state in output.started:
+            state.started_at = now
+        for state in output.held:
+            state.phase = Phase.HELD
+            self.held.append(state)
+        for state in output.joined:
+            state.phase = Phase.DECODING
+            if state in self.held:
+                self.held.remove(state)
+        if output.unbatchable:
+            self.batch_limit = 1
+        if output.batch_size:
+            self.batch_steps += 1
+            self.batched_tokens += output.batch_size
+            self.max_batch_seen = max(self.max_batch_seen, output.batch_size)
+        self.tokens_total += output.tokens
+        for state, result in output.finished:
+            if state.started_at is not None:
+                self.service.observe(now - state.started_at)
+            if result.finish_reason is FinishReason.CANCELLED:
+                self.cancelled_total += 1
+            self._forget(state, freed)
+        for state, _error in output.failed:
+            self._forget(state, freed)
+        return freed
+
+    def _forget(self, state: RequestState, freed: list[str]) -> None:
+        if self.requests.get(state.request_id) is not state:
+            return
+        del self.requests[state.request_id]
+        state.phase = Phase.FINISHED
+        if state in self.running:
+            self.running.remove(state)
+        if state in self.held:
+            self.held.remove(state)
+        adapter = state.request.adapter
+        if adapter is not None and adapter in self.adapter_users:
+            self.adapter_users[adapter] -= 1
+            if self.adapter_users[adapter] <= 0:
+                del self.adapter_users[adapter]
+                freed.append(adapter)
+
+    @property
+    def mean_batch_size(self) -> float | None:
+        return round(self.batched_tokens / self.batch_steps, 2) if self.batch_steps else None

@@ -21,7 +21,7 @@ so control tokens never reach a user either.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
@@ -72,6 +72,20 @@ class FimFormat:
         # One pass: a "{suffix}" inside the user's prefix stays text.
         parts = {"prefix": prefix, "suffix": suffix}
         return _FIELD.sub(lambda m: parts[m[1]], self.template)
+
+
+def configured_template(
+    fim: str | None, tokens: Iterable[str] = (), chat_template: str | None = None
+) -> PromptTemplate:
+    """The template of a model whose tokenizer is not at hand (a remote model server),
+    from configuration: its FIM family by name (None: prefix only; unknown: KeyError), the
+    control tokens its vocabulary has (``<file_sep>``, ``<filename>``, notebook and
+    end-of-turn tokens), and its chat template. The same template ``detect_template``
+    would pick from the full vocabulary, so prompts are rendered identically.
+    """
+    fmt = fim_format(fim) if fim else None
+    template = detect_template([*tokens, *(fmt.sentinels if fmt else ())], chat_template)
+    return template.with_fim(fmt) if fmt is not None else template
 
 
 FIM_FORMATS: Mapping[str, FimFormat] = {
@@ -179,6 +193,26 @@ class PromptTemplate:
         pattern = _pattern(self.control_strings)
         match = pattern.search(text) if pattern is not None and text else None
         return text[: match.start()] if match else text
+
+    @property
+    def chat_stop(self) -> tuple[str, ...]:
+        """Stop strings for a prose (chat) answer: all but the file separator, which a
+        markdown answer about code may legitimately mention."""
+        return tuple(s for s in self.stop if s != self.file_separator)
+
+    def files_prompt(self, files: Sequence[tuple[str, str]]) -> str:
+        """Several files as one prompt, in the model's multi-file format.
+
+        Each ``(path, text)`` is user text and is escaped here. With filename and file
+        separator tokens: ``<filename>path\ntext`` joined by the separator; without them,
+        ``# path`` comment headers. The last file's text is where the model writes on.
+        """
+        esc = self.escape
+        if self.filename_token and self.file_separator:
+            return self.file_separator.join(
+                f"{self.filename_token}{esc(path)}\n{esc(text)}" for path, text in files
+            )
+        return "\n\n".join(f"# {esc(path)}\n{esc(text)}" for path, text in files)
 
     def completion_prompt(
         self, prefix: str, suffix: str = "", path: str | None = None, context: str = ""

@@ -16,6 +16,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from ds_engine.interface import FinishReason
 from ds_engine.templates import fim_format
 
 EOS_TOKEN = "<|endoftext|>"
@@ -225,6 +226,20 @@ class ScriptedEngine(NoAdapters):
     call takes the next answer (the last one repeats) and records the prompt it got.
     """
 
+    @classmethod
+    def from_config(cls, config) -> ScriptedEngine:
+        """Built by the server from its ``engine_class`` setting (``ds_engine.factory``):
+        the answers come from ``config.options["answers"]`` (default ``["pass"]``), and
+        ``name`` and ``vocab`` may be given there too."""
+        options = dict(config.options)
+        answers = options.pop("answers", ["pass"])
+        unknown = sorted(set(options) - {"name", "vocab"})
+        if unknown:
+            raise ValueError(f"unknown ScriptedEngine option(s): {', '.join(unknown)}")
+        if "vocab" in options:
+            options["vocab"] = tuple(options["vocab"])
+        return cls(list(answers), **options)
+
     def __init__(self, answers: list[str], name: str = "scripted", vocab: tuple[str, ...] = ()):
         from ds_engine.interface import EngineState
         from ds_engine.templates import detect_template
@@ -279,8 +294,14 @@ class ScriptedEngine(NoAdapters):
         result = self._answer(request)
         yield StreamChunk(result.text, result.text, result.token_count, True, result)
 
-    def cancel(self, request_id: str) -> bool:
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return True
+
+    def cancel(self, request_id: str, *, reason: FinishReason = FinishReason.CANCELLED) -> bool:
+        """Answers are immediate: nothing is ever running to stop."""
         return False
 
-    def info(self) -> dict:
-        return {"name": self.name, "state": self._state.value, "template": self._template.name}
+    def info(self):
+        from ds_engine.interface import EngineInfo
+
+        return EngineInfo(name=self.name, state=self._state, template=self._template.name)

@@ -62,11 +62,11 @@ def tiny_loaded(tiny_engine: LocalEngine):
 async def _wait_idle(engine: LocalEngine, timeout: float = 10.0) -> None:
     end = time.monotonic() + timeout
     while True:
-        info = engine.info()
-        if info["active_requests"] == 0 and info["queued_requests"] == 0:
+        counters = engine.info().counters
+        if counters.active_requests == 0 and counters.queued_requests == 0:
             return
         if time.monotonic() > end:
-            raise AssertionError(f"engine still busy: {info}")
+            raise AssertionError(f"engine still busy: {counters}")
         await asyncio.sleep(0.01)
 
 

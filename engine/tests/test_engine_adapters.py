@@ -167,9 +167,9 @@ async def test_caches_are_keyed_by_adapter(engine: LocalEngine, adapter_dirs) ->
     first_plain = await _text(engine, None, long_prompt)
     first_a = await _text(engine, "a", long_prompt)
     assert first_plain != first_a
-    hits = engine.info()["result_cache_hits"]
+    hits = engine.info().counters.result_cache_hits
     assert await _text(engine, "a", long_prompt) == first_a
-    assert engine.info()["result_cache_hits"] == hits + 1
+    assert engine.info().counters.result_cache_hits == hits + 1
     # A prompt that shares the long prefix reuses the KV of its own adapter only: the
     # answers equal those of an engine with no caches at all.
     fresh = LocalEngine(model_path=engine.model_path, device="cpu", dtype="float32",
@@ -188,7 +188,7 @@ async def test_unload_waits_for_running_requests(engine: LocalEngine, adapter_di
     engine.load_adapter("a", str(adapter_dirs["a"]))
     task = asyncio.ensure_future(engine.generate(
         GenerationRequest(prompt=PROMPT, max_tokens=400, adapter="a")))
-    while engine.info()["active_requests"] == 0:
+    while engine.info().counters.active_requests == 0:
         await asyncio.sleep(0.01)
     answer = engine.unload_adapter("a")
     assert answer["state"] == "unloading" and answer["running_requests"] == 1

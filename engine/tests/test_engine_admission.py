@@ -119,7 +119,7 @@ async def test_a_full_queue_answers_at_once_and_the_admitted_finish(shedding_eng
     engine = shedding_engine
     running = req("ann", max_tokens=LONG)
     first = asyncio.ensure_future(engine.generate(running))
-    while engine.info()["active_requests"] < 1:
+    while engine.info().counters.active_requests < 1:
         await asyncio.sleep(0.005)
     queued = [asyncio.ensure_future(engine.generate(req("bob", max_tokens=4)))
               for _ in range(2)]
@@ -132,11 +132,11 @@ async def test_a_full_queue_answers_at_once_and_the_admitted_finish(shedding_eng
     with pytest.raises(EngineOverloaded):
         engine.check_admission(GenerationRequest("", user="cid"))
     engine.check_admission(GenerationRequest("", user="cid", priority=Priority.CHAT))
-    running.cancel()
+    assert engine.cancel(running.request_id)
     results = await asyncio.gather(first, *queued)
     assert [r.finish_reason for r in results[1:]] == [FinishReason.LENGTH] * 2
     info = engine.info()
-    assert info["shed_total"] == 2 and info["service_time_s"] is not None
+    assert info.counters.shed_total == 2 and info.counters.service_time_s is not None
     engine.check_admission(GenerationRequest("", user="cid"))  # room again
 
 
@@ -144,17 +144,17 @@ async def test_a_stale_request_is_dropped_before_prefill(shedding_engine):
     engine = shedding_engine
     running = req("ann", max_tokens=LONG)
     first = asyncio.ensure_future(engine.generate(running))
-    while engine.info()["active_requests"] < 1:
+    while engine.info().counters.active_requests < 1:
         await asyncio.sleep(0.005)
-    prompts_before = engine.info()["prompt_tokens_total"]
+    prompts_before = engine.info().counters.prompt_tokens_total
     stale = req("bob", max_tokens=4, queue_timeout_s=0.2, timeout_s=30)
     started = time.monotonic()
     with pytest.raises(EngineOverloaded) as info:
         await engine.generate(stale)
     waited = time.monotonic() - started
     assert 0.15 < waited < 1.5 and "could not start in time" in str(info.value)
-    assert engine.info()["prompt_tokens_total"] == prompts_before  # never prefilled
-    running.cancel()
+    assert engine.info().counters.prompt_tokens_total == prompts_before  # never prefilled
+    assert engine.cancel(running.request_id)
     assert (await first).finish_reason is FinishReason.CANCELLED
     # Past its deadline (not just its queue timeout), a request still times out.
     result = await engine.generate(req("bob", max_tokens=LONG, timeout_s=0))

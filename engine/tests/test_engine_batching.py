@@ -138,7 +138,7 @@ async def test_concurrent_requests_batch_and_match_sequential(
     tiny_engine: LocalEngine, serial_engine: LocalEngine, wait_idle
 ) -> None:
     await wait_idle(tiny_engine)
-    before = tiny_engine.info()["batch_steps_total"]
+    before = tiny_engine.info().counters.batch_steps_total
 
     def requests() -> list[GenerationRequest]:
         return [GenerationRequest(p, max_tokens=24 + 4 * i) for i, p in enumerate(PROMPTS)]
@@ -149,9 +149,9 @@ async def test_concurrent_requests_batch_and_match_sequential(
         (r.text, r.token_count) for r in sequential
     ]
     info = tiny_engine.info()
-    assert info["max_batch_size_seen"] >= 3
-    assert info["batch_steps_total"] - before < sum(r.token_count for r in batched)
-    assert serial_engine.info()["max_batch_size_seen"] == 1
+    assert info.counters.max_batch_size_seen >= 3
+    assert info.counters.batch_steps_total - before < sum(r.token_count for r in batched)
+    assert serial_engine.info().counters.max_batch_size_seen == 1
 
 
 async def test_streams_in_a_batch_each_get_their_own_text(tiny_engine, wait_idle) -> None:
@@ -190,22 +190,22 @@ async def test_cancelled_request_frees_its_slot_at_the_next_token(two_slot_engin
     engine = two_slot_engine
     a, b, c = (GenerationRequest(p, max_tokens=LONG) for p in PROMPTS[:3])
     tasks = [asyncio.create_task(engine.generate(r)) for r in (a, b, c)]
-    await _until(lambda: engine.info()["tokens_generated_total"] >= 40)
-    assert engine.info()["active_requests"] == 2
-    assert engine.info()["queued_requests"] == 1  # c waits for a slot
+    await _until(lambda: engine.info().counters.tokens_generated_total >= 40)
+    assert engine.info().counters.active_requests == 2
+    assert engine.info().counters.queued_requests == 1  # c waits for a slot
     assert engine.cancel(a.request_id)
-    await _until(lambda: engine.info()["queued_requests"] == 0, timeout=1.0)
-    assert engine.info()["active_requests"] == 2  # c took a's slot; b still runs
+    await _until(lambda: engine.info().counters.queued_requests == 0, timeout=1.0)
+    assert engine.info().counters.active_requests == 2  # c took a's slot; b still runs
     result_a = await tasks[0]
     assert result_a.finish_reason is FinishReason.CANCELLED
     await asyncio.sleep(0.1)
     assert not tasks[1].done()
     for r in (b, c):
-        r.cancel()
+        assert engine.cancel(r.request_id)
     rb, rc = await asyncio.gather(*tasks[1:])
     assert rb.token_count > result_a.token_count + 10  # b kept running through the swap
     assert rc.finish_reason is FinishReason.CANCELLED and rc.token_count > 10
-    assert engine.info()["active_requests"] == 0
+    assert engine.info().counters.active_requests == 0
 
 
 async def test_background_work_never_takes_the_interactive_slot(two_slot_engine) -> None:
@@ -214,17 +214,17 @@ async def test_background_work_never_takes_the_interactive_slot(two_slot_engine)
         GenerationRequest(p, max_tokens=LONG, priority=Priority.BATCH) for p in PROMPTS[:2]
     ]
     tasks = [asyncio.create_task(engine.generate(r)) for r in background]
-    await _until(lambda: engine.info()["active_requests"] == 1)
+    await _until(lambda: engine.info().counters.active_requests == 1)
     await asyncio.sleep(0.1)
     info = engine.info()
-    assert (info["active_requests"], info["queued_requests"]) == (1, 1)
+    assert (info.counters.active_requests, info.counters.queued_requests) == (1, 1)
     started = time.monotonic()
     keystroke = await engine.generate(GenerationRequest(PROMPTS[4], max_tokens=5))
     waited = time.monotonic() - started
     assert keystroke.token_count == 5 and waited < 1.0
     assert not any(t.done() for t in tasks)  # answered while the background ran
     for r in background:
-        r.cancel()
+        assert engine.cancel(r.request_id)
     await asyncio.gather(*tasks)
 
 
@@ -242,15 +242,15 @@ async def test_waiting_requests_run_by_priority(tiny_model_path: Path) -> None:
 
     blocker = GenerationRequest(PROMPTS[0], max_tokens=LONG, priority=Priority.BATCH)
     first = asyncio.create_task(run("blocker", blocker))
-    await _until(lambda: engine.info()["active_requests"] == 1)
+    await _until(lambda: engine.info().counters.active_requests == 1)
     waiting = [
         ("tests", GenerationRequest(PROMPTS[1], max_tokens=3, priority=Priority.BATCH)),
         ("explain", GenerationRequest(PROMPTS[2], max_tokens=3, priority=Priority.CHAT)),
         ("complete", GenerationRequest(PROMPTS[3], max_tokens=3)),
     ]
     tasks = [asyncio.create_task(run(n, r)) for n, r in waiting]
-    await _until(lambda: engine.info()["queued_requests"] == 3)
-    blocker.cancel()
+    await _until(lambda: engine.info().counters.queued_requests == 3)
+    assert engine.cancel(blocker.request_id)
     await asyncio.gather(first, *tasks)
     engine.close()
     assert order == ["blocker", "complete", "explain", "tests"]
@@ -263,18 +263,18 @@ async def test_unbatchable_cache_runs_requests_one_at_a_time(
     monkeypatch.setattr(DecodeBatch, "can_join", lambda self, cache, n: not self.seqs)
     engine = LocalEngine(model_path=tiny_model_path, device="cpu", result_cache_entries=0)
     engine.load()
-    assert engine.info()["max_batch_size"] == 1  # found out by the warm-up
+    assert engine.info().counters.max_batch_size == 1  # found out by the warm-up
     requests = [GenerationRequest(p, max_tokens=12) for p in PROMPTS]
     results = await asyncio.gather(*(engine.generate(r) for r in requests))
     expected = [await serial_engine.generate(GenerationRequest(p, max_tokens=12)) for p in PROMPTS]
     assert [r.text for r in results] == [r.text for r in expected]
-    assert engine.info()["max_batch_size_seen"] == 1
+    assert engine.info().counters.max_batch_size_seen == 1
     engine.close()
 
 
 def test_warm_up_runs_while_loading(tiny_engine: LocalEngine, two_slot_engine) -> None:
-    assert tiny_engine.info()["warmup_s"] is not None
-    assert two_slot_engine.info()["warmup_s"] is None  # warmup=False
+    assert tiny_engine.info().warmup_s is not None
+    assert two_slot_engine.info().warmup_s is None  # warmup=False
 
 
 def test_batch_size_is_bounded_by_memory() -> None:

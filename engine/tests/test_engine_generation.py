@@ -10,6 +10,7 @@ import pytest
 import torch
 from ds_engine.generation import _held_back, fit_prompt, run_generation
 from ds_engine.interface import FinishReason, GenerationRequest, StreamChunk
+from ds_engine.scheduler import StopFlag
 
 PROMPT = "def add(a, b):\n    return"
 
@@ -122,24 +123,39 @@ def test_sampling_is_reproducible_with_a_seed(tiny_loaded) -> None:
     assert sample(9, top_p=1e-9) == greedy
 
 
-def test_cancel_between_tokens_stops_at_once(tiny_loaded) -> None:
+@pytest.mark.parametrize("reason", [FinishReason.CANCELLED, FinishReason.STOP])
+def test_stop_between_tokens_stops_at_once(tiny_loaded, reason: FinishReason) -> None:
     request = GenerationRequest(PROMPT, max_tokens=500)
+    flag = StopFlag()
     seen: list[int] = []
+    chunks: list[StreamChunk] = []
 
     def on_token(token: int) -> None:
         seen.append(token)
         if len(seen) == 5:
-            request.cancel()
+            flag.set(reason)
 
-    result = generate(tiny_loaded, request, on_token=on_token)
-    assert result.finish_reason is FinishReason.CANCELLED
+    result = generate(tiny_loaded, request, on_token=on_token, on_chunk=chunks.append, stop=flag)
+    assert result.finish_reason is reason
     assert result.token_count == 5 == len(seen)
+    # The text so far, as streamed: a caller's STOP keeps what was generated.
+    assert result.text == tiny_loaded.tokenizer.decode(seen) and result.text
+    assert chunks[-1].done and chunks[-1].text == result.text
+
+
+def test_stop_reason_first_given_wins() -> None:
+    flag = StopFlag()
+    assert flag.reason is None
+    flag.set(FinishReason.STOP)
+    flag.set(FinishReason.CANCELLED)
+    assert flag.reason is FinishReason.STOP
 
 
 def test_cancelled_before_start_generates_nothing(tiny_loaded) -> None:
     request = GenerationRequest(PROMPT, max_tokens=50)
-    request.cancel()
-    result = generate(tiny_loaded, request)
+    flag = StopFlag()
+    flag.set()
+    result = generate(tiny_loaded, request, stop=flag)
     assert (result.token_count, result.finish_reason) == (0, FinishReason.CANCELLED)
 
 

@@ -167,13 +167,13 @@ async def test_engine_counts_prefix_reuse_and_matches_an_engine_without_it(
         info, off = fresh_engine.info(), plain.info()
     finally:
         plain.close()
-    assert (info["prefix_cache_hits"], info["prefix_cache_misses"]) == (3, 1)
-    assert info["prompt_tokens_total"] == off["prompt_tokens_total"] > 0
-    assert info["prompt_tokens_reused_total"] >= 0.9 * (
-        info["prompt_tokens_total"] - fresh_engine.count_tokens(KEYSTROKES[0])
+    assert (info.counters.prefix_cache_hits, info.counters.prefix_cache_misses) == (3, 1)
+    assert info.counters.prompt_tokens_total == off.counters.prompt_tokens_total > 0
+    assert info.counters.prompt_tokens_reused_total >= 0.9 * (
+        info.counters.prompt_tokens_total - fresh_engine.count_tokens(KEYSTROKES[0])
     )
-    assert (off["prefix_cache_hits"], off["prompt_tokens_reused_total"]) == (0, 0)
-    assert 1 <= info["prefix_cache_entries"] <= 4
+    assert (off.counters.prefix_cache_hits, off.counters.prompt_tokens_reused_total) == (0, 0)
+    assert 1 <= info.counters.prefix_cache_entries <= 4
 
 
 async def test_result_cache_returns_the_same_result_and_counts(fresh_engine: LocalEngine) -> None:
@@ -189,21 +189,22 @@ async def test_result_cache_returns_the_same_result_and_counts(fresh_engine: Loc
         first.confidence,
     )
     assert again.request_id != first.request_id
-    assert after["result_cache_hits"] == before["result_cache_hits"] + 1
-    assert after["requests_total"] == before["requests_total"] + 1
-    assert after["tokens_generated_total"] == before["tokens_generated_total"]  # no work
+    assert after.counters.result_cache_hits == before.counters.result_cache_hits + 1
+    assert after.counters.requests_total == before.counters.requests_total + 1
+    # No model work:
+    assert after.counters.tokens_generated_total == before.counters.tokens_generated_total
 
     chunks = [c async for c in fresh_engine.stream(GenerationRequest(BASE, 8, stop=["\n\n"]))]
     assert len(chunks) == 1 and chunks[0].done and chunks[0].text == first.text
     assert chunks[0].result is not None and chunks[0].result.text == first.text
-    assert fresh_engine.info()["result_cache_hits"] == before["result_cache_hits"] + 2
+    assert fresh_engine.info().counters.result_cache_hits == before.counters.result_cache_hits + 2
 
     # Any difference in the request is a miss; sampling is never cached.
     await fresh_engine.generate(GenerationRequest(BASE, max_tokens=7, stop=["\n\n"]))
     await fresh_engine.generate(GenerationRequest(BASE, max_tokens=7, stop=["\n"]))
     for _ in range(2):
         await fresh_engine.generate(GenerationRequest(BASE, max_tokens=8, temperature=0.7))
-    assert fresh_engine.info()["result_cache_hits"] == before["result_cache_hits"] + 2
+    assert fresh_engine.info().counters.result_cache_hits == before.counters.result_cache_hits + 2
 
 
 async def test_result_cache_is_bounded(tiny_model_path: Path) -> None:
@@ -212,11 +213,11 @@ async def test_result_cache_is_bounded(tiny_model_path: Path) -> None:
     try:
         for prompt in ("a = 1\n", "b = 2\n", "c = 3\n"):
             await engine.generate(GenerationRequest(prompt, max_tokens=2))
-        assert engine.info()["result_cache_entries"] == 2
+        assert engine.info().counters.result_cache_entries == 2
         await engine.generate(GenerationRequest("a = 1\n", max_tokens=2))  # evicted
-        assert engine.info()["result_cache_hits"] == 0
+        assert engine.info().counters.result_cache_hits == 0
         await engine.generate(GenerationRequest("c = 3\n", max_tokens=2))
-        assert engine.info()["result_cache_hits"] == 1
+        assert engine.info().counters.result_cache_hits == 1
     finally:
         engine.close()
 
@@ -237,6 +238,45 @@ async def test_cancelled_and_timed_out_requests_are_not_cached(fresh_engine: Loc
     assert timed_out.finish_reason is FinishReason.TIMEOUT
     await asyncio.sleep(0)
     info = fresh_engine.info()
-    assert (info["result_cache_hits"], info["result_cache_entries"]) == (0, 0)
+    assert (info.counters.result_cache_hits, info.counters.result_cache_entries) == (0, 0)
     # The cancelled request's prompt KV was still kept for the next keystroke.
-    assert info["prefix_cache_hits"] >= 1
+    assert info.counters.prefix_cache_hits >= 1
+
+
+async def test_a_streamed_result_is_cached_but_not_one_its_caller_stopped(
+    fresh_engine: LocalEngine,
+) -> None:
+    streamed = [c async for c in fresh_engine.stream(GenerationRequest("q = 1\n", 6))]
+    hits = fresh_engine.info().counters.result_cache_hits
+    again = await fresh_engine.generate(GenerationRequest("q = 1\n", 6))
+    assert again.text == streamed[-1].text
+    assert fresh_engine.info().counters.result_cache_hits == hits + 1
+    for attempt in range(2):
+        request = GenerationRequest(BASE, max_tokens=1500)
+        chunks = []
+        async for chunk in fresh_engine.stream(request):
+            chunks.append(chunk)
+            if chunk.token_count == 3 and not chunk.done:
+                fresh_engine.cancel(request.request_id, reason=FinishReason.STOP)
+        assert chunks[-1].result.finish_reason is FinishReason.STOP
+        assert len(chunks) > 1, attempt  # really generated, not replayed from the cache
+    assert fresh_engine.info().counters.result_cache_hits == hits + 1
+
+
+def test_a_cancel_after_the_final_chunk_does_not_uncache_the_result(
+    fresh_engine: LocalEngine,
+) -> None:
+    """A stream's consumer may leave (and cancel) once it has the done chunk, before the
+    worker has settled the request: the result is complete and stays cacheable."""
+    request = GenerationRequest("w = 2\n", max_tokens=5)
+
+    def on_chunk(chunk) -> None:
+        if chunk.done:  # on the worker, between the final chunk and the bookkeeping
+            assert fresh_engine.cancel(request.request_id)
+
+    first = fresh_engine._submit(request, on_chunk).result(timeout=30)
+    assert first.finish_reason is FinishReason.LENGTH
+    hits = fresh_engine.info().counters.result_cache_hits
+    again = asyncio.run(fresh_engine.generate(GenerationRequest("w = 2\n", max_tokens=5)))
+    assert again.text == first.text
+    assert fresh_engine.info().counters.result_cache_hits == hits + 1

@@ -224,7 +224,7 @@ def test_engine_load_failure_reports_bad_quantization(tiny_model_path: Path) -> 
     try:
         with pytest.raises(ValueError, match="quantization"):
             engine.load()
-        assert "quantization" in engine.info()["error"]
+        assert "quantization" in engine.info().error
     finally:
         engine.close()
 
@@ -244,9 +244,9 @@ def test_info_reports_quantization_and_memory(
 ) -> None:
     info, ref = int8_engine.info(), tiny_engine.info()
     want = str(int8_cpu_dtype()).removeprefix("torch.")
-    assert (info["quantization"], info["dtype"]) == ("int8", want)
-    assert ref["quantization"] == "none"
-    assert 0 < info["model_memory_bytes"] < ref["model_memory_bytes"]
+    assert (info.quantization, info.dtype) == ("int8", want)
+    assert ref.quantization == "none"
+    assert 0 < info.model_memory_bytes < ref.model_memory_bytes
 
 
 async def test_int8_engine_streams_and_cancels(int8_engine: LocalEngine, wait_idle) -> None:
@@ -266,6 +266,6 @@ async def test_int8_engine_streams_and_cancels(int8_engine: LocalEngine, wait_id
     assert result is not None and result.finish_reason is FinishReason.CANCELLED
     assert 3 <= result.token_count < 2000
     await wait_idle(int8_engine)
-    tokens = int8_engine.info()["tokens_generated_total"]
+    tokens = int8_engine.info().counters.tokens_generated_total
     await asyncio.sleep(0.2)
-    assert int8_engine.info()["tokens_generated_total"] == tokens
+    assert int8_engine.info().counters.tokens_generated_total == tokens

@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 from ds_engine.loader import load_model
-from ds_engine.templates import FIM_FORMATS, detect_template, fim_format
+from ds_engine.templates import (
+    FIM_FORMATS,
+    configured_template,
+    detect_template,
+    fim_format,
+)
 from ds_engine.testing import BASE_SPECIAL_TOKENS, make_tiny_model, make_tiny_tokenizer
 
 DETECTABLE = sorted(name for name, f in FIM_FORMATS.items() if f.detectable)
@@ -105,3 +110,24 @@ def test_tiny_model_with_fim_loads_with_that_template(tmp_path: Path) -> None:
     assert config.num_hidden_layers == 2 and config.tie_word_embeddings is False
     eos = loaded.tokenizer.eos_token_id
     assert float(loaded.model.lm_head.weight[eos].abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("family", ["deepseek-coder", "qwen2.5-coder", "starcoder", "codellama"])
+def test_a_configured_template_renders_as_the_detected_one(family):
+    """A remote engine, with no vocabulary at hand, renders the prompts the local one would."""
+    fmt = fim_format(family)
+    tokens = ("<file_sep>", "<filename>", "<|endoftext|>", "<jupyter_code>")
+    detected = detect_template([*fmt.sentinels, *tokens, "def", "return"])
+    configured = configured_template(family, tokens)
+    assert configured == detected
+    assert configured.completion_prompt("a = ", "\nb", "x.py") == detected.completion_prompt(
+        "a = ", "\nb", "x.py")
+
+
+def test_a_configured_template_without_fim_or_unknown():
+    plain = configured_template(None, ("<|im_end|>",), "{{ messages }}")
+    assert not plain.supports_fim and plain.stop == ("<|im_end|>",)
+    spm = configured_template("jupyter-ds-spm")  # not detectable: named only
+    assert spm.fim is not None and spm.fim.order == "spm"
+    with pytest.raises(KeyError):
+        configured_template("no-such-family")
