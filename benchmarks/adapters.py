@@ -50,7 +50,7 @@ def engine(adapter: str, quantization: str) -> Any:
 
 async def replay(service: Any, points: list, adapters: list[str | None]) -> list[float]:
     """Milliseconds per completion; request ``i`` names ``adapters[i % len(adapters)]``."""
-    from jupyter_ds.requests import CompleteRequest
+    from jupyter_ds.completion.requests import CompleteRequest
 
     times = []
     for i, point in enumerate(points):
@@ -70,7 +70,7 @@ def stats(times: list[float]) -> dict[str, float]:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from ds_engine.loader import DEFAULT_ADAPTER_DIR
 
-    from jupyter_ds.services.completion import CompletionService, CompletionSettings
+    from jupyter_ds.completion.service import CompletionService, CompletionSettings
 
     adapter = args.adapter or str(DEFAULT_ADAPTER_DIR)
     source = (Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py").read_text()

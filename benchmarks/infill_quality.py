@@ -393,14 +393,14 @@ async def run_variant(
     """Every job of every task set on one engine variant: raw and final text, time."""
     from ds_engine.local import LocalEngine
 
-    from jupyter_ds.requests import CompleteRequest
-    from jupyter_ds.services.completion import CompletionService, CompletionSettings
+    from jupyter_ds.completion.requests import CompleteRequest
+    from jupyter_ds.completion.service import CompletionService, CompletionSettings
 
     t0 = time.perf_counter()
     engine = LocalEngine(**engine_args)  # type: ignore[arg-type]
     engine.load()
     load_s = time.perf_counter() - t0
-    info = engine.info()
+    info = engine.info().to_dict()
     log(
         f"  {variant}: loaded {info.get('name')} in {load_s:.1f} s, "
         f"{(info.get('model_memory_bytes') or 0) / 1e6:.1f} MB, template {info.get('template')}"
@@ -436,7 +436,7 @@ async def run_variant(
                     )
             seconds[task] = round(time.perf_counter() - started, 1)
     finally:
-        info = engine.info()
+        info = engine.info().to_dict()
         engine.close()
     meta = {
         "engine_args": engine_args,

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import importlib.metadata
 import inspect
 import os
@@ -53,7 +52,6 @@ import statistics
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -61,18 +59,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ds_engine.interface import GenerationRequest, StreamChunk
+from ds_engine.interface import FinishReason, GenerationRequest, StreamChunk
 from ds_engine.loader import resolve_model_source
 from ds_engine.local import LocalEngine
 from results_io import publish
 from transformers.generation.streamers import BaseStreamer
 
-from jupyter_ds.requests import CompleteRequest
-from jupyter_ds.services.completion import CompletionService, CompletionSettings
+from jupyter_ds.completion.requests import CompleteRequest
+from jupyter_ds.completion.service import CompletionService, CompletionSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE_FILE = "textwrap.py"
-TARGET_VS_NAIVE = 5.0  # DESIGN.md: typing p50 at least 5x faster than naive generate
+TARGET_VS_NAIVE = 5.0  # target: typing p50 at least 5x faster than naive generate
 TARGET_VS_LLAMA_CPP = 1.5  # ... and within 1.5x of llama.cpp on the same GGUF
 
 LABELS = {
@@ -229,9 +227,12 @@ class _Probe:
     def stream(self, request: GenerationRequest) -> AsyncIterator[StreamChunk]:
         self.first_at = None
         self.result = None
-        if self.full_length:
-            request = dataclasses.replace(request, cancel_event=threading.Event())
         return self._watch(self.engine.stream(request))
+
+    def cancel(self, request_id: str, *, reason: FinishReason = FinishReason.CANCELLED) -> bool:
+        if self.full_length and reason is FinishReason.STOP:
+            return True  # the early cut is ignored: the engine decodes max_tokens
+        return self.engine.cancel(request_id, reason=reason)
 
     async def _watch(self, chunks: AsyncIterator[StreamChunk]) -> AsyncIterator[StreamChunk]:
         async for chunk in chunks:
@@ -259,7 +260,7 @@ def engine_runner(engine: LocalEngine, max_tokens: int, full_length: bool) -> Ca
 
 def engine_info(engine: LocalEngine) -> Callable[[], dict[str, Any]]:
     def info() -> dict[str, Any]:
-        data = engine.info()
+        data = engine.info().to_dict()
         return {
             "prompt_tokens_reused_share": round(
                 data["prompt_tokens_reused_total"] / max(1, data["prompt_tokens_total"]), 3
@@ -365,13 +366,13 @@ def measure_load(cache: str | None) -> dict[str, Any]:
     first = LocalEngine(cache_dir=cache, progress=progress)
     first.load()
     first_s = time.perf_counter() - t0
-    info = first.info()
+    info = first.info().to_dict()
     first.close()
     t0 = time.perf_counter()
     again = LocalEngine(cache_dir=cache)
     again.load()
     cached_s = time.perf_counter() - t0
-    again_info = again.info()
+    again_info = again.info().to_dict()
     again.close()
     return {
         "first_s": round(first_s, 2),
@@ -498,7 +499,7 @@ async def typing_run(args: argparse.Namespace, cache: str | None) -> dict[str, A
             "decode_ms_per_token_p50": round(percentile(decode, 0.5) * 1000, 1)
             if decode else None,
             "output_agrees_with_naive": round(agree / len(variant.samples), 3),
-            **variant.info(),
+            **variant.info().to_dict(),
         }
 
     targets: dict[str, Any] = {}

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from ds_engine.local import LocalEngine
 
-from jupyter_ds.requests import TestsRequest, TestsRunRequest
+from jupyter_ds.testgen.requests import TestsRequest, TestsRunRequest
 from jupyter_ds.testgen.service import TestgenService, TestgenSettings, module_name
 
 FUNNEL = ["candidates", "parse", "pass", "stable", "adds_coverage", "kept"]
@@ -243,7 +243,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         row = await bench_problem(service, problem, args.rounds)
         rows.append(row)
         print(f"  [{n}/{len(problems)}] {line(row)}", file=sys.stderr, flush=True)
-    info = engine.info()
+    info = engine.info().to_dict()
     engine.close()
     return {
         "benchmark": "testgen_funnel",

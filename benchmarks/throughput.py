@@ -655,7 +655,7 @@ def add_speedups(configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     at8 = next((r for r in batched if r["clients"] == 8), None)
     if at8 is None:
         return {}
-    # Target (DESIGN.md): >= 3x the requests/s of one-at-a-time with 8 concurrent clients.
+    # Target: >= 3x the requests/s of one-at-a-time with 8 concurrent clients.
     measured = at8.get("speedup_vs_sequential_same_n")
     return {
         "target": ">= 3x requests/s at 8 clients vs one-at-a-time",

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
 from typing import Any
 
-from ds_engine import Engine
+from ds_engine import Engine, EngineConfig
+from ds_engine.factory import DEFAULT_ENGINE_CLASS, engine_class, make_engine
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import (
     Bool,
@@ -22,7 +22,9 @@ from traitlets import (
     validate,
 )
 
-from jupyter_ds import __version__, metrics
+from jupyter_ds import metrics
+from jupyter_ds.completion.service import CompletionService, CompletionSettings
+from jupyter_ds.explain.service import ExplainService, ExplainSettings
 from jupyter_ds.finetune.job import FinetuneJobs
 from jupyter_ds.git.service import GitService, GitSettings
 from jupyter_ds.handlers import ROUTES, endpoint_of, handlers
@@ -31,8 +33,7 @@ from jupyter_ds.paths import DEFAULT_EXCLUDE
 from jupyter_ds.ratelimit import RateLimiter, parse_limits
 from jupyter_ds.roles import RolePolicy, parse_mapping
 from jupyter_ds.roles import install as install_roles
-from jupyter_ds.services.completion import CompletionService, CompletionSettings
-from jupyter_ds.services.explain import ExplainService, ExplainSettings
+from jupyter_ds.services import Services
 from jupyter_ds.testgen.sandbox import detect_sandbox
 from jupyter_ds.testgen.service import (
     SandboxCapacity,
@@ -40,24 +41,6 @@ from jupyter_ds.testgen.service import (
     TestgenSettings,
     default_sandbox_concurrency,
 )
-
-
-@dataclass
-class Services:
-    """What handlers reach through ``self.settings["jupyter_ds"]``."""
-
-    engine: Engine
-    completion: CompletionService
-    explain: ExplainService
-    testgen: TestgenService
-    limits: dict[str, int]
-    max_body_bytes: int
-    git: GitService | None = None
-    version: str = __version__
-    limiter: RateLimiter | None = None
-    audit: Any = None  # jupyter_ds.audit.AuditLog, or None when the audit log is off
-    roles: RolePolicy | None = None
-    finetune: FinetuneJobs | None = None
 
 
 def known_endpoints() -> list[str]:
@@ -71,6 +54,24 @@ class JupyterDsApp(ExtensionApp):
     name = "jupyter_ds"
     description = __doc__
 
+    engine_class = Unicode(
+        DEFAULT_ENGINE_CLASS,
+        config=True,
+        help=(
+            "The engine that serves the model, as a dotted path to a class implementing "
+            "ds_engine.interface.Engine with a from_config(EngineConfig) classmethod: the "
+            "in-process ds_engine.local.LocalEngine by default."
+        ),
+    )
+    engine_options = Dict(
+        default_value={},
+        config=True,
+        help=(
+            "Settings of the engine class beyond the common ones below, passed to it as "
+            "EngineConfig.options (the in-process engine takes e.g. num_threads, "
+            "prefix_cache_entries, result_cache_entries)."
+        ),
+    )
     model_path = Unicode(
         "",
         config=True,
@@ -427,6 +428,14 @@ class JupyterDsApp(ExtensionApp):
             raise TraitError(f"JupyterDsApp.{exc}") from None
         return proposal.value
 
+    @validate("engine_class")
+    def _valid_engine_class(self, proposal: Any) -> Any:
+        try:
+            engine_class(proposal.value)
+        except ValueError as exc:
+            raise TraitError(f"JupyterDsApp.{exc}") from None
+        return proposal.value
+
     @validate("max_concurrent_per_user")
     def _valid_max_concurrent(self, proposal: Any) -> Any:
         if proposal.value < 0:
@@ -463,8 +472,8 @@ class JupyterDsApp(ExtensionApp):
         """Runs once the port is bound: port_retries may have moved it since
         initialize_settings, and a second server on the same folder must not keep writing
         to the first one's log."""
-        services = self.settings.get("jupyter_ds")
-        audit = getattr(services, "audit", None)
+        services: Services | None = self.settings.get("jupyter_ds")
+        audit = services.audit if services is not None else None
         server = self.audit_server_id()
         if audit is None or server == audit.server:
             return
@@ -484,10 +493,9 @@ class JupyterDsApp(ExtensionApp):
     engine = None  # set in initialize_settings; tests may read it
     _undo_json_logs = None
 
-    def make_engine(self) -> Engine:
-        from ds_engine.local import LocalEngine
-
-        return LocalEngine(
+    def engine_config(self) -> EngineConfig:
+        """What the configured engine class is built from (see ``engine_class``)."""
+        return EngineConfig(
             model_path=self.model_path or None,
             device=self.device,
             dtype=self.dtype,
@@ -499,7 +507,11 @@ class JupyterDsApp(ExtensionApp):
             default_adapter=self.default_adapter,
             max_queued=self.max_queued,
             load_shedding=self.load_shedding,
+            options=dict(self.engine_options),
         )
+
+    def make_engine(self) -> Engine:
+        return make_engine(self.engine_class, self.engine_config())
 
     def adapters_path(self) -> str:
         if self.adapters_dir:
@@ -510,7 +522,7 @@ class JupyterDsApp(ExtensionApp):
 
     def _attach_configured_adapters(self, engine: Engine) -> None:
         """Attach ``adapters`` once the model is ready; a bad one is logged, not fatal."""
-        if not engine.wait_ready():  # type: ignore[attr-defined]
+        if not engine.wait_ready():
             return
         for name, folder in self.adapters.items():
             path = os.path.join(self.adapters_path(), os.path.expanduser(folder))

@@ -21,9 +21,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from jupyter_ds.cli_engine import add_engine_options, open_engine
+from jupyter_ds.completion.requests import CompleteRequest
 from jupyter_ds.envelope import failure, success
 from jupyter_ds.errors import ApiError, bad_request
-from jupyter_ds.requests import CompleteRequest, ExplainRequest, parse_request
+from jupyter_ds.explain.requests import ExplainRequest
+from jupyter_ds.requests import parse_request
 
 
 def _read_source(source: str) -> tuple[str, str | None]:
@@ -54,24 +57,9 @@ def split_at_cursor(text: str, cursor: str | None) -> tuple[str, str]:
     return text[:offset], text[offset:]
 
 
-def _engine(args: argparse.Namespace) -> Any:
-    from ds_engine.local import LocalEngine
-
-    def progress(stage: str, fraction: float) -> None:
-        print(f"[jupyter-ds] {stage} {fraction:4.0%}", file=sys.stderr, flush=True)
-
-    try:
-        engine = LocalEngine(model_path=args.model_path, device=args.device, dtype=args.dtype,
-                             quantization="auto")  # as the server
-        engine.load(progress=progress)
-    except Exception as exc:  # a model that cannot load is an answer, not a traceback
-        raise ApiError(503, "model_failed", f"model failed to load: {exc}") from None
-    return engine
-
-
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
-    from jupyter_ds.services.completion import CompletionService
-    from jupyter_ds.services.explain import ExplainService
+    from jupyter_ds.completion.service import CompletionService
+    from jupyter_ds.explain.service import ExplainService
 
     if args.command == "tests":
         return await _run_tests(args)
@@ -88,21 +76,21 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         if args.max_tokens is not None:
             body["max_tokens"] = args.max_tokens
         req = parse_request(CompleteRequest, body)
-        return await CompletionService(_engine(args)).complete(req)
+        return await CompletionService(open_engine(args)).complete(req)
     body = {"code": text, "language": args.language}
     if args.question:
         body["question"] = args.question
     if args.max_tokens is not None:
         body["max_tokens"] = args.max_tokens
     req_e = parse_request(ExplainRequest, body)
-    return await ExplainService(_engine(args)).explain(req_e)
+    return await ExplainService(open_engine(args)).explain(req_e)
 
 
 async def _run_tests(args: argparse.Namespace) -> dict[str, Any]:
     """``tests generate PATH[::FUNCTION]`` and ``tests run TESTFILE --source PATH``."""
     import os
 
-    from jupyter_ds.requests import TestsRequest, TestsRunRequest
+    from jupyter_ds.testgen.requests import TestsRequest, TestsRunRequest
     from jupyter_ds.testgen.service import TestgenService, TestgenSettings
 
     settings = TestgenSettings(root_dir=os.getcwd())
@@ -122,7 +110,7 @@ async def _run_tests(args: argparse.Namespace) -> dict[str, Any]:
     if args.max_tokens is not None:
         body["max_tokens"] = args.max_tokens
     req_g = parse_request(TestsRequest, body)
-    return await TestgenService(_engine(args), settings).generate(req_g)
+    return await TestgenService(open_engine(args), settings).generate(req_g)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,9 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("source", nargs="?", default="-", help="a file, or - for stdin")
         p.add_argument("--language", default="python")
         p.add_argument("--max-tokens", type=int, default=None)
-        p.add_argument("--model-path", default=None, help="HF directory or GGUF file")
-        p.add_argument("--device", default="auto")
-        p.add_argument("--dtype", default="auto")
+        add_engine_options(p)
         if name == "complete":
             p.add_argument("--cursor", default=None, help="LINE:COL, 1-based line")
         else:
@@ -149,9 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("target", help="a .py file, optionally ::FUNCTION (default: first public)")
     gen.add_argument("--rounds", type=int, default=2)
     gen.add_argument("--max-tokens", type=int, default=None)
-    gen.add_argument("--model-path", default=None, help="HF directory or GGUF file")
-    gen.add_argument("--device", default="auto")
-    gen.add_argument("--dtype", default="auto")
+    add_engine_options(gen)
     run = tests_sub.add_parser("run", help="run TESTFILE against --source PATH")
     run.add_argument("testfile")
     run.add_argument("--source", dest="source_path", required=True)

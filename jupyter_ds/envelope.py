@@ -1,4 +1,6 @@
-"""The one JSON envelope every answer uses (DESIGN.md, "HTTP API")."""
+"""The one JSON envelope every answer uses, whatever the transport (REST, NDJSON lines,
+WebSocket error messages), so a client parses one shape: ``docs/openapi.yaml``
+(``components/schemas``, ``Success`` and ``Error``)."""
 
 from __future__ import annotations
 

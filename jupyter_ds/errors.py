@@ -1,7 +1,8 @@
 """API errors: one exception type that carries the status code, error code and field.
 
-Handlers, the WebSocket and the CLI all turn an :class:`ApiError` into the same error
-envelope, so a client always sees the code of DESIGN.md and the field that was wrong.
+The REST handlers, the WebSocket and the CLI all turn an :class:`ApiError` into the same
+error envelope (``jupyter_ds/pipeline.py`` maps every other exception to one), so a client
+always sees one of the codes listed in ``docs/openapi.yaml`` and the field that was wrong.
 """
 
 from __future__ import annotations

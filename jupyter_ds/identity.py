@@ -28,13 +28,34 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jupyter_server.auth.identity import IdentityProvider, User
+if TYPE_CHECKING:  # imported where used: the pipeline needs user_name without tornado
+    from jupyter_server.auth.identity import User
 
 TOKEN_PREFIX = "token-"
 ANONYMOUS_PREFIX = "anonymous-"
 _DIGITS = 16  # 64 bits: no two tokens of one server meet by chance
+
+
+def user_name(user: Any) -> str | None:
+    """The one stable name of a caller: ``User.username``, else ``User.name``, else a bare
+    string user; None for no user (a request refused before authentication).
+
+    Everything that tells callers apart uses it, so they all agree on who is who: role
+    mappings (:mod:`jupyter_ds.roles`), rate limits and generation slots, the JSON logs'
+    ``user``, audit records and sandbox caps (:mod:`jupyter_ds.pipeline`), the name
+    ``GET health`` reports, and the author of a ``git/commit`` in a repository without
+    ``user.name`` (:mod:`jupyter_ds.handlers.git`). ``display_name`` is never used: it is
+    free text that many users may share.
+    """
+    if isinstance(user, str):
+        return user or None
+    for attr in ("username", "name"):
+        value = getattr(user, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 def keyed_name(prefix: str, secret: bytes, value: str) -> str:
@@ -45,6 +66,8 @@ def keyed_name(prefix: str, secret: bytes, value: str) -> str:
 
 def draws_anonymous_users(idp: Any) -> bool:
     """Whether ``idp`` is Jupyter's own token/cookie provider, which draws random users."""
+    from jupyter_server.auth.identity import IdentityProvider
+
     cls = type(idp)
     return (
         isinstance(idp, IdentityProvider)
@@ -64,6 +87,8 @@ def _secret(handler: Any) -> bytes:
 def stable_user(handler: Any) -> User | None:
     """The identity that stands for ``handler``'s authenticated caller, or None to keep
     the one Jupyter gave (see the module's docstring for when each applies)."""
+    from jupyter_server.auth.identity import User
+
     idp = handler.settings.get("identity_provider")
     if idp is None or not draws_anonymous_users(idp) or not handler.current_user:
         return None

@@ -39,6 +39,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
+from ds_engine import FinishReason
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -345,7 +346,7 @@ class InstrumentedEngine:
 
     A *client* cancellation is ``cancel(request_id)`` through this proxy, or a
     generation whose caller stopped listening before the end (a cancelled task, a closed
-    stream); a request that the server stops on its own (``request.cancel()``, as
+    stream); a request that the server stops on its own (``cancel(id, reason=STOP)``, as
     completion does once a block is complete) is a normal finish, not a cancellation.
     """
 
@@ -425,9 +426,10 @@ class InstrumentedEngine:
             if aclose is not None:
                 await aclose()
 
-    def cancel(self, request_id: str) -> bool:
-        known = self._engine.cancel(request_id)
-        self._client_cancelled(request_id)
+    def cancel(self, request_id: str, *, reason: Any = FinishReason.CANCELLED) -> bool:
+        known = self._engine.cancel(request_id, reason=reason)
+        if reason is FinishReason.CANCELLED:  # STOP: the server had what it needed
+            self._client_cancelled(request_id)
         return known
 
     @staticmethod
@@ -539,11 +541,9 @@ class EngineCollector(Collector):
         if engine is None:
             return
         try:
-            info = engine.info()
+            info = engine.info().to_dict()
         except Exception:  # a scrape must never fail because the engine did
             log.debug("engine.info() failed during a scrape", exc_info=True)
-            return
-        if not isinstance(info, dict):
             return
         for key, (name, doc) in ENGINE_COUNTERS.items():
             value = _number(info.get(key))

@@ -12,7 +12,7 @@ import dataclasses
 import re
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, TypeVar
 
 from jupyter_ds.errors import bad_request, too_large
@@ -27,110 +27,15 @@ T = TypeVar("T")
 ADAPTER_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 
 
-def _field(default: Any = dataclasses.MISSING, *, default_factory: Any = None, **meta: Any) -> Any:
+def wire_field(
+    default: Any = dataclasses.MISSING, *, default_factory: Any = None, **meta: Any
+) -> Any:
+    """A request field with its validation metadata (see the keys above)."""
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=meta)
     if default is dataclasses.MISSING:
         return field(metadata=meta)
     return field(default=default, metadata=meta)
-
-
-@dataclass
-class CompleteRequest:
-    """``POST jupyter-ds/v1/complete`` and one WebSocket completion request."""
-
-    prefix: str = _field(max_chars="max_input_chars")
-    suffix: str = _field("", max_chars="max_input_chars")
-    language: str = _field("python", max_chars="max_name_chars")
-    path: str | None = _field(None, max_chars="max_name_chars")
-    cell_id: str | None = _field(None, max_chars="max_name_chars")
-    max_tokens: int | None = _field(None, min=1, max_setting="max_tokens_limit")
-    temperature: float | None = _field(None, min=0.0, max=2.0)
-    n: int = _field(1, min=1, max=5)
-    # A loaded LoRA adapter by name; absent: the folder's default, else the server's.
-    adapter: str | None = _field(None, max_chars="max_name_chars", pattern=ADAPTER_NAME)
-
-
-@dataclass
-class ExplainRequest:
-    """``POST jupyter-ds/v1/explain``."""
-
-    code: str = _field(max_chars="max_input_chars")
-    language: str = _field("python", max_chars="max_name_chars")
-    question: str | None = _field(None, max_chars="max_name_chars")
-    stream: bool = _field(False)
-    max_tokens: int | None = _field(None, min=1, max_setting="max_tokens_limit")
-
-
-@dataclass
-class TestsRequest:
-    """``POST jupyter-ds/v1/tests``: generate verified tests for one function.
-
-    The code comes as ``source`` text, or from ``path`` (a ``.py`` file under the server
-    root); ``path`` also names the module (``pkg/stats.py`` -> ``stats``).
-    """
-
-    __test__ = False  # not a pytest class
-    source: str | None = _field(None, max_chars="max_input_chars")
-    path: str | None = _field(None, max_chars="max_name_chars")
-    target: str | None = _field(None, max_chars="max_name_chars")
-    existing_tests: str | None = _field(None, max_chars="max_input_chars")
-    rounds: int = _field(2, min=1, max=5)
-    max_tokens: int | None = _field(None, min=16, max_setting="max_tokens_limit")
-    stream: bool = _field(False)
-
-
-@dataclass
-class TestsRunRequest:
-    """``POST jupyter-ds/v1/tests/run``: run given tests against given source."""
-
-    __test__ = False
-    tests: str = _field(max_chars="max_input_chars")
-    source: str | None = _field(None, max_chars="max_input_chars")
-    path: str | None = _field(None, max_chars="max_name_chars")
-    # The module's file is written in the sandbox: an identifier a file name can hold.
-    module: str | None = _field(None, max_chars="max_name_chars",
-                                pattern=r"[A-Za-z_][A-Za-z0-9_]{0,59}")
-    runs: int = _field(1, min=1, max=10)
-
-
-@dataclass
-class TestsInsertRequest:
-    """``POST jupyter-ds/v1/tests/insert``: write kept tests next to ``path``'s tests."""
-
-    __test__ = False
-    path: str = _field(max_chars="max_name_chars")
-    tests: list[str] = _field(max_items=200)  # noqa: RUF009 - a dataclasses.field
-    imports: list[str] = _field(default_factory=list, max_items=200)  # noqa: RUF009
-    test_path: str | None = _field(None, max_chars="max_name_chars")
-
-
-@dataclass
-class AdapterLoadRequest:
-    """``POST jupyter-ds/v1/adapters/<name>``: attach the adapter folder at ``path``."""
-
-    path: str = _field(max_chars="max_name_chars")
-
-
-@dataclass
-class FinetuneRequest:
-    """``POST jupyter-ds/v1/finetune``: train an adapter on a folder under the root.
-
-    ``name`` is the adapter's name (and its folder under the adapters directory); with
-    ``load`` the finished adapter is attached under it.
-    """
-
-    path: str = _field(max_chars="max_name_chars")
-    name: str = _field(max_chars="max_name_chars", pattern=ADAPTER_NAME)
-    max_minutes: float | None = _field(None, min=0.1, max=24 * 60)
-    max_tokens: int | None = _field(None, min=1000, max=10**10)
-    resume: bool = _field(False)
-    seed: int = _field(0, min=0, max=2**31 - 1)
-    rank: int = _field(16, min=1, max=256)
-    targets: str = _field("q_proj,v_proj", max_chars="max_name_chars",
-                          pattern=r"[A-Za-z0-9_]+(,[A-Za-z0-9_]+)*")
-    spm_rate: float = _field(0.5, min=0.0, max=1.0)
-    load: bool = _field(True)
 
 
 DEFAULT_LIMITS: dict[str, int] = {

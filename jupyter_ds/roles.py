@@ -50,6 +50,8 @@ from typing import Any
 from jupyter_server.auth.authorizer import Authorizer
 from traitlets import Instance
 
+from jupyter_ds.identity import user_name
+
 PREFIX = "jupyter_ds:"
 ACTIONS = frozenset({"read", "write", "execute"})
 READ = frozenset({"read"})
@@ -106,14 +108,6 @@ def parse_mapping(name: str, mapping: Mapping[str, Any]) -> dict[str, tuple[str,
             raise ValueError(f"{name}: {key!r} is not a user or group name")
         out[key] = _role_list(f"{name}[{key!r}]", roles)
     return out
-
-
-def user_name(user: Any) -> str | None:
-    """The name roles are keyed by: ``User.username`` (or a bare string user)."""
-    if isinstance(user, str):
-        return user or None
-    name = getattr(user, "username", None) or getattr(user, "name", None)
-    return name if isinstance(name, str) and name else None
 
 
 def user_groups(user: Any) -> list[str]:

@@ -283,8 +283,8 @@ async def test_a_blank_line_always_gets_a_suggestion(prefix, suffix, wanted):
     """The service asks the engine for at least one token where the line is blank."""
     from ds_engine.testing import ScriptedEngine
 
-    from jupyter_ds.requests import CompleteRequest
-    from jupyter_ds.services.completion import CompletionService
+    from jupyter_ds.completion.requests import CompleteRequest
+    from jupyter_ds.completion.service import CompletionService
 
     engine = ScriptedEngine(["return x"])
     await CompletionService(engine).complete(CompleteRequest(prefix=prefix, suffix=suffix))
@@ -295,8 +295,8 @@ async def test_the_prompt_stands_in_the_body_at_column_0_under_a_header():
     """The model is prompted from the body's indentation and its answer gets it too."""
     from ds_engine.testing import ScriptedEngine
 
-    from jupyter_ds.requests import CompleteRequest
-    from jupyter_ds.services.completion import CompletionService
+    from jupyter_ds.completion.requests import CompleteRequest
+    from jupyter_ds.completion.service import CompletionService
 
     prefix, suffix = "def clamp(x, lo, hi):\n    if x > hi:\n", "\n    return x\n"
     engine = ScriptedEngine(["return hi"])

@@ -29,19 +29,13 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from test_hostile import BASE_BODIES, SOURCE, _allowed, _is_list
 
+from jupyter_ds.completion.requests import CompleteRequest
 from jupyter_ds.errors import ApiError
+from jupyter_ds.explain.requests import ExplainRequest
+from jupyter_ds.finetune.requests import AdapterLoadRequest, FinetuneRequest
 from jupyter_ds.git.requests import READ_VERBS, WRITE_VERBS, parse_git, wire_name
-from jupyter_ds.requests import (
-    DEFAULT_LIMITS,
-    AdapterLoadRequest,
-    CompleteRequest,
-    ExplainRequest,
-    FinetuneRequest,
-    TestsInsertRequest,
-    TestsRequest,
-    TestsRunRequest,
-    parse_request,
-)
+from jupyter_ds.requests import DEFAULT_LIMITS, parse_request
+from jupyter_ds.testgen.requests import TestsInsertRequest, TestsRequest, TestsRunRequest
 
 TRACEBACK = "Traceback (most recent call last)"
 LIMITS = {"max_input_chars": 3000, "max_name_chars": 300, "max_tokens_limit": 1024}

@@ -35,14 +35,10 @@ import pytest
 from ds_engine.testing import BASE_SPECIAL_TOKENS
 from gitrepos import RepoFactory, isolate_git_config
 
+from jupyter_ds.completion.requests import CompleteRequest
+from jupyter_ds.explain.requests import ExplainRequest
 from jupyter_ds.git.requests import READ_VERBS, WRITE_VERBS, wire_name
-from jupyter_ds.requests import (
-    CompleteRequest,
-    ExplainRequest,
-    TestsInsertRequest,
-    TestsRequest,
-    TestsRunRequest,
-)
+from jupyter_ds.testgen.requests import TestsInsertRequest, TestsRequest, TestsRunRequest
 
 TRACEBACK = "Traceback (most recent call last)"
 MAX_INPUT = 4000

@@ -4,6 +4,7 @@ collectors; /metrics of a real server; the alert rules (schema, names, promtool)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import itertools
 import json
@@ -17,14 +18,22 @@ from typing import Any
 
 import pytest
 import yaml
-from ds_engine import Engine, EngineNotReady, EngineState, FinishReason, GenerationRequest
+from ds_engine import (
+    Engine,
+    EngineCounters,
+    EngineInfo,
+    EngineNotReady,
+    EngineState,
+    FinishReason,
+    GenerationRequest,
+)
 from ds_engine.interface import GenerationResult, StreamChunk
 from ds_engine.testing import NoAdapters, ScriptedEngine
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from jupyter_ds import metrics
-from jupyter_ds.requests import TestsRunRequest
+from jupyter_ds.testgen.requests import TestsRunRequest
 from jupyter_ds.testgen.sandbox import RunReport, TestResult
 from jupyter_ds.testgen.service import TestgenService, TestgenSettings
 
@@ -73,11 +82,15 @@ class FakeEngine(NoAdapters):
         self.block = False
         self.not_ready = False
         self.closed_streams = 0
+        self.cancelled: dict[str, FinishReason] = {}  # request id -> the reason given
         self.info_value: dict[str, Any] = {"name": "fake", "state": "ready"}
 
     state = EngineState.READY
 
     def start_loading(self) -> None: ...
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return True
 
     def count_tokens(self, text: str) -> int:
         return len(text)
@@ -100,8 +113,8 @@ class FakeEngine(NoAdapters):
     async def _stream(self, request: GenerationRequest):
         try:
             for i in range(self.steps):
-                if request.cancelled:
-                    res = result(FinishReason.CANCELLED, tokens=i)
+                if request.request_id in self.cancelled:
+                    res = result(self.cancelled[request.request_id], tokens=i)
                     yield StreamChunk("x" * i, "", i, True, res)
                     return
                 yield StreamChunk("x" * (i + 1), "x", i + 1)
@@ -111,15 +124,24 @@ class FakeEngine(NoAdapters):
         finally:
             self.closed_streams += 1
 
-    def cancel(self, request_id: str) -> bool:
-        request = self.requests.get(request_id)
-        if request is None:
+    def cancel(self, request_id: str, *, reason: FinishReason = FinishReason.CANCELLED) -> bool:
+        if request_id not in self.requests:
             return False
-        request.cancel()
+        self.cancelled.setdefault(request_id, reason)
         return True
 
-    def info(self) -> dict[str, Any]:
-        return dict(self.info_value)
+    def info(self) -> EngineInfo:
+        return engine_info(self.info_value)
+
+
+def engine_info(values: dict[str, Any]) -> EngineInfo:
+    """The typed record of a flat info dict (the shape ``EngineInfo.to_dict`` gives)."""
+    counter_names = {f.name for f in dataclasses.fields(EngineCounters)}
+    known = {k: v for k, v in values.items() if k in counter_names}
+    counters = EngineCounters(**known) if known else None
+    rest = {k: v for k, v in values.items() if k not in counter_names}
+    rest["state"] = EngineState(rest.get("state", "ready"))
+    return EngineInfo(counters=counters, **rest)
 
 
 # ------------------------------------------------------------------------ requests
@@ -274,11 +296,11 @@ async def test_client_cancellations_are_counted_once_and_early_stops_not_at_all(
     assert chunks[-1].done and chunks[-1].result.finish_reason is FinishReason.CANCELLED
     assert cancelled() == start + 1
 
-    # 2. the server stops a generation itself (request.cancel(), completion's early stop)
+    # 2. the server stops a generation itself (reason STOP, completion's early stop)
     request = GenerationRequest(prompt="p")
     async for chunk in engine.stream(request):
         if not chunk.done:
-            request.cancel()
+            engine.cancel(request.request_id, reason=FinishReason.STOP)
     assert cancelled() == start + 1
 
     # 3. the consumer goes away mid-stream: counted, and the engine's stream is closed
@@ -502,7 +524,7 @@ async def test_the_server_serves_jupyter_ds_metrics_at_metrics(ds_ready, jp_serv
     text = response.body.decode()
     families = scrape(text)
     engine = jp_serverapp.web_app.settings["jupyter_ds"].engine
-    info = engine.info()
+    info = engine.info().to_dict()
     # the engine's state, read at this scrape
     waiting = families["jupyter_ds_num_requests_waiting"].samples[0].value
     assert waiting == info["queued_requests"] == 0

@@ -28,9 +28,9 @@ from jupyter_ds.completion.notebook import (
     parse_notebook,
     resolve_notebook_path,
 )
+from jupyter_ds.completion.requests import CompleteRequest
+from jupyter_ds.completion.service import CompletionService, CompletionSettings
 from jupyter_ds.errors import ApiError
-from jupyter_ds.requests import CompleteRequest
-from jupyter_ds.services.completion import CompletionService, CompletionSettings
 
 
 def words(text: str) -> int:

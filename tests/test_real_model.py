@@ -15,10 +15,11 @@ import textwrap
 import pytest
 from ds_engine.local import LocalEngine
 
+from jupyter_ds.completion.requests import CompleteRequest
+from jupyter_ds.completion.service import CompletionService
 from jupyter_ds.completion.validate import parses
-from jupyter_ds.requests import CompleteRequest, ExplainRequest
-from jupyter_ds.services.completion import CompletionService
-from jupyter_ds.services.explain import ExplainService
+from jupyter_ds.explain.requests import ExplainRequest
+from jupyter_ds.explain.service import ExplainService
 
 pytestmark = pytest.mark.real_model
 
@@ -66,7 +67,7 @@ async def test_completions_of_real_code_parse_in_context(engine, name, prefix, s
 async def test_the_embedded_model_serves_its_fim_adapter(engine):
     """The shipped FIM adapter is merged: the suffix is in the prompt, and a blank line in
     a block gets a body (the issue's clamp example offered nothing before)."""
-    info = engine.info()
+    info = engine.info().to_dict()
     assert info["adapter"] == "default-fim" and engine.template.fim.family == "jupyter-ds-spm"
     prefix = "def clamp(x, lo, hi):\n    if x > hi:\n        "
     suffix = "\n    return x\n"
@@ -125,7 +126,7 @@ async def test_server_answers_the_readme_curl_on_the_embedded_model(ds_client):
 
 
 async def test_generated_tests_on_the_embedded_model_prove_themselves(engine):
-    from jupyter_ds.requests import TestsRequest, TestsRunRequest
+    from jupyter_ds.testgen.requests import TestsRequest, TestsRunRequest
     from jupyter_ds.testgen.service import TestgenService
 
     source = (

@@ -30,8 +30,8 @@ from tornado.httpclient import HTTPClientError
 
 from jupyter_ds.errors import ApiError
 from jupyter_ds.ratelimit import GENERATION_ENDPOINTS
-from jupyter_ds.requests import TestsRequest
 from jupyter_ds.testgen import sandbox as sb
+from jupyter_ds.testgen.requests import TestsRequest
 from jupyter_ds.testgen.service import SandboxCapacity, TestgenService, TestgenSettings
 
 SOURCE = "def double(x):\n    return 2 * x\n"

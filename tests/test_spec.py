@@ -7,19 +7,13 @@ from pathlib import Path
 
 import yaml
 
+from jupyter_ds.completion.requests import CompleteRequest
+from jupyter_ds.explain.requests import ExplainRequest
+from jupyter_ds.finetune.requests import AdapterLoadRequest, FinetuneRequest
 from jupyter_ds.git.requests import GIT_REQUESTS, READ_VERBS, wire_name
 from jupyter_ds.handlers import API_PREFIX, ROUTES
-from jupyter_ds.requests import (
-    ADAPTER_NAME,
-    DEFAULT_LIMITS,
-    AdapterLoadRequest,
-    CompleteRequest,
-    ExplainRequest,
-    FinetuneRequest,
-    TestsInsertRequest,
-    TestsRequest,
-    TestsRunRequest,
-)
+from jupyter_ds.requests import ADAPTER_NAME, DEFAULT_LIMITS
+from jupyter_ds.testgen.requests import TestsInsertRequest, TestsRequest, TestsRunRequest
 
 SPEC = yaml.safe_load((Path(__file__).parents[1] / "docs" / "openapi.yaml").read_text())
 

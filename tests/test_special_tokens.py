@@ -17,13 +17,15 @@ from ds_engine.templates import ZERO_WIDTH_SPACE, detect_template, special_strin
 from ds_engine.testing import ScriptedEngine, make_tiny_tokenizer
 from gitrepos import RepoFactory, isolate_git_config
 
+from jupyter_ds.completion.requests import CompleteRequest
+from jupyter_ds.completion.service import CompletionService, CompletionSettings
+from jupyter_ds.explain.requests import ExplainRequest
+from jupyter_ds.explain.service import ExplainService
 from jupyter_ds.git.requests import GitCommitMessageRequest
 from jupyter_ds.git.service import GitService
-from jupyter_ds.requests import CompleteRequest, ExplainRequest, TestsRequest
-from jupyter_ds.services.completion import CompletionService, CompletionSettings
-from jupyter_ds.services.explain import ExplainService
 from jupyter_ds.testgen.context import target_context
 from jupyter_ds.testgen.prompt import Failure, build_prompt
+from jupyter_ds.testgen.requests import TestsRequest
 from jupyter_ds.testgen.service import TestgenService, TestgenSettings
 
 FAMILIES = [None, "starcoder", "qwen2.5-coder", "deepseek-coder", "codellama"]

@@ -15,7 +15,7 @@ import pytest
 from ds_engine.testing import ScriptedEngine
 
 from jupyter_ds.errors import ApiError
-from jupyter_ds.requests import TestsRequest, TestsRunRequest
+from jupyter_ds.testgen.requests import TestsRequest, TestsRunRequest
 from jupyter_ds.testgen.service import TestgenService, TestgenSettings
 
 SOURCE = '''\
@@ -199,7 +199,8 @@ def test_module_names_stay_file_names():
 
 def test_a_module_field_that_is_no_file_name_is_refused():
     from jupyter_ds.errors import ApiError
-    from jupyter_ds.requests import TestsRunRequest, parse_request
+    from jupyter_ds.requests import parse_request
+    from jupyter_ds.testgen.requests import TestsRunRequest
 
     for bad in ("a" * 298, "os.path", "1abc"):
         with pytest.raises(ApiError) as err:

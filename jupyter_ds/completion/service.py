@@ -13,8 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ds_engine import Engine, EngineNotReady, EngineState, FinishReason, GenerationRequest
-from ds_engine.adapters import AdapterError
+from ds_engine import Engine, FinishReason, GenerationRequest
 from ds_engine.templates import PromptTemplate
 
 from jupyter_ds import json_logs
@@ -26,6 +25,7 @@ from jupyter_ds.completion.notebook import (
     NotebookReader,
     notebook_context,
 )
+from jupyter_ds.completion.requests import CompleteRequest
 from jupyter_ds.completion.rules import (
     CompletionContext,
     block_complete,
@@ -33,8 +33,8 @@ from jupyter_ds.completion.rules import (
     postprocess,
 )
 from jupyter_ds.completion.validate import longest_valid
-from jupyter_ds.errors import ApiError, adapter_error, engine_error, not_ready, timed_out
-from jupyter_ds.requests import CompleteRequest
+from jupyter_ds.engine_calls import engine_errors, ensure_ready
+from jupyter_ds.errors import timed_out
 
 
 @dataclass
@@ -64,20 +64,6 @@ class CompletionSettings:
 def on_blank_line(prefix: str, suffix: str) -> bool:
     """Whether the cursor's line holds nothing but whitespace, before and after it."""
     return not prefix.rsplit("\n", 1)[-1].strip() and not suffix.split("\n", 1)[0].strip()
-
-
-def ensure_ready(engine: Engine) -> None:
-    """Raise the 503 of DESIGN.md unless the engine can take requests now."""
-    state = engine.state
-    if state is EngineState.READY:
-        return
-    if state is EngineState.UNLOADED:
-        engine.start_loading()
-        state = EngineState.LOADING
-    if state is EngineState.FAILED:
-        error = engine.info().get("error") or "unknown error"
-        raise ApiError(503, "model_failed", f"model failed to load: {error}", retry_after=60)
-    raise not_ready("model is loading; retry shortly", retry_after=5)
 
 
 class CompletionService:
@@ -138,10 +124,8 @@ class CompletionService:
 
     def template_for(self, adapter: str | None) -> PromptTemplate:
         """The prompt template of ``adapter`` (404 when the engine does not serve it)."""
-        try:
+        with engine_errors():
             return self.engine.template_for(adapter)
-        except AdapterError as exc:
-            raise adapter_error(exc) from None
 
     def _prompt(self, req: CompleteRequest, adapter: str | None = None) -> tuple[str, int]:
         max_tokens = req.max_tokens or self.settings.max_tokens
@@ -213,10 +197,8 @@ class CompletionService:
             queue_timeout_s=self.settings.queue_timeout_s,
             user=json_logs.current_user(),
         )
-        try:
+        with engine_errors():
             self.engine.check_admission(probe)
-        except EngineNotReady as exc:
-            raise engine_error(exc) from None
 
     async def complete(self, req: CompleteRequest) -> dict[str, Any]:
         """Generate ``req.n`` candidates and return the API's ``data`` object."""
@@ -287,7 +269,7 @@ class CompletionService:
         shown = ""
         stopped_early = False
         started = time.monotonic()
-        try:
+        with engine_errors():  # an adapter may be unloaded between prompt and run
             async for chunk in self.engine.stream(gen):
                 # A control token the model writes (a new cell, file or turn) ends the
                 # completion; it and what follows are never shown.
@@ -298,7 +280,8 @@ class CompletionService:
                         len(cut) < len(chunk.text) or block_complete(raw, ctx)
                     ):
                         stopped_early = True
-                        gen.cancel()  # the rest would be cut anyway: stop paying for it
+                        # The rest would be cut anyway: stop paying for it (a normal finish).
+                        self.engine.cancel(gen.request_id, reason=FinishReason.STOP)
                     if not partial:
                         continue
                     # Only ever show text that is valid in its context, even mid-stream.
@@ -314,8 +297,6 @@ class CompletionService:
                 if result.finish_reason is FinishReason.TIMEOUT:
                     raise timed_out(f"generation took longer than {self.settings.timeout_s} s")
                 reason = result.finish_reason
-                if reason is FinishReason.CANCELLED and stopped_early:
-                    reason = FinishReason.STOP
                 final = longest_valid(postprocess(raw, ctx), req.prefix, req.suffix, req.language)
                 yield {
                     "text": final or "",
@@ -330,14 +311,17 @@ class CompletionService:
                     "latency_ms": round((time.monotonic() - started) * 1000, 1),
                 }
                 return
-        except EngineNotReady as exc:
-            raise engine_error(exc) from None
-        except AdapterError as exc:  # unloaded between the prompt and the generation
-            raise adapter_error(exc) from None
 
     def _adapter_label(self, adapter: str | None) -> str | None:
         """The adapter that answered: the request's, else the model's merged default."""
         if adapter is not None:
             return adapter
-        info = self.engine.info()
-        return info.get("adapter") if isinstance(info.get("adapter"), str) else None
+        return self.engine.info().adapter
+
+    def cancel(self, request_id: str) -> bool:
+        """Stop the generation ``request_id`` (a stream's): it ends at its next token,
+        reported as cancelled. False when the engine does not know it (already ended).
+
+        Transports cancel through the service rather than the engine: the service owns
+        the generations it starts (see ``jupyter_ds/handlers/stream.py``)."""
+        return self.engine.cancel(request_id)

@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from ds_engine import Engine, EngineNotReady, FinishReason, GenerationRequest, Priority
+from ds_engine import Engine, FinishReason, GenerationRequest, Priority
 from ds_engine.templates import DEFAULT_SYSTEM_PROMPT
 
 from jupyter_ds import json_logs
-from jupyter_ds.errors import engine_error, timed_out
-from jupyter_ds.requests import ExplainRequest
-from jupyter_ds.services.completion import ensure_ready
+from jupyter_ds.engine_calls import engine_errors, ensure_ready
+from jupyter_ds.errors import timed_out
+from jupyter_ds.explain.requests import ExplainRequest
 
 
 @dataclass
@@ -54,7 +54,7 @@ class ExplainService:
             prompt=prompt,
             max_tokens=req.max_tokens or self.settings.max_tokens,
             temperature=0.0,
-            stop=[s for s in self.engine.template.stop if s != "<file_sep>"],
+            stop=list(self.engine.template.chat_stop),
             timeout_s=self.settings.timeout_s,
             priority=Priority.CHAT,
             user=json_logs.current_user(),
@@ -62,10 +62,8 @@ class ExplainService:
 
     async def explain(self, req: ExplainRequest) -> dict[str, Any]:
         ensure_ready(self.engine)
-        try:
+        with engine_errors():
             result = await self.engine.generate(self._request(req))
-        except EngineNotReady as exc:
-            raise engine_error(exc) from None
         if result.finish_reason is FinishReason.TIMEOUT:
             raise timed_out(f"explanation took longer than {self.settings.timeout_s} s")
         return {
@@ -82,7 +80,7 @@ class ExplainService:
         """Yield cumulative markdown as it is generated; the last event has ``done``."""
         ensure_ready(self.engine)
         started = time.monotonic()
-        try:
+        with engine_errors():
             async for chunk in self.engine.stream(self._request(req)):
                 text = self.engine.template.strip_special(chunk.text)
                 event: dict[str, Any] = {"text": text, "done": chunk.done}
@@ -95,5 +93,4 @@ class ExplainService:
                         latency_ms=round((time.monotonic() - started) * 1000, 1),
                     )
                 yield event
-        except EngineNotReady as exc:
-            raise engine_error(exc) from None
+

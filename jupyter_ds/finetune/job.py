@@ -25,8 +25,8 @@ from typing import Any
 
 from jupyter_ds.errors import ApiError, adapter_error, bad_request
 from jupyter_ds.finetune.data import CorpusError, build_corpus
+from jupyter_ds.finetune.requests import FinetuneRequest
 from jupyter_ds.paths import resolve_under_root
-from jupyter_ds.requests import FinetuneRequest
 
 log = logging.getLogger(__name__)
 PROGRESS_FILE = "progress.jsonl"

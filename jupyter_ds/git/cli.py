@@ -17,6 +17,7 @@ import getpass
 import os
 from typing import Any
 
+from jupyter_ds.cli_engine import add_engine_options, open_engine
 from jupyter_ds.git.requests import READ_VERBS, WRITE_VERBS, parse_git, wire_name
 
 VERBS = sorted({*READ_VERBS, *WRITE_VERBS})
@@ -35,9 +36,7 @@ def add_parser(sub: Any) -> None:
         p.add_argument(f"--{name}", type=int, default=None)
     for name in ("staged", "amend", "force", "unset"):
         p.add_argument(f"--{name}", action="store_true", default=None)
-    p.add_argument("--model-path", default=None, help="HF directory or GGUF file")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
+    add_engine_options(p)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -56,8 +55,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     req = parse_git(cls, body)
     engine = None
     if args.verb == "commit-message":
-        from jupyter_ds.cli import _engine
-
-        engine = _engine(args)
+        engine = open_engine(args)
     service = GitService(args.root or os.getcwd(), engine)
     return await service.call(args.verb, req, write=write, user=getpass.getuser())

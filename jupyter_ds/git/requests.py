@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 from jupyter_ds.errors import ApiError, bad_request
-from jupyter_ds.requests import _field, parse_request
+from jupyter_ds.requests import parse_request, wire_field
 
 T = TypeVar("T")
 NAME = "max_name_chars"
@@ -24,108 +24,108 @@ ALIASES = {"from_": "from"}  # ``from`` is a Python keyword
 class GitPathRequest:
     """status, branches, stash-pop: just the repository."""
 
-    path: str = _field(".", max_chars=NAME)
+    path: str = wire_field(".", max_chars=NAME)
 
 
 @dataclass
 class GitDiffRequest:
-    path: str = _field(".", max_chars=NAME)
-    staged: bool = _field(False)
-    from_: str | None = _field(None, max_chars=NAME)
-    to: str | None = _field(None, max_chars=NAME)
-    file: str | None = _field(None, max_chars=NAME)
-    context: int = _field(3, min=0, max=1000)
+    path: str = wire_field(".", max_chars=NAME)
+    staged: bool = wire_field(False)
+    from_: str | None = wire_field(None, max_chars=NAME)
+    to: str | None = wire_field(None, max_chars=NAME)
+    file: str | None = wire_field(None, max_chars=NAME)
+    context: int = wire_field(3, min=0, max=1000)
 
 
 @dataclass
 class GitLogRequest:
-    path: str = _field(".", max_chars=NAME)
-    skip: int = _field(0, min=0, max=10_000_000)
-    limit: int = _field(50, min=1, max=500)
-    file: str | None = _field(None, max_chars=NAME)
-    rev: str | None = _field(None, max_chars=NAME)
+    path: str = wire_field(".", max_chars=NAME)
+    skip: int = wire_field(0, min=0, max=10_000_000)
+    limit: int = wire_field(50, min=1, max=500)
+    file: str | None = wire_field(None, max_chars=NAME)
+    rev: str | None = wire_field(None, max_chars=NAME)
 
 
 @dataclass
 class GitShowRequest:
-    path: str = _field(".", max_chars=NAME)
-    rev: str = _field("HEAD", max_chars=NAME)
+    path: str = wire_field(".", max_chars=NAME)
+    rev: str = wire_field("HEAD", max_chars=NAME)
 
 
 @dataclass
 class GitBlameRequest:
-    file: str = _field(max_chars=NAME)
-    path: str = _field(".", max_chars=NAME)
-    rev: str | None = _field(None, max_chars=NAME)
+    file: str = wire_field(max_chars=NAME)
+    path: str = wire_field(".", max_chars=NAME)
+    rev: str | None = wire_field(None, max_chars=NAME)
 
 
 @dataclass
 class GitConfigQuery:
-    path: str = _field(".", max_chars=NAME)
-    key: str | None = _field(None, max_chars=NAME)
+    path: str = wire_field(".", max_chars=NAME)
+    key: str | None = wire_field(None, max_chars=NAME)
 
 
 @dataclass
 class GitConfigRequest:
-    path: str = _field(max_chars=NAME)
-    key: str = _field(max_chars=NAME)
-    value: str | None = _field(max_chars=NAME)
+    path: str = wire_field(max_chars=NAME)
+    key: str = wire_field(max_chars=NAME)
+    value: str | None = wire_field(max_chars=NAME)
 
 
 @dataclass
 class GitFilesRequest:
     """add, restore, unstage."""
 
-    path: str = _field(max_chars=NAME)
-    files: list[str] = _field(max_items=1000)  # noqa: RUF009 - a dataclasses.field
+    path: str = wire_field(max_chars=NAME)
+    files: list[str] = wire_field(max_items=1000)  # noqa: RUF009 - a dataclasses.field
 
 
 @dataclass
 class GitCommitRequest:
-    path: str = _field(max_chars=NAME)
-    message: str | None = _field(None, max_chars="max_input_chars")
-    amend: bool = _field(False)
+    path: str = wire_field(max_chars=NAME)
+    message: str | None = wire_field(None, max_chars="max_input_chars")
+    amend: bool = wire_field(False)
 
 
 @dataclass
 class GitBranchRequest:
-    path: str = _field(max_chars=NAME)
-    name: str = _field(max_chars=NAME)
-    start: str | None = _field(None, max_chars=NAME)
+    path: str = wire_field(max_chars=NAME)
+    name: str = wire_field(max_chars=NAME)
+    start: str | None = wire_field(None, max_chars=NAME)
 
 
 @dataclass
 class GitSwitchRequest:
-    path: str = _field(max_chars=NAME)
-    name: str = _field(max_chars=NAME)
+    path: str = wire_field(max_chars=NAME)
+    name: str = wire_field(max_chars=NAME)
 
 
 @dataclass
 class GitBranchDeleteRequest:
-    path: str = _field(max_chars=NAME)
-    name: str = _field(max_chars=NAME)
-    force: bool = _field(False)
+    path: str = wire_field(max_chars=NAME)
+    name: str = wire_field(max_chars=NAME)
+    force: bool = wire_field(False)
 
 
 @dataclass
 class GitStashRequest:
-    path: str = _field(max_chars=NAME)
-    message: str | None = _field(None, max_chars=NAME)
+    path: str = wire_field(max_chars=NAME)
+    message: str | None = wire_field(None, max_chars=NAME)
 
 
 @dataclass
 class GitRemoteRequest:
     """fetch, pull, push."""
 
-    path: str = _field(max_chars=NAME)
-    remote: str | None = _field(None, max_chars=NAME)
-    branch: str | None = _field(None, max_chars=NAME)
+    path: str = wire_field(max_chars=NAME)
+    remote: str | None = wire_field(None, max_chars=NAME)
+    branch: str | None = wire_field(None, max_chars=NAME)
 
 
 @dataclass
 class GitCommitMessageRequest:
-    path: str = _field(max_chars=NAME)
-    max_tokens: int | None = _field(None, min=8, max_setting="max_tokens_limit")
+    path: str = wire_field(max_chars=NAME)
+    max_tokens: int | None = wire_field(None, min=8, max_setting="max_tokens_limit")
 
 
 READ_VERBS: dict[str, type] = {

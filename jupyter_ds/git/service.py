@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ds_engine import Engine, EngineNotReady, FinishReason, GenerationRequest, Priority
+from ds_engine import Engine, FinishReason, GenerationRequest, Priority
 
 from jupyter_ds.errors import ApiError, bad_request, timed_out
 from jupyter_ds.git import message as msg
@@ -590,8 +590,7 @@ class GitService:
 
     async def commit_message(self, req: Any) -> dict[str, Any]:
         """A commit message drafted by the model from the staged diff (bounded)."""
-        from jupyter_ds.errors import engine_error
-        from jupyter_ds.services.completion import ensure_ready
+        from jupyter_ds.engine_calls import engine_errors, ensure_ready
 
         def staged() -> dict[str, Any]:
             repo = self.git.repo(req.path)
@@ -616,13 +615,11 @@ class GitService:
                 [{"role": "user", "content": msg.build_user_prompt(diff["files"], bounded)}],
                 system=msg.SYSTEM)
         started = time.monotonic()
-        try:
+        with engine_errors():
             result = await self.engine.generate(GenerationRequest(
                 prompt=prompt, max_tokens=req.max_tokens or self.settings.message_max_tokens,
-                temperature=0.0, stop=[s for s in template.stop if s != "<file_sep>"],
+                temperature=0.0, stop=list(template.chat_stop),
                 timeout_s=self.settings.message_timeout_s, priority=Priority.BATCH))
-        except EngineNotReady as exc:
-            raise engine_error(exc) from None
         if result.finish_reason is FinishReason.TIMEOUT:
             raise timed_out(f"drafting took longer than {self.settings.message_timeout_s} s")
         return {

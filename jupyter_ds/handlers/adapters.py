@@ -9,11 +9,12 @@ from pathlib import Path
 from ds_engine.adapters import AdapterError
 from tornado import web
 
+from jupyter_ds.completion.service import ensure_ready
 from jupyter_ds.errors import ApiError, adapter_error
+from jupyter_ds.finetune.requests import AdapterLoadRequest, FinetuneRequest
 from jupyter_ds.handlers.base import DsApiHandler, authorized
 from jupyter_ds.paths import resolve_under_root
-from jupyter_ds.requests import ADAPTER_NAME, AdapterLoadRequest, FinetuneRequest
-from jupyter_ds.services.completion import ensure_ready
+from jupyter_ds.requests import ADAPTER_NAME
 
 
 class AdaptersHandler(DsApiHandler):

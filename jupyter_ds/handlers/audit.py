@@ -28,7 +28,7 @@ class AuditReportHandler(DsApiHandler):
     async def get(self) -> None:
         from jupyter_ds.audit import AuditError, build_report, parse_when, to_api_error
 
-        audit = getattr(self.ds, "audit", None)
+        audit = self.ds.audit
         if audit is None:
             raise ApiError(
                 501,
@@ -49,7 +49,7 @@ class AuditReportHandler(DsApiHandler):
         try:
             report = await asyncio.to_thread(
                 build_report, path, audit.keyring, bounds["since"], bounds["until"],
-                getattr(audit, "server", None), False,
+                audit.server, False,
             )
         except AuditError as exc:
             raise to_api_error(exc) from None

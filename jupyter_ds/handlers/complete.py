@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from tornado import web
 
+from jupyter_ds.completion.requests import CompleteRequest
 from jupyter_ds.handlers.base import DsApiHandler, authorized
-from jupyter_ds.requests import CompleteRequest
 
 
 class CompleteHandler(DsApiHandler):

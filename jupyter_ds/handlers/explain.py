@@ -5,8 +5,8 @@ from __future__ import annotations
 from tornado import web
 
 from jupyter_ds.envelope import success
+from jupyter_ds.explain.requests import ExplainRequest
 from jupyter_ds.handlers.base import DsApiHandler, authorized
-from jupyter_ds.requests import ExplainRequest
 
 
 class ExplainHandler(DsApiHandler):

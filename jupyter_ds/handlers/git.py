@@ -7,8 +7,6 @@ the query string, POST fields from the JSON body; the service does the rest.
 
 from __future__ import annotations
 
-from typing import Any
-
 from tornado import web
 
 from jupyter_ds.errors import bad_request
@@ -28,16 +26,6 @@ class GitHandler(DsApiHandler):
         """The route's name, ``git/<verb>`` (one handler class serves many verbs)."""
         return f"git/{self.verb}"
 
-    def _user_name(self) -> str | None:
-        user: Any = self.current_user
-        if isinstance(user, str):
-            return user or None
-        for attr in ("name", "display_name", "username"):
-            value = getattr(user, attr, None)
-            if isinstance(value, str) and value.strip():
-                return value.strip()
-        return None
-
     async def answer(self, write: bool) -> None:
         verb = self.verb
         cls = (WRITE_VERBS if write else READ_VERBS)[verb]
@@ -47,9 +35,9 @@ class GitHandler(DsApiHandler):
             args = {k: self._argument(k) for k in self.request.arguments}
             body = query_body(cls, args)
         req = parse_git(cls, body, self.ds.limits)
-        user = self._user_name() if verb == "commit" else None
+        # A commit in a repository without user.name is authored by the caller.
+        user = self.call.user_name if verb == "commit" else None
         self.ok(await self.ds.git.call(verb, req, write=write, user=user))
-
 
     def _argument(self, name: str) -> str:
         """A query-string value; one that is not UTF-8 is a 400 naming its field."""

@@ -1,4 +1,8 @@
-"""``GET jupyter-ds/v1/models`` and ``GET jupyter-ds/v1/health``."""
+"""``GET jupyter-ds/v1/models`` and ``GET jupyter-ds/v1/health``.
+
+Both read the engine's typed :class:`ds_engine.EngineInfo`: its fields (``state``,
+``name``, ``error``) for decisions, ``to_dict()`` for the JSON shown.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ from ds_engine import EngineState
 from tornado import web
 
 from jupyter_ds.handlers.base import DsApiHandler, authorized
-from jupyter_ds.roles import user_name
 
 
 class ModelsHandler(DsApiHandler):
@@ -19,7 +22,8 @@ class ModelsHandler(DsApiHandler):
     @authorized("read")
     async def get(self) -> None:
         info = self.ds.engine.info()
-        self.ok({"models": [info], "routes": {"completion": info["name"], "explain": info["name"]}})
+        self.ok({"models": [info.to_dict()],
+                 "routes": {"completion": info.name, "explain": info.name}})
 
 
 class HealthHandler(DsApiHandler):
@@ -32,22 +36,20 @@ class HealthHandler(DsApiHandler):
     @authorized("read")
     async def get(self) -> None:
         info = self.ds.engine.info()
-        ready = info["state"] == EngineState.READY.value
+        roles = self.ds.roles
         self.ok(
             {
                 "live": True,
-                "ready": ready,
-                "model_state": info["state"],
-                "model": info["name"],
-                "error": info.get("error"),
+                "ready": info.state is EngineState.READY,
+                "model_state": info.state.value,
+                "model": info.name,
+                "error": info.error,
                 "version": self.ds.version,
                 # How generated tests are isolated; never a silent downgrade (issue 4).
                 "sandbox": self.ds.testgen.sandbox.to_dict(),
                 # The caller's identity as roles, limits and audit see it, e.g. the
                 # ``token-...`` name of a token client, to put in ``roles``.
-                "user": user_name(self.current_user),
-                "roles": list(self.ds.roles.roles_of(self.current_user))
-                if getattr(self.ds, "roles", None) is not None
-                else [],
+                "user": self.call.user_name,
+                "roles": list(roles.roles_of(self.current_user)) if roles is not None else [],
             }
         )

@@ -7,9 +7,12 @@ empty item of a stream) and ``{type: "stream", response: {insertText, token}, do
 chunks carrying the cumulative text. A newer ``number`` cancels every older request on
 the same socket; a closed socket cancels everything it started.
 
-Each request message is a request of its own for rate limits (it counts against the
-``complete`` bucket and takes a generation slot, released when it ends or is superseded,
-cancelled or its socket closes), logs (its own request id) and metrics (endpoint
+This module is the WebSocket transport only: message framing and the per-socket
+bookkeeping of running requests (supersede, cancel, close). Each request message is one
+call of the request pipeline (``jupyter_ds/pipeline.py``), as a REST request is: it
+counts against the ``complete`` bucket of the rate limits and takes a generation slot
+(released when it ends or is superseded, cancelled or its socket closes), has its own
+request id in the logs, and is recorded in the metrics and the audit log (endpoint
 ``complete/stream``, method ``WS``). A refused message is answered with an error message
 on the socket, which stays open.
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
+from dataclasses import dataclass
 from typing import Any
 
 from jupyter_server.auth.decorator import authorized, ws_authenticated
@@ -27,56 +30,41 @@ from jupyter_server.base.websocket import WebSocketMixin
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from jupyter_ds import json_logs, metrics
-from jupyter_ds.envelope import failure
-from jupyter_ds.errors import ApiError, bad_request
-from jupyter_ds.handlers.base import audit_request, error_for, input_sample
+from jupyter_ds.completion.requests import CompleteRequest
+from jupyter_ds.errors import ApiError, bad_request, too_large
+from jupyter_ds.handlers.base import DsHandlerMixin
 from jupyter_ds.identity import settle_identity
-from jupyter_ds.ratelimit import GenerationSlot
-from jupyter_ds.requests import CompleteRequest, parse_request
-from jupyter_ds.roles import RoleAuthorizer, user_name
+from jupyter_ds.pipeline import Call
 
 ENDPOINT = "complete/stream"
+METHOD = "WS"
 #: Request numbers are JSON integers a JavaScript client can hold exactly: 0 <= n < 2^53.
 MAX_NUMBER = 2**53
 
 
+@dataclass(eq=False)
+class Running:
+    """A request of this socket that has not ended: its call, the task serving it, and
+    (while it streams) the id of its generation in the engine, by which it is cancelled."""
+
+    call: Call
+    task: asyncio.Task | None = None
+    generation_id: str | None = None
+
+
 class CompletionStreamHandler(
-    WebSocketMixin, WebSocketHandler, ExtensionHandlerMixin, JupyterHandler
+    DsHandlerMixin, WebSocketMixin, WebSocketHandler, ExtensionHandlerMixin, JupyterHandler
 ):
     auth_resource = "jupyter_ds:completion"
     endpoint = ENDPOINT
 
     def initialize(self, name: str = "jupyter_ds", *args: Any, **kwargs: Any) -> None:
         super().initialize(name, *args, **kwargs)
-        self._tasks: dict[int, asyncio.Task] = {}
-        self._request_ids: dict[int, str] = {}
-        self._slots: dict[int, GenerationSlot] = {}
-
-    @property
-    def ds(self) -> Any:
-        return self.settings["jupyter_ds"]
+        self._running: dict[int, Running] = {}
 
     async def prepare(self, *args: Any, **kwargs: Any) -> None:
         await super().prepare(*args, **kwargs)
         settle_identity(self)  # a token client is one user across its sockets
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        """A refused upgrade (no credentials, no role) is answered in the envelope too."""
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        try:
-            user = self.current_user
-        except RuntimeError:  # refused before authentication ran
-            user = None
-        error = error_for(
-            status_code,
-            exc,
-            known_user=user,
-            role_message=getattr(self, RoleAuthorizer.MESSAGE_ATTR, None),
-        )
-        self.set_status(error.status)
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(failure(error)))
 
     @ws_authenticated
     @authorized("execute")
@@ -85,115 +73,70 @@ class CompletionStreamHandler(
 
     # -- messages ---------------------------------------------------------------------
 
-    @property
-    def _user(self) -> str | None:
-        return user_name(self.current_user)
-
-    def _observe(
-        self,
-        started: float,
-        status: int,
-        code: str | None = None,
-        *,
-        request_id: str | None = None,
-        answer: dict[str, Any] | None = None,
-        req: CompleteRequest | None = None,
-    ) -> None:
-        """Metrics and audit record of one finished request message."""
-        seconds = time.monotonic() - started
+    def _frame(self, message: str | bytes) -> tuple[dict[str, Any], int]:
+        """The message's JSON object and request number; ApiError for a bad frame."""
+        if isinstance(message, bytes) or len(message) > self.ds.max_body_bytes:
+            raise too_large("message too large or not text")
         try:
-            metrics.observe_request(ENDPOINT, "WS", status, seconds, code)
-        except Exception:  # metrics never fail a message
-            self.log.debug("jupyter-ds: could not record message metrics", exc_info=True)
-        audit = getattr(self.ds, "audit", None)
-        audit_request(
-            self.ds,
-            endpoint=ENDPOINT,
-            user=self.current_user,
-            request_id=request_id or json_logs.current_request_id(),
-            status=status,
-            error_code=code,
-            seconds=seconds,
-            method="WS",
-            answer=answer,
-            sample=input_sample(req) if req is not None and audit is not None
-            and audit.capture_samples else None,
-        )
+            msg = json.loads(message)
+        except (ValueError, RecursionError):
+            raise bad_request("message is not valid JSON") from None
+        if not isinstance(msg, dict):
+            raise bad_request("message must be a JSON object")
+        number = msg.get("number")
+        if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number < MAX_NUMBER:
+            raise bad_request(
+                f"field 'number' must be an integer from 0 to {MAX_NUMBER - 1}", "number"
+            )
+        return msg, number
 
     async def on_message(self, message: str | bytes) -> None:
-        number: Any = None
-        started = time.monotonic()
-        # Its own request id for this message's log lines; the task below inherits it.
-        token = json_logs.bind_request(None, user=self._user, endpoint=ENDPOINT)
-        request_id = json_logs.current_request_id()
         try:
-            if isinstance(message, bytes) or len(message) > self.ds.max_body_bytes:
-                raise ApiError(413, "payload_too_large", "message too large or not text")
-            try:
-                msg = json.loads(message)
-            except (ValueError, RecursionError):
-                raise bad_request("message is not valid JSON") from None
-            if not isinstance(msg, dict):
-                raise bad_request("message must be a JSON object")
-            number = msg.get("number")
-            if (
-                not isinstance(number, int)
-                or isinstance(number, bool)
-                or not 0 <= number < MAX_NUMBER
-            ):
-                number = None  # not echoed back: the client did not send a usable one
-                raise bad_request(
-                    f"field 'number' must be an integer from 0 to {MAX_NUMBER - 1}", "number"
-                )
-            if msg.get("type") == "cancel":
-                self._cancel(number)
-                return
-            limiter = getattr(self.ds, "limiter", None)
-            user = self._user
-            if limiter is not None and user is not None:
-                limiter.check(user, ENDPOINT)  # counted like a REST request: before parsing
-            req = parse_request(CompleteRequest, msg, self.ds.limits)
+            msg, number = self._frame(message)
+        except ApiError as exc:  # not echoed back: the client sent no usable number
+            self._refuse(self.pipeline.begin(ENDPOINT, METHOD, self.current_user), None, exc)
+            return
+        if msg.get("type") == "cancel":
+            self._cancel(number)
+            return
+        # Its own request id for this message's log lines; the task below inherits it.
+        call = self.pipeline.begin(ENDPOINT, METHOD, self.current_user)
+        try:
+            self.pipeline.rate_limit(call)  # counted like a REST request: before parsing
+            req = self.pipeline.parse(call, CompleteRequest, msg)
             # A newer request supersedes every older one on this socket (and frees their
             # generation slots at once: they stop at their next token).
-            for older in [n for n in self._tasks if n < number]:
+            for older in [n for n in self._running if n < number]:
                 self._cancel(older)
-            slot = limiter.acquire(user) if limiter is not None and user is not None else None
-            task = asyncio.ensure_future(
-                self._serve(number, req, bool(msg.get("stream")), request_id, started)
+            self.pipeline.acquire(call)
+            run = self._running[number] = Running(call)
+            run.task = asyncio.ensure_future(
+                self._serve(number, run, req, bool(msg.get("stream")))
             )
-            self._tasks[number] = task
-            if slot is not None:
-                self._slots[number] = slot
-            task.add_done_callback(lambda _t, n=number: self._done(n))
+            run.task.add_done_callback(lambda _t, n=number, r=run: self._done(n, r))
         except ApiError as exc:
-            self._send({"type": "error", "reply_to": number, "error": exc.to_dict()})
-            self._observe(started, exc.status, exc.code, request_id=request_id)
+            self._refuse(call, number, exc)
         finally:
-            json_logs.reset_request(token)
+            self.pipeline.unbind(call)
 
-    def _done(self, number: int) -> None:
-        self._tasks.pop(number, None)
-        slot = self._slots.pop(number, None)
-        if slot is not None:
-            slot.release()
+    def _refuse(self, call: Call, number: int | None, error: ApiError) -> None:
+        self._send({"type": "error", "reply_to": number, "error": error.to_dict()})
+        self.pipeline.finish(call, error.status, error.code)
+
+    def _done(self, number: int, run: Running) -> None:
+        if self._running.get(number) is run:
+            del self._running[number]
+        self.pipeline.release(run.call)  # also when the task was cancelled before it ran
 
     async def _serve(
-        self,
-        number: int,
-        req: CompleteRequest,
-        stream: bool,
-        log_request_id: str | None = None,
-        started: float | None = None,
+        self, number: int, run: Running, req: CompleteRequest, stream: bool
     ) -> None:
+        call = run.call
         token = f"jds-{number}"
-        started = time.monotonic() if started is None else started
-        json_logs.bind_request(log_request_id, user=self._user, endpoint=ENDPOINT)
         status: int | None = 200
-        code: str | None = None
-        answer: dict[str, Any] | None = None
         try:
             if not stream:
-                data = answer = await self.ds.completion.complete(req)
+                data = call.answer = await self.ds.completion.complete(req)
                 self._send(
                     {
                         "type": "inline_completion",
@@ -204,8 +147,7 @@ class CompletionStreamHandler(
                     }
                 )
                 return
-            request_id = f"{id(self):x}-{number}"
-            self._request_ids[number] = request_id
+            run.generation_id = f"{id(self):x}-{number}"
             self._send(
                 {
                     "type": "inline_completion",
@@ -213,7 +155,7 @@ class CompletionStreamHandler(
                     "list": {"items": [{"insertText": "", "isIncomplete": True, "token": token}]},
                 }
             )
-            async for event in self.ds.completion.stream(req, request_id=request_id):
+            async for event in self.ds.completion.stream(req, request_id=run.generation_id):
                 reply: dict[str, Any] = {
                     "type": "stream",
                     "reply_to": number,
@@ -222,44 +164,35 @@ class CompletionStreamHandler(
                 }
                 if event["done"]:
                     reply.update({k: v for k, v in event.items() if k not in ("text", "done")})
-                    answer = {**event, "output": event["text"]}
+                    call.answer = {**event, "output": event["text"]}
                 self._send(reply)
-        except ApiError as exc:
-            status, code = exc.status, exc.code
-            self._send({"type": "error", "reply_to": number, "error": exc.to_dict()})
         except asyncio.CancelledError:
-            status = None
+            status = None  # the socket closed: nobody is told, nothing is recorded
             raise
-        except Exception:
-            status, code = 500, "internal_error"
-            self.log.exception("jupyter-ds completion stream %s failed", number)
-            self._send(
-                {
-                    "type": "error",
-                    "reply_to": number,
-                    "error": {"code": "internal_error", "message": "internal server error"},
-                }
-            )
+        except Exception as exc:
+            error = self.pipeline.error(500, exc)
+            if error.code == "internal_error":
+                self.log.exception("jupyter-ds completion stream %s failed", number)
+            status, call.error_code = error.status, error.code
+            self._send({"type": "error", "reply_to": number, "error": error.to_dict()})
         finally:
-            self._request_ids.pop(number, None)
-            slot = self._slots.pop(number, None)
-            if slot is not None:
-                slot.release()
-            if status is not None:
-                self._observe(
-                    started, status, code, request_id=log_request_id, answer=answer, req=req
-                )
+            run.generation_id = None
+            if status is None:
+                self.pipeline.release(call)
+            else:
+                self.pipeline.finish(call, status)
 
     def _cancel(self, number: int) -> None:
-        """Stop a request: cancel the generation in the engine, then let it report done."""
-        slot = self._slots.pop(number, None)
-        if slot is not None:
-            slot.release()
-        request_id = self._request_ids.get(number)
-        if request_id is not None:
-            self.ds.engine.cancel(request_id)
-        elif number in self._tasks:
-            self._tasks[number].cancel()
+        """Stop a request: free its slot, cancel its generation (it then reports done),
+        or its task when it has none yet."""
+        run = self._running.get(number)
+        if run is None:
+            return
+        self.pipeline.release(run.call)
+        if run.generation_id is not None:
+            self.ds.completion.cancel(run.generation_id)
+        elif run.task is not None:
+            run.task.cancel()
 
     def _send(self, payload: dict[str, Any]) -> None:
         try:
@@ -268,13 +201,12 @@ class CompletionStreamHandler(
             pass
 
     def on_close(self) -> None:
-        for number in list(self._tasks):
+        running = list(self._running.values())
+        for number in list(self._running):
             self._cancel(number)
-        for task in list(self._tasks.values()):
-            task.cancel()
-        for slot in self._slots.values():
-            slot.release()
-        self._slots.clear()
+        for run in running:
+            if run.task is not None:
+                run.task.cancel()
 
 
 def _lab_item(item: dict[str, Any]) -> dict[str, Any]:

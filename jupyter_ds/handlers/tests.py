@@ -6,8 +6,7 @@ from tornado import web
 
 from jupyter_ds.envelope import success
 from jupyter_ds.handlers.base import DsApiHandler, authorized
-from jupyter_ds.requests import TestsInsertRequest, TestsRequest, TestsRunRequest
-from jupyter_ds.roles import user_name
+from jupyter_ds.testgen.requests import TestsInsertRequest, TestsRequest, TestsRunRequest
 
 
 class TestsHandler(DsApiHandler):
@@ -25,7 +24,7 @@ class TestsHandler(DsApiHandler):
 
     async def _serve(self, req: TestsRequest) -> None:
         # The caller's name: the sandbox caps calls per user (429 above it).
-        user = user_name(self.current_user)
+        user = self.call.user_name
         if not req.stream:
             self.ok(await self.ds.testgen.generate(req, user))
             return
@@ -52,7 +51,7 @@ class TestsRunHandler(DsApiHandler):
         # the sandbox caps calls per user and runs overall (429 / 503 above them).
         report = await self.cancel_on_disconnect(
             self.ds.testgen.run_tests(
-                self.parse(TestsRunRequest), user_name(self.current_user)
+                self.parse(TestsRunRequest), self.call.user_name
             )
         )
         if report is not None:

@@ -54,17 +54,9 @@ def build_prompt(
     if failures:
         lines.append("")
     head = test_file_start(ctx)
-    # Everything above is user text (or the model's own, from earlier rounds): control
-    # tokens in it are escaped, so only the separators put here act as tokens.
-    esc = template.escape
-    module_file, test_file = esc(module_file), esc(test_file)
-    module_text = esc(module_text)
-    test_text = esc("\n".join(lines) + head)
-    if template.filename_token and template.file_separator:
-        prompt = (
-            f"{template.filename_token}{module_file}\n{module_text}"
-            f"{template.file_separator}{template.filename_token}{test_file}\n{test_text}"
-        )
-    else:
-        prompt = f"# {module_file}\n{module_text}\n\n# {test_file}\n{test_text}"
+    # Everything above is user text (or the model's own, from earlier rounds): the
+    # template escapes control tokens in it, so only its own separators act as tokens.
+    prompt = template.files_prompt(
+        [(module_file, module_text), (test_file, "\n".join(lines) + head)]
+    )
     return prompt, head

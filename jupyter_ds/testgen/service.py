@@ -32,17 +32,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ds_engine import Engine, EngineNotReady, FinishReason, GenerationRequest, Priority
+from ds_engine import Engine, FinishReason, GenerationRequest, Priority
 
-from jupyter_ds.errors import ApiError, bad_request, engine_error, too_large
+from jupyter_ds.engine_calls import engine_errors, ensure_ready
+from jupyter_ds.errors import ApiError, bad_request, too_large
 from jupyter_ds.metrics import observe_sandbox_run
 from jupyter_ds.paths import DEFAULT_EXCLUDE
-from jupyter_ds.requests import TestsInsertRequest, TestsRequest, TestsRunRequest
-from jupyter_ds.services.completion import ensure_ready
 from jupyter_ds.testgen.candidates import Candidate, build_test_module, extract_candidates
 from jupyter_ds.testgen.context import TargetContext, target_context
 from jupyter_ds.testgen.insert import find_test_file, insert_tests, insertion_target
 from jupyter_ds.testgen.prompt import Failure, build_prompt
+from jupyter_ds.testgen.requests import TestsInsertRequest, TestsRequest, TestsRunRequest
 from jupyter_ds.testgen.sandbox import RunReport, SandboxInfo, detect_sandbox, run_pytest
 
 # Verdict reasons (besides the candidate parser's: does_not_parse, side_effect, ...).
@@ -597,10 +597,8 @@ class TestgenService:
                 timeout_s=120.0,
                 priority=Priority.BATCH,
             )
-            try:
+            with engine_errors():
                 result = await self.engine.generate(gen)
-            except EngineNotReady as exc:
-                raise engine_error(exc) from None
             # A control token in the answer starts another file: the tests end there.
             answer = head + self.engine.template.cut_special(result.text)
             known = "\n\n".join(filter(None, [existing or "", *kept_sources]))
@@ -680,7 +678,7 @@ class TestgenService:
             if kept
             else "",
             "sandbox": sandbox,
-            "model": self.engine.info().get("name"),
+            "model": self.engine.info().name,
             "latency_ms": round((time.monotonic() - started) * 1000, 1),
         }
 

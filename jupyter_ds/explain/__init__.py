@@ -1,0 +1,1 @@
+"""Explain: a markdown explanation of code through the model's chat template."""

@@ -1,0 +1,56 @@
+"""What one jupyter-ds server runs: the engine, the services over it, and its policies.
+
+``JupyterDsApp.initialize_settings`` (:mod:`jupyter_ds.app`) builds one :class:`Services`
+and puts it in the web application's settings (``settings["jupyter_ds"]``), where every
+transport finds it: the REST and WebSocket handlers (:mod:`jupyter_ds.handlers`) and the
+request pipeline they share (:mod:`jupyter_ds.pipeline`). It lives in a module of its own,
+away from the Jupyter application, so that code reading it can import its type without
+importing the application (nor tornado), and so that every optional part is typed: a
+transport checks ``services.audit is None``, it never guesses with ``getattr``.
+
+The field types are imported for type checkers only: importing this module costs nothing
+and creates no import cycle (the services import the engine, metrics, sandbox...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from jupyter_ds import __version__
+
+if TYPE_CHECKING:
+    from ds_engine import Engine
+
+    from jupyter_ds.audit import AuditLog
+    from jupyter_ds.completion.service import CompletionService
+    from jupyter_ds.explain.service import ExplainService
+    from jupyter_ds.finetune.job import FinetuneJobs
+    from jupyter_ds.git.service import GitService
+    from jupyter_ds.ratelimit import RateLimiter
+    from jupyter_ds.roles import RolePolicy
+    from jupyter_ds.testgen.service import TestgenService
+
+
+@dataclass
+class Services:
+    """The server's services and request policies; ``None`` means that part is off."""
+
+    engine: Engine
+    completion: CompletionService
+    explain: ExplainService
+    testgen: TestgenService
+    #: Field limits of request parsing (``max_input_chars``, ``max_tokens_limit``).
+    limits: dict[str, int]
+    #: Largest request body (or WebSocket message), in bytes: 413 above it.
+    max_body_bytes: int
+    git: GitService | None = None
+    version: str = __version__
+    #: Rate limits and generation slots per user (``rate_limits``,
+    #: ``max_concurrent_per_user``); None: no limits.
+    limiter: RateLimiter | None = None
+    #: The audit log writer; None when ``JupyterDsApp.audit_log`` is off.
+    audit: AuditLog | None = None
+    #: Who has which roles; None: roles are not known (every caller has none).
+    roles: RolePolicy | None = None
+    finetune: FinetuneJobs | None = None
