@@ -1,8 +1,14 @@
-"""The completion request, as REST, the WebSocket and the CLI send it."""
+r"""What crosses the wire for a completion: the request (as REST, the WebSocket and the CLI
+send it) and the answer's shapes (``data`` of ``POST complete``, the WebSocket's events).
+
+The answers are ``TypedDict``\ s: plain JSON objects at run time, typed for the code that
+builds and reads them (``docs/openapi.yaml`` and ``docs/websocket.md`` say the same).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NotRequired, TypedDict
 
 from jupyter_ds.requests import ADAPTER_NAME, wire_field
 
@@ -21,3 +27,41 @@ class CompleteRequest:
     n: int = wire_field(1, min=1, max=5)
     # A loaded LoRA adapter by name; absent: the folder's default, else the server's.
     adapter: str | None = wire_field(None, max_chars="max_name_chars", pattern=ADAPTER_NAME)
+
+
+class CompletionItem(TypedDict):
+    """One suggestion: valid in its context (it parses, for Python)."""
+
+    insertText: str
+    confidence: float
+    low_confidence: bool
+    token_count: int
+
+
+class CompletionAnswer(TypedDict):
+    """``data`` of ``POST jupyter-ds/v1/complete``: the first item's figures, and all items."""
+
+    adapter: str | None
+    output: str
+    token_count: int
+    confidence: float
+    model: str
+    latency_ms: float
+    prompt_tokens: int
+    items: list[CompletionItem]
+
+
+class CompletionEvent(TypedDict):
+    """One event of a streamed completion: ``text`` is cumulative and post-processed; the
+    last event (``done``) carries the validated text and the figures."""
+
+    text: str
+    done: bool
+    token_count: int
+    cancelled: NotRequired[bool]
+    finish_reason: NotRequired[str]
+    confidence: NotRequired[float]
+    low_confidence: NotRequired[bool]
+    prompt_tokens: NotRequired[int]
+    model: NotRequired[str]
+    latency_ms: NotRequired[float]

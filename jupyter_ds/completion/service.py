@@ -11,7 +11,6 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from ds_engine import Engine, FinishReason, GenerationRequest
 from ds_engine.templates import PromptTemplate
@@ -25,7 +24,12 @@ from jupyter_ds.completion.notebook import (
     NotebookReader,
     notebook_context,
 )
-from jupyter_ds.completion.requests import CompleteRequest
+from jupyter_ds.completion.requests import (
+    CompleteRequest,
+    CompletionAnswer,
+    CompletionEvent,
+    CompletionItem,
+)
 from jupyter_ds.completion.rules import (
     CompletionContext,
     block_complete,
@@ -200,12 +204,12 @@ class CompletionService:
         with engine_errors():
             self.engine.check_admission(probe)
 
-    async def complete(self, req: CompleteRequest) -> dict[str, Any]:
+    async def complete(self, req: CompleteRequest) -> CompletionAnswer:
         """Generate ``req.n`` candidates and return the API's ``data`` object."""
         ensure_ready(self.engine)
         self._admit()
         started = time.monotonic()
-        items: list[dict] = []
+        items: list[CompletionItem] = []
         token_count = 0
         model = ""
         confidence = 0.0
@@ -243,7 +247,7 @@ class CompletionService:
 
     def stream(
         self, req: CompleteRequest, request_id: str | None = None
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncIterator[CompletionEvent]:
         """Yield ``{"text", "done", ...}`` events with the cumulative post-processed text.
 
         The last event (``done: True``) carries the validated text, which may be shorter
@@ -255,7 +259,7 @@ class CompletionService:
 
     async def _run(
         self, req: CompleteRequest, gen: GenerationRequest, partial: bool = True
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncIterator[CompletionEvent]:
         """One generation, post-processed as it streams and validated at the end.
 
         Generation is cancelled as soon as the rules say the block is complete, so a

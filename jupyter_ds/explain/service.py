@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 from ds_engine import Engine, FinishReason, GenerationRequest, Priority
 from ds_engine.templates import DEFAULT_SYSTEM_PROMPT
@@ -13,7 +12,7 @@ from ds_engine.templates import DEFAULT_SYSTEM_PROMPT
 from jupyter_ds import json_logs
 from jupyter_ds.engine_calls import engine_errors, ensure_ready
 from jupyter_ds.errors import timed_out
-from jupyter_ds.explain.requests import ExplainRequest
+from jupyter_ds.explain.requests import ExplainAnswer, ExplainEvent, ExplainRequest
 
 
 @dataclass
@@ -60,7 +59,7 @@ class ExplainService:
             user=json_logs.current_user(),
         )
 
-    async def explain(self, req: ExplainRequest) -> dict[str, Any]:
+    async def explain(self, req: ExplainRequest) -> ExplainAnswer:
         ensure_ready(self.engine)
         with engine_errors():
             result = await self.engine.generate(self._request(req))
@@ -76,14 +75,14 @@ class ExplainService:
             "finish_reason": result.finish_reason.value,
         }
 
-    async def stream(self, req: ExplainRequest) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, req: ExplainRequest) -> AsyncIterator[ExplainEvent]:
         """Yield cumulative markdown as it is generated; the last event has ``done``."""
         ensure_ready(self.engine)
         started = time.monotonic()
         with engine_errors():
             async for chunk in self.engine.stream(self._request(req)):
                 text = self.engine.template.strip_special(chunk.text)
-                event: dict[str, Any] = {"text": text, "done": chunk.done}
+                event: ExplainEvent = {"text": text, "done": chunk.done}
                 if chunk.done and chunk.result is not None:
                     event.update(
                         token_count=chunk.result.token_count,
