@@ -3,8 +3,8 @@
 Every service (completion, explain, testgen, git's commit messages, adapters) calls the
 engine the same way: :func:`ensure_ready` before any work, so a model that is loading or
 failed is a 503 with ``Retry-After`` at once, and the calls inside :func:`engine_errors`,
-so a shed request (503/429), an engine that stopped, or an unknown adapter (404/422)
-leave as the envelope's error and never as a 500.
+so a shed request (503/429), an engine that stopped, an unknown adapter (404/422) or a
+failed remote model server (502) leave as the envelope's error and never as a 500.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ds_engine import Engine, EngineNotReady, EngineState
+from ds_engine import BackendError, Engine, EngineNotReady, EngineState
 from ds_engine.adapters import AdapterError
 
-from jupyter_ds.errors import ApiError, adapter_error, engine_error, not_ready
+from jupyter_ds.errors import ApiError, adapter_error, backend_error, engine_error, not_ready
 
 
 def ensure_ready(engine: Engine) -> None:
@@ -45,3 +45,5 @@ def engine_errors() -> Iterator[None]:
         raise engine_error(exc) from None
     except AdapterError as exc:
         raise adapter_error(exc) from None
+    except BackendError as exc:
+        raise backend_error(exc) from None

@@ -64,6 +64,12 @@ def engine_error(exc: Exception) -> ApiError:
     return not_ready(str(exc), retry_after=retry_after)
 
 
+def backend_error(exc: Exception) -> ApiError:
+    """A remote model server's failure (``ds_engine.BackendError``) as the API's 502: the
+    message names the backend and the cause, never a credential."""
+    return ApiError(502, "bad_gateway", str(exc))
+
+
 def timed_out(message: str) -> ApiError:
     return ApiError(504, "timeout", message)
 

@@ -16,6 +16,7 @@ if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 from ds_engine.interface import (
+    BackendError,
     Engine,
     EngineConfig,
     EngineCounters,
@@ -32,6 +33,7 @@ from ds_engine.interface import (
 from ds_engine.templates import PromptTemplate
 
 __all__ = [
+    "BackendError",
     "Engine",
     "EngineConfig",
     "EngineCounters",

@@ -60,6 +60,20 @@ class EngineNotReady(RuntimeError):
         self.retry_after = retry_after
 
 
+class BackendError(RuntimeError):
+    """A model server behind a remote engine failed: unreachable, refused the credentials,
+    answered something that is not the OpenAI API (malformed JSON or SSE), or broke off
+    mid-stream. ``backend`` names it (its URL, never its key); the routing tier answers
+    502 naming the backend. ``retryable``: nothing was generated yet, so another replica
+    may take the request (a failure after the first token never is).
+    """
+
+    def __init__(self, backend: str, message: str, *, retryable: bool = False):
+        super().__init__(f"{backend}: {message}")
+        self.backend = backend
+        self.retryable = retryable
+
+
 class EngineOverloaded(EngineNotReady):
     """The engine sheds this request: it could not start before its start deadline, or
     the queue of its priority is full.
@@ -105,6 +119,9 @@ class GenerationRequest:
     queue_timeout_s: float | None = None
     # Who asked (the server's stable user name): fair shares of the queue are per user.
     user: str | None = None
+    # Requests with the same key go to the same replica when there are several (the
+    # file being edited: its KV prefix is cached there). None: any replica.
+    affinity_key: str | None = None
     # The id to stop it by (``Engine.cancel``): its stop state lives in the engine.
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created_at: float = field(default_factory=time.monotonic, repr=False)

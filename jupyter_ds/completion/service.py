@@ -182,6 +182,7 @@ class CompletionService:
             timeout_s=self.settings.timeout_s,
             queue_timeout_s=self.settings.queue_timeout_s,
             user=json_logs.current_user(),
+            affinity_key=req.path or None,  # the same file, the same replica's KV cache
             seed=index,
             adapter=adapter,
             # On a blank line the user waits for code: "nothing" is never the answer there
