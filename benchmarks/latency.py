@@ -499,7 +499,7 @@ async def typing_run(args: argparse.Namespace, cache: str | None) -> dict[str, A
             "decode_ms_per_token_p50": round(percentile(decode, 0.5) * 1000, 1)
             if decode else None,
             "output_agrees_with_naive": round(agree / len(variant.samples), 3),
-            **variant.info().to_dict(),
+            **variant.info(),
         }
 
     targets: dict[str, Any] = {}

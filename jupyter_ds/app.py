@@ -33,6 +33,7 @@ from jupyter_ds.paths import DEFAULT_EXCLUDE
 from jupyter_ds.ratelimit import RateLimiter, parse_limits
 from jupyter_ds.roles import RolePolicy, parse_mapping
 from jupyter_ds.roles import install as install_roles
+from jupyter_ds.routing import TASKS, build_pool, parse_routes, route_of_task
 from jupyter_ds.services import Services
 from jupyter_ds.testgen.sandbox import detect_sandbox
 from jupyter_ds.testgen.service import (
@@ -70,6 +71,20 @@ class JupyterDsApp(ExtensionApp):
             "Settings of the engine class beyond the common ones below, passed to it as "
             "EngineConfig.options (the in-process engine takes e.g. num_threads, "
             "prefix_cache_entries, result_cache_entries)."
+        ),
+    )
+    routes = Dict(
+        default_value={},
+        config=True,
+        help=(
+            "Model servers per task: task -> {'engine_class' (default "
+            "ds_engine.remote.RemoteEngine), 'endpoints': [URL, ...], 'options': {...}, "
+            "and optionally affinity_slack, failure_threshold, cooldown_s, max_cooldown_s, "
+            "max_attempts, health_interval_s, stall_grace_s}. Tasks: completion, explain, "
+            "tests, commit_message; 'chat' stands for the last three (a task's own route "
+            "wins). Each endpoint gets an engine built with options + its url; requests "
+            "are spread over them with file affinity, failover and circuit breakers. A "
+            "task with no route uses engine_class. Empty: one engine_class engine for all."
         ),
     )
     model_path = Unicode(
@@ -436,6 +451,14 @@ class JupyterDsApp(ExtensionApp):
             raise TraitError(f"JupyterDsApp.{exc}") from None
         return proposal.value
 
+    @validate("routes")
+    def _valid_routes(self, proposal: Any) -> Any:
+        try:
+            parse_routes(proposal.value)
+        except ValueError as exc:
+            raise TraitError(f"JupyterDsApp.{exc}") from None
+        return proposal.value
+
     @validate("max_concurrent_per_user")
     def _valid_max_concurrent(self, proposal: Any) -> Any:
         if proposal.value < 0:
@@ -491,6 +514,7 @@ class JupyterDsApp(ExtensionApp):
         )
 
     engine = None  # set in initialize_settings; tests may read it
+    engines: dict[str, Any] | None = None  # task -> engine, likewise
     _undo_json_logs = None
 
     def engine_config(self) -> EngineConfig:
@@ -512,6 +536,32 @@ class JupyterDsApp(ExtensionApp):
 
     def make_engine(self) -> Engine:
         return make_engine(self.engine_class, self.engine_config())
+
+    def make_task_engines(self) -> dict[str, Engine]:
+        """task -> its engine, each wrapped once for metrics (``metrics.instrument``).
+
+        Without ``routes`` every task shares the one ``engine_class`` engine, as always;
+        a routed task gets its route's pool (tasks of one route share it), and the
+        ``engine_class`` engine is built only if some task is left to it. Generation
+        metrics are process-wide counters, so each engine's wrapper adds to the same.
+        """
+        routes = parse_routes(self.routes)
+        by_task = route_of_task(routes)
+        built: dict[str, Engine] = {}
+        engines: dict[str, Engine] = {}
+        for task in TASKS:
+            key = by_task.get(task, "")  # "": the engine_class engine
+            if key not in built:
+                if key:
+                    try:
+                        raw = build_pool(routes[key])
+                    except ValueError as exc:
+                        raise TraitError(f"JupyterDsApp.{exc}") from exc
+                else:
+                    raw = self.make_engine()
+                built[key] = metrics.instrument(raw)
+            engines[task] = built[key]
+        return engines
 
     def adapters_path(self) -> str:
         if self.adapters_dir:
@@ -537,10 +587,13 @@ class JupyterDsApp(ExtensionApp):
         if self.json_logs and self._undo_json_logs is None:
             self._undo_json_logs = install_json_logs(self.serverapp)
         # Generations, client cancellations and timeouts are recorded by the wrapper;
-        # queue depth, caches and model state are read from engine.info() at each scrape.
-        engine = metrics.instrument(self.make_engine())
+        # queue depth, caches and model state are read from engine.info() at each scrape
+        # (the completion engine's: with routes, its pool sums its replicas' counters).
+        engines = self.make_task_engines()
+        engine = engines["completion"]
         metrics.register_engine_collector(engine)
         self.engine = engine
+        self.engines = engines
         # One capacity for every sandbox run: tests/run, test generation, commit hooks.
         sandbox_capacity = SandboxCapacity(
             self.sandbox_max_concurrent,
@@ -550,8 +603,9 @@ class JupyterDsApp(ExtensionApp):
         )
         services = Services(
             engine=engine,
+            engines=engines,
             completion=CompletionService(
-                engine,
+                engines["completion"],
                 CompletionSettings(
                     max_tokens=self.max_tokens,
                     max_prompt_tokens=self.max_prompt_tokens,
@@ -565,11 +619,11 @@ class JupyterDsApp(ExtensionApp):
                 ),
             ),
             explain=ExplainService(
-                engine,
+                engines["explain"],
                 ExplainSettings(max_tokens=self.explain_max_tokens, timeout_s=self.explain_timeout),
             ),
             testgen=TestgenService(
-                engine,
+                engines["tests"],
                 TestgenSettings(
                     runs=self.testgen_runs,
                     max_tokens=self.testgen_max_tokens,
@@ -586,7 +640,7 @@ class JupyterDsApp(ExtensionApp):
             max_body_bytes=self.max_body_bytes,
             git=GitService(
                 self.serverapp.root_dir,
-                engine,
+                engines["commit_message"],
                 GitSettings(timeout_s=self.git_timeout, exclude=tuple(self.git_exclude),
                             commit_hooks=self.git_commit_hooks),
                 sandbox_capacity=sandbox_capacity,
@@ -618,7 +672,12 @@ class JupyterDsApp(ExtensionApp):
                          daemon=True).start()
         if self.load_on_start:
             self.log.info("jupyter-ds: loading the model in the background")
-            engine.start_loading()
+            for each in services.distinct_engines():
+                each.start_loading()  # a pool starts its endpoints and health checks
+        routes = parse_routes(self.routes)
+        for task, route in route_of_task(routes).items():
+            self.log.info("jupyter-ds: %s is served by route %s (%s)", task, route,
+                          ", ".join(routes[route].endpoints))
         if self.adapters:
             threading.Thread(target=self._attach_configured_adapters, args=(engine,),
                              name="jupyter-ds-adapters", daemon=True).start()
@@ -634,7 +693,9 @@ class JupyterDsApp(ExtensionApp):
         if services is not None:
             services.testgen.close()  # kill the sandbox runs still going
         metrics.unregister_engine_collector(self.engine)
-        close: Any = getattr(self.engine, "close", None)
-        if callable(close):
-            close()
+        closing = services.distinct_engines() if services is not None else [self.engine]
+        for engine in closing:  # a pool stops its health thread and closes its replicas
+            close: Any = getattr(engine, "close", None)
+            if callable(close):
+                close()
         # JSON logs stay on to the end of the process: shutdown lines are logs too.

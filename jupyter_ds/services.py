@@ -14,7 +14,7 @@ and creates no import cycle (the services import the engine, metrics, sandbox...
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from jupyter_ds import __version__
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 class Services:
     """The server's services and request policies; ``None`` means that part is off."""
 
+    #: The completion task's engine (the only engine without ``routes``): readiness,
+    #: adapters and fine-tuning go to it.
     engine: Engine
     completion: CompletionService
     explain: ExplainService
@@ -54,3 +56,19 @@ class Services:
     #: Who has which roles; None: roles are not known (every caller has none).
     roles: RolePolicy | None = None
     finetune: FinetuneJobs | None = None
+    #: Each task's engine (``completion``, ``explain``, ``tests``, ``commit_message``):
+    #: one engine for all without ``JupyterDsApp.routes``, a route's pool
+    #: (:class:`jupyter_ds.routing.pool.EnginePool`) for a routed task.
+    engines: dict[str, Engine] = field(default_factory=dict)
+
+    def engine_for(self, task: str) -> Engine:
+        """The engine that serves ``task``; ``engine`` for a task nothing routes."""
+        return self.engines.get(task, self.engine)
+
+    def distinct_engines(self) -> list[Engine]:
+        """Each engine once, the completion engine first (``GET models`` lists them)."""
+        out: list[Engine] = []
+        for engine in [self.engine, *self.engines.values()]:
+            if all(engine is not seen for seen in out):
+                out.append(engine)
+        return out

@@ -1,8 +1,8 @@
 """``ds-engine``: load a model and inspect it or generate from the command line.
 
 Useful to check a model directory, a GGUF or the embedded default (and to fill the
-converted-model cache) without starting Jupyter. ``serve`` (the OpenAI-compatible
-server for GPU nodes) is added in a later issue.
+converted-model cache) without starting Jupyter. ``serve`` runs the engine as an
+OpenAI-compatible HTTP server for a team's GPU node (:mod:`ds_engine.serve`).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ds-engine",
         description="Model tier of jupyter-ds: load a local code LLM, inspect it, generate.",
-        epilog="`ds-engine serve` (OpenAI-compatible HTTP server) comes in a later issue.",
+        epilog="`ds-engine serve` runs the engine as an OpenAI-compatible HTTP server.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -69,7 +69,53 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--seed", type=int)
     gen.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
+    _add_serve_parser(sub)
     return parser
+
+
+def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    """``serve``: vLLM's option names where vLLM has the option, so that a deployment
+    switches between the two servers by changing the command, not its arguments."""
+    serve = sub.add_parser(
+        "serve",
+        help="serve the engine as an OpenAI-compatible HTTP server (/v1/completions, "
+        "/v1/chat/completions, /v1/models, /health, /metrics)",
+    )
+    _add_model_args(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
+    serve.add_argument(
+        "--api-key",
+        help="require 'Authorization: Bearer KEY' on /v1/* (default: $DS_ENGINE_API_KEY; "
+        "prefer the variable: arguments are visible to other users of the machine)",
+    )
+    serve.add_argument(
+        "--engine-class",
+        help="engine class as package.module.Class (default: ds_engine.local.LocalEngine)",
+    )
+    serve.add_argument(
+        "--engine-option", action="append", default=[], metavar="KEY=VALUE",
+        help="an option of the engine class (EngineConfig.options; VALUE is JSON if it "
+        "parses, else a string); repeatable",
+    )
+    serve.add_argument(
+        "--served-model-name",
+        help="the model name clients send (default: --model-path as given, else the "
+        "loaded model's name)",
+    )
+    serve.add_argument(
+        "--adapter", action="append", default=[], metavar="NAME=PATH",
+        help="attach the LoRA adapter folder PATH, served as model NAME; repeatable",
+    )
+    serve.add_argument(
+        "--default-adapter", default="auto",
+        help="adapter merged into the weights at load: auto, none or a folder",
+    )
+    serve.add_argument("--quantization", default="auto", help="auto, none or int8")
+    serve.add_argument("--max-batch-size", type=int, default=8,
+                       help="requests decoded together at most")
+    serve.add_argument("--max-queued", type=int, default=64,
+                       help="requests of each priority that may wait (0: no bound)")
 
 
 async def _generate(engine: LocalEngine, args: argparse.Namespace) -> dict[str, object]:
@@ -106,6 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    if args.command == "serve":
+        from ds_engine.serve import serve_command
+
+        return serve_command(args)
     engine = _engine(args)
     try:
         engine.load()
