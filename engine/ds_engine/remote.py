@@ -43,6 +43,7 @@ every request is kept locally:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -1113,21 +1114,26 @@ class RemoteEngine:
                 await self._read_json(response, put)
                 return
             finished = False
-            async for event in aiter_events(response.aiter_bytes()):
-                if event.data.strip() == "[DONE]":
-                    put(_END)
-                    return
-                if event.event == "error":
-                    raise _StreamFailure(f"sent an error event: {event.data[:300]}")
-                try:
-                    payload = json.loads(event.data)
-                except ValueError:
-                    raise _StreamFailure(
-                        f"sent malformed JSON in its event stream: {event.data[:120]!r}"
-                    ) from None
-                delta = self._parse_event(payload)
-                finished = finished or delta.finish is not None
-                put(delta)
+            # aclosing: returning from inside the loop must close the parser too.
+            async with contextlib.aclosing(aiter_events(response.aiter_bytes())) as events:
+                async for event in events:
+                    if event.data.strip() == "[DONE]":
+                        if not finished:  # cut short (llama.cpp's server does, by default,
+                            # when another request comes in): never a finished answer
+                            raise _StreamFailure("ended ([DONE]) before a finish_reason")
+                        put(_END)
+                        return
+                    if event.event == "error":
+                        raise _StreamFailure(f"sent an error event: {event.data[:300]}")
+                    try:
+                        payload = json.loads(event.data)
+                    except ValueError:
+                        raise _StreamFailure(
+                            f"sent malformed JSON in its event stream: {event.data[:120]!r}"
+                        ) from None
+                    delta = self._parse_event(payload)
+                    finished = finished or delta.finish is not None
+                    put(delta)
         except httpx.TimeoutException:
             raise _StreamFailure(
                 f"sent nothing for {self.read_timeout_s:g} s in the middle of an answer"

@@ -1,0 +1,1 @@
+"""Integration tests against third-party model servers (``make test-integration``)."""
