@@ -694,17 +694,18 @@ class TestTwoReplicasOverHttp:
                 "audit_log_path": str(tmp_path / "audit.log")}
 
     async def test_a_stopped_replica_is_failed_over_unseen(self, served, dead_url, ds_ready):
-        code, env, _ = await ds_ready.post("complete", {"prefix": PREFIX, "path": "a.py"})
-        assert code == 200 and env["data"]["output"] == "x + 1", env
-        sticky = next(s for s in served if s.engine.requests)
         # The route is ready once one endpoint is; each endpoint's probe settles on its
-        # own (on a busy machine, the second may take a moment): wait for both.
+        # own (on a busy machine, the second may take a moment): wait for both, so the
+        # first completion goes to its file's replica, not to the only one ready yet.
         for _ in range(200):
             _, env, _ = await ds_ready.get("models")
             pool = env["data"]["models"][0]
             if [e["state"] == "ready" for e in pool["endpoints"]] == [True, True, False]:
                 break
             await asyncio.sleep(0.05)
+        code, env, _ = await ds_ready.post("complete", {"prefix": PREFIX, "path": "a.py"})
+        assert code == 200 and env["data"]["output"] == "x + 1", env
+        sticky = next(s for s in served if s.engine.requests)
         assert pool["kind"] == "pool" and [e["url"] for e in pool["endpoints"]] == [
             *(s.url for s in served), dead_url]
         assert [e["state"] == "ready" for e in pool["endpoints"]] == [True, True, False]
