@@ -748,7 +748,7 @@ def replicas_needed(
     base: SimConfig | None = None,
 ) -> dict[str, Any]:
     """The fewest fixed replicas that hold ``users`` steadily within the service level,
-    by simulation (searched upward from the utilisation bound, then bisected)."""
+    by simulation (bracketed from the utilisation bound, then bisected)."""
     arrivals = typing_arrivals([(0, users)], model, duration_s, seed)
     base = base or SimConfig()
     rate = len([a for a in arrivals if a[0] >= warmup_s]) / (duration_s - warmup_s)
@@ -763,16 +763,26 @@ def replicas_needed(
             tried[n] = simulate(profile, cfg, arrivals, duration_s, seed)
         return meets(tried[n], p95_slo_s, max_shed)
 
-    low, high = bound - 1, bound  # low fails (or is the bound minus one), high is tried
-    while not run(high):
-        low, high = high, min(limit, high + max(1, math.ceil(high * 0.25)))
-        if high == low:
-            return {"replicas": None, "utilisation_bound": bound, "offered_rps": rate,
-                    "tried": _tried(tried), "note": f"not met with {limit} replicas"}
+    # Bracket the answer: ``high`` meets the level, ``low`` does not (0: nothing tried
+    # below). The bound is a first guess only: superseded requests take load away.
+    if run(bound):
+        low, high = 0, bound
+        while high > 1:
+            n = high - max(1, math.ceil(high * 0.25))
+            if not run(n):
+                low = n
+                break
+            high = n
+    else:
+        low, high = bound, bound
+        while not run(high):
+            if high >= limit:
+                return {"replicas": None, "utilisation_bound": bound,
+                        "offered_rps": round(rate, 2), "tried": _tried(tried),
+                        "note": f"not met with {limit} replicas"}
+            low, high = high, min(limit, high + max(1, math.ceil(high * 0.25)))
     while high - low > 1:
         mid = (low + high) // 2
-        if mid <= 0:
-            break
         if run(mid):
             high = mid
         else:

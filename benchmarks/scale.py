@@ -71,6 +71,7 @@ from throughput import (
     ServerError,
     TypingCursor,
     api_call,
+    engine_info,
     load_average,
     module_source,
     new_http_client,
@@ -277,6 +278,8 @@ def router_args(args: argparse.Namespace, replicas: list[Replica]) -> list[str]:
 
 def common_args(args: argparse.Namespace) -> list[str]:
     extra = [f"--JupyterDsApp.completion_timeout={args.completion_timeout}"]
+    if args.queue_timeout is not None:
+        extra.append(f"--JupyterDsApp.completion_queue_timeout={args.queue_timeout}")
     if args.model_path:
         extra.append(f"--JupyterDsApp.model_path={args.model_path}")
     return extra
@@ -286,20 +289,76 @@ def common_args(args: argparse.Namespace) -> list[str]:
 
 
 async def load_rows(name: str, server: Server, cursors: list[TypingCursor],
-                    counts: list[int], seconds: dict[int, float],
-                    args: argparse.Namespace) -> list[dict[str, Any]]:
+                    counts: list[int], seconds: dict[int, float], args: argparse.Namespace,
+                    replicas: list[Replica] | None = None,
+                    runs: list[Any] | None = None) -> list[dict[str, Any]]:
     """Closed-loop rows (one per client count) against ``server``; the cursors carry on
-    from row to row, so no prompt is asked twice of a replica (no result-cache hits)."""
+    from row to row, so no prompt is asked twice of a replica (no result-cache hits).
+    Each row also says how much of the prompts the engines' prefix caches reused (and,
+    for replicas, their mean time to first token), from their counters."""
     rows = []
     for n in counts:
+        before = await engine_counters(server, replicas)
         run = await run_clients(server, [c.next_call for c in cursors[:n]], seconds[n],
                                 timeout=args.completion_timeout + 60)
-        row = {"config": name, **summarize(run)}
+        row = {"config": name, **summarize(run),
+               "engine": counters_delta(before, await engine_counters(server, replicas))}
         rows.append(row)
+        if runs is not None:
+            runs.append(run)
         log(f"[{name}] {n} clients: {row['requests_per_s']:.2f} req/s, p50 "
             f"{row['latency_p50_ms']} ms, p95 {row['latency_p95_ms']} ms, errors "
-            f"{row['errors_by_status'] or 0}")
+            f"{row['errors_by_status'] or 0}, prompt reused "
+            f"{pct(row['engine'].get('prompt_reused_share'))}")
     return rows
+
+
+# Counters of `ds-engine serve`'s /metrics (vLLM's names), summed over the replicas.
+REPLICA_METRICS = {
+    "vllm:prefix_cache_queries_total": "prompt_tokens",
+    "vllm:prefix_cache_hits_total": "prompt_tokens_reused",
+    "vllm:time_to_first_token_seconds_sum": "ttft_sum_s",
+    "vllm:time_to_first_token_seconds_count": "ttft_count",
+}
+
+
+async def engine_counters(server: Server, replicas: list[Replica] | None) -> dict[str, float]:
+    """Prompt tokens (and reused ones) so far: the in-process engine's from ``GET
+    models``, else the replicas' from their ``/metrics``; {} when unreadable."""
+    if not replicas:
+        info = await engine_info(server)
+        return {key: float(info[name]) for key, name in (
+            ("prompt_tokens", "prompt_tokens_total"),
+            ("prompt_tokens_reused", "prompt_tokens_reused_total"))
+            if info.get(name) is not None}
+    totals: dict[str, float] = {}
+    http = new_http_client(4)
+    try:
+        for replica in replicas:
+            with contextlib.suppress(Exception):
+                response = await http.fetch(replica.url + "/metrics", request_timeout=10)
+                for line in response.body.decode(errors="replace").splitlines():
+                    if line.startswith("#"):
+                        continue
+                    name = line.split("{", 1)[0].split(" ", 1)[0]
+                    if name in REPLICA_METRICS:
+                        key = REPLICA_METRICS[name]
+                        totals[key] = totals.get(key, 0.0) + float(line.rsplit(None, 1)[-1])
+    finally:
+        http.close()
+    return totals
+
+
+def counters_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    d = {k: after[k] - before.get(k, 0.0) for k in after}
+    out: dict[str, Any] = {k: int(v) for k, v in d.items() if k in ("prompt_tokens",
+                                                                    "prompt_tokens_reused")}
+    if d.get("prompt_tokens"):
+        out["prompt_reused_share"] = round(d.get("prompt_tokens_reused", 0) /
+                                           d["prompt_tokens"], 3)
+    if d.get("ttft_count"):
+        out["replica_ttft_mean_ms"] = round(1000 * d["ttft_sum_s"] / d["ttft_count"], 1)
+    return out
 
 
 def solo_times(run_results: list[Any]) -> list[float]:
@@ -508,8 +567,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     async with running_replicas(args, [("both", None, None)]) as (both,):
         async with running_server(local_args, args.ready_timeout) as (local, _), \
                 running_server(router_args(args, [both]), args.ready_timeout) as (routed, _):
-            await asyncio.gather(warm_up(local, args.max_tokens, args.context_lines),
-                                 warm_up(routed, args.max_tokens, args.context_lines))
+            await warm_up(local, args.max_tokens, args.context_lines)
+            await warm_up(routed, args.max_tokens, args.context_lines)
             if args.latency_pairs:
                 log(f"router latency: {args.latency_pairs} pairs, one client")
                 latency = await router_latency(local, routed, args.latency_pairs, args)
@@ -520,7 +579,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             rows += await load_rows(IN_PROCESS, local, cursors, counts_without_1(counts),
                                     seconds, args)
             rows += await load_rows(ONE_BOTH, routed, cursors, counts_without_1(counts),
-                                    seconds, args)
+                                    seconds, args, [both])
         configs[IN_PROCESS] = {"replicas": 0, "cpus": "all (not pinned)",
                                "threads": "torch's default"}
         configs[ONE_BOTH] = {"replicas": 1, "cpus": "all (not pinned)",
@@ -532,20 +591,14 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     async with running_replicas(args, [("core0", "0", 1), ("core1", "1", 1)]) as (r0, r1):
         async with running_server(router_args(args, [r0]), args.ready_timeout) as (one, _), \
                 running_server(router_args(args, [r0, r1]), args.ready_timeout) as (two, _):
-            await asyncio.gather(warm_up(one, args.max_tokens, args.context_lines),
-                                 warm_up(two, args.max_tokens, args.context_lines))
-            if 1 in counts:
-                run = await run_clients(one, [cursors[0].next_call], seconds[1],
-                                        timeout=args.completion_timeout + 60)
-                row = {"config": ONE_CORE, **summarize(run)}
-                solo = solo_times(run.results)
-                rows.append(row)
-                log(f"[{ONE_CORE}] 1 client: {row['requests_per_s']:.2f} req/s, p50 "
-                    f"{row['latency_p50_ms']} ms, p95 {row['latency_p95_ms']} ms")
-            rows += await load_rows(ONE_CORE, one, cursors, counts_without_1(counts),
-                                    seconds, args)
+            await warm_up(one, args.max_tokens, args.context_lines)
+            await warm_up(two, args.max_tokens, args.context_lines)
+            runs: list[Any] = []
+            rows += await load_rows(ONE_CORE, one, cursors, counts, seconds, args, [r0], runs)
+            if counts[0] == 1:
+                solo = solo_times(runs[0].results)
             rows += await load_rows(TWO_CORES, two, cursors, counts_without_1(counts),
-                                    seconds, args)
+                                    seconds, args, [r0, r1])
         configs[ONE_CORE] = {"replicas": 1, "cpus": "core 0", "threads": 1,
                              "ready_s": [r0.ready_s]}
         configs[TWO_CORES] = {"replicas": 2, "cpus": "core 0, core 1", "threads": 1,
@@ -597,18 +650,26 @@ def markdown(report: dict[str, Any]) -> str:
             f"servers whose `routes` send completion to `ds-engine serve` replicas "
             f"(RemoteEngine, `retries: 0`); the baseline server runs the engine in-process. "
             f"Replicas on one core each are pinned with `taskset -c N` and `--threads 1`; "
-            f"Jupyter and the clients share both cores with them.",
+            f"Jupyter and the clients share both cores with them. "
+            + (f"Every Jupyter server runs with `completion_queue_timeout` "
+               f"{p['completion_queue_timeout_s']:g} s (the default 5 s sheds most requests "
+               f"of a slow replica, and these rows measure what the replicas serve)."
+               if p.get("completion_queue_timeout_s") is not None else "")
+            + " *Prompt reused*: the share of prompt tokens the engines' prefix caches "
+            "reused; *replica TTFT*: the replicas' mean time to first token.",
             "",
             "| configuration | clients | requests | req/s | p50 ms | p95 ms | errors "
-            "| × in-process | × 1 replica, 1 core |",
-            "|---|---:|---:|---:|---:|---:|---|---:|---:|",
+            "| prompt reused | replica TTFT ms | × in-process | × 1 replica, 1 core |",
+            "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
         ]
         for r in report["rows"]:
-            errors = statuses(r)
+            engine = r.get("engine") or {}
             lines.append(
                 f"| {r['config']} | {r['clients']} | {r['requests']} | "
                 f"{r['requests_per_s']:.2f} | {cell(r['latency_p50_ms'])} | "
-                f"{cell(r['latency_p95_ms'])} | {errors} | {cell(r.get('x_in_process'))} | "
+                f"{cell(r['latency_p95_ms'])} | {statuses(r)} | "
+                f"{pct(engine.get('prompt_reused_share'))} | "
+                f"{cell(engine.get('replica_ttft_mean_ms'))} | {cell(r.get('x_in_process'))} | "
                 f"{cell(r.get('x_one_core'))} |")
         lines += ["", "| configuration | replicas | CPUs | torch threads "
                   "| replica start to ready |", "|---|---:|---|---|---|"]
@@ -811,6 +872,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "solo_seconds": args.solo_seconds, "latency_pairs": args.latency_pairs,
         "max_tokens": args.max_tokens, "context_lines": args.context_lines,
         "completion_timeout_s": args.completion_timeout,
+        "completion_queue_timeout_s": args.queue_timeout,
         "model": args.model_path or None, "cpus": os.cpu_count(),
         "python": platform.python_version(),
     }
@@ -858,6 +920,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--context-lines", type=int, default=40)
     parser.add_argument("--completion-timeout", type=float, default=120.0)
+    parser.add_argument("--queue-timeout", type=float, default=30.0,
+                        help="every server's completion_queue_timeout (default 30; the "
+                        "project's 5 s sheds most requests of a slow CPU replica, see the "
+                        "report); negative: leave the servers' default")
     parser.add_argument("--model-path", default="",
                         help="model of the replicas and the in-process server (default: the "
                         "embedded model)")
@@ -888,6 +954,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.clients = sorted({int(x) for x in args.clients.split(",") if x.strip()})
     args.sensitivity_intervals = parse_floats(args.sensitivity_intervals)
+    if args.queue_timeout is not None and args.queue_timeout < 0:
+        args.queue_timeout = None
     if not args.clients or min(args.clients) < 1:
         parser.error("--clients: positive integers")
     if os.cpu_count() and os.cpu_count() < 2 and not args.sim_from:

@@ -161,3 +161,16 @@ def test_autoscaled_run_adds_replicas_under_load(qm):
 def test_defaults_are_the_scaled_objects(qm):
     pytest.importorskip("yaml")
     assert qm.keda_rule_from_yaml(KEDA_YAML) == qm.KedaRule()
+
+
+def test_replicas_needed_brackets_the_fewest(qm):
+    profile = exponential_profile(qm, mean=0.5, max_batch=4)
+    model = qm.UserModel(typing_share=0.5, burst_mean_s=30, request_interval_s=2.0)
+    found = qm.replicas_needed(profile, 40, model, p95_slo_s=2.0, duration_s=300,
+                               warmup_s=60, seed=1)
+    n = found["replicas"]
+    assert n is not None and n >= 1
+    tried = {t["replicas"]: t for t in found["tried"]}
+    assert tried[n]["p95_s"] <= 2.0
+    if n - 1 in tried:  # the one below was tried and missed the level
+        assert tried[n - 1]["p95_s"] > 2.0 or tried[n - 1]["shed_rate"] > 0.01
