@@ -261,6 +261,8 @@ def route_options(args: argparse.Namespace) -> dict[str, Any]:
             fim = detected.family if detected else None
     options: dict[str, Any] = {"model": SERVED_NAME, "fim": fim, "tokens": tokens,
                                "tokenizer": str(tokenizer), "retries": 0}
+    if args.remote_timeout is not None:
+        options["timeout_s"] = args.remote_timeout
     config = folder / "tokenizer_config.json"
     if config.is_file():
         template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
@@ -320,6 +322,7 @@ REPLICA_METRICS = {
     "vllm:time_to_first_token_seconds_sum": "ttft_sum_s",
     "vllm:time_to_first_token_seconds_count": "ttft_count",
 }
+FINISHED = "vllm:request_success_total"  # per replica: how the router spread the requests
 
 
 async def engine_counters(server: Server, replicas: list[Replica] | None) -> dict[str, float]:
@@ -341,9 +344,13 @@ async def engine_counters(server: Server, replicas: list[Replica] | None) -> dic
                     if line.startswith("#"):
                         continue
                     name = line.split("{", 1)[0].split(" ", 1)[0]
+                    value = float(line.rsplit(None, 1)[-1])
                     if name in REPLICA_METRICS:
                         key = REPLICA_METRICS[name]
-                        totals[key] = totals.get(key, 0.0) + float(line.rsplit(None, 1)[-1])
+                        totals[key] = totals.get(key, 0.0) + value
+                    elif name == FINISHED:
+                        key = f"finished:{replica.name}"
+                        totals[key] = totals.get(key, 0.0) + value
     finally:
         http.close()
     return totals
@@ -358,6 +365,24 @@ def counters_delta(before: dict[str, float], after: dict[str, float]) -> dict[st
                                            d["prompt_tokens"], 3)
     if d.get("ttft_count"):
         out["replica_ttft_mean_ms"] = round(1000 * d["ttft_sum_s"] / d["ttft_count"], 1)
+    split = {k.split(":", 1)[1]: int(v) for k, v in d.items() if k.startswith("finished:")}
+    if len(split) > 1:
+        out["finished_by_replica"] = split
+    return out
+
+
+def files_by_replica(cursors: list[TypingCursor], replicas: list[Replica]) -> dict[str, list]:
+    """Which replica rendezvous hashing gives each client's file (the pool's own score):
+    where the requests go while no replica is ``affinity_slack`` busier than another."""
+    from types import SimpleNamespace
+
+    from jupyter_ds.routing.pool import rendezvous_score
+
+    out: dict[str, list] = {r.name: [] for r in replicas}
+    for cursor in cursors:
+        best = max(replicas, key=lambda r: rendezvous_score(
+            cursor.path, SimpleNamespace(url=r.url + "/v1")))
+        out[best.name].append(cursor.path)
     return out
 
 
@@ -420,6 +445,8 @@ async def router_latency(local: Server, routed: Server, pairs: int,
     out["paired_diff_median_ms"] = (round(statistics.median(diffs), 1) if diffs else None)
     out["identical_outputs"] = sum(1 for a, b in both if a["output"] == b["output"])
     out["compared"] = len(both)
+    out["samples_ms"] = {name: [r["client_ms"] if r["ok"] else None for r in rows]
+                         for name, rows in samples.items()}
     return out
 
 
@@ -488,6 +515,19 @@ def run_simulation(feed: dict[str, Any], args: argparse.Namespace) -> dict[str, 
             duration_s=steady, seed=seed, base=base)
         log(f"simulation: {router} router needs {needed[router]['replicas']} replicas "
             f"(utilisation bound {needed[router]['utilisation_bound']})")
+    slack = []
+    for value in args.slack_values:
+        if value == base.affinity_slack:
+            found = needed["global"]
+        else:
+            cfg = q.SimConfig(**{**base.__dict__, "affinity_slack": value})
+            found = q.replicas_needed(profile, users, model, p95_slo_s=slo,
+                                      max_shed=args.max_shed, duration_s=steady, seed=seed,
+                                      base=cfg)
+        at = found.get("at_needed") or {}
+        slack.append({"affinity_slack": value, "replicas": found["replicas"],
+                      "p95_s": at.get("p95_s"), "prefix_hit_share": at.get("prefix_hit_share")})
+        log(f"simulation: affinity_slack {value}: {found['replicas']} replicas")
     sensitivity = []
     for interval in args.sensitivity_intervals:
         if interval == args.request_interval_s:
@@ -544,6 +584,7 @@ def run_simulation(feed: dict[str, Any], args: argparse.Namespace) -> dict[str, 
         "autoscaled_timeline": autoscaled["timeline"],
         "needed": needed,
         "sensitivity": sensitivity,
+        "affinity_slack": slack,
         "seconds": round(time.monotonic() - started, 1),
     }
 
@@ -599,6 +640,10 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 solo = solo_times(runs[0].results)
             rows += await load_rows(TWO_CORES, two, cursors, counts_without_1(counts),
                                     seconds, args, [r0, r1])
+            for row in rows:
+                if row["config"] == TWO_CORES:
+                    row["files_by_replica"] = files_by_replica(cursors[:row["clients"]],
+                                                               [r0, r1])
         configs[ONE_CORE] = {"replicas": 1, "cpus": "core 0", "threads": 1,
                              "ready_s": [r0.ready_s]}
         configs[TWO_CORES] = {"replicas": 2, "cpus": "core 0, core 1", "threads": 1,
@@ -628,6 +673,29 @@ def cell(value: Any, suffix: str = "") -> str:
     return "–" if value is None else f"{value}{suffix}"
 
 
+def settings_note(p: dict[str, Any]) -> str:
+    """Which timeouts differ from the project's defaults in these rows, and why."""
+    notes = []
+    if p.get("completion_queue_timeout_s") is not None:
+        notes.append(f"every Jupyter server has `completion_queue_timeout` "
+                     f"{p['completion_queue_timeout_s']:g} s (default 5 s)")
+    if p.get("remote_timeout_s") is not None:
+        notes.append(f"the routes' RemoteEngine `timeout_s` is {p['remote_timeout_s']:g} s "
+                     f"(default 10 s)")
+    if not notes:
+        return ""
+    return (" Timeouts: " + " and ".join(notes) + ", so that the rows measure what the "
+            "replicas serve: with the defaults, a completion that takes this CPU more than "
+            "5 s to its first token is shed by the router although the replica started it at "
+            "once, and one whose first token (hence, from `ds-engine serve`, its response "
+            "headers) takes more than 10 s counts as a replica failure, three of which open "
+            "the circuit breaker, after which every request is refused at once.")
+
+
+def signed(value: float | None) -> str:
+    return "–" if value is None else f"{value:+g}"
+
+
 def statuses(row: dict[str, Any]) -> str:
     return ", ".join(f"{s}: {n}" for s, n in row["errors_by_status"].items()) or "0"
 
@@ -650,11 +718,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"servers whose `routes` send completion to `ds-engine serve` replicas "
             f"(RemoteEngine, `retries: 0`); the baseline server runs the engine in-process. "
             f"Replicas on one core each are pinned with `taskset -c N` and `--threads 1`; "
-            f"Jupyter and the clients share both cores with them. "
-            + (f"Every Jupyter server runs with `completion_queue_timeout` "
-               f"{p['completion_queue_timeout_s']:g} s (the default 5 s sheds most requests "
-               f"of a slow replica, and these rows measure what the replicas serve)."
-               if p.get("completion_queue_timeout_s") is not None else "")
+            f"Jupyter and the clients share both cores with them."
+            + settings_note(p)
             + " *Prompt reused*: the share of prompt tokens the engines' prefix caches "
             "reused; *replica TTFT*: the replicas' mean time to first token.",
             "",
@@ -671,6 +736,15 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{pct(engine.get('prompt_reused_share'))} | "
                 f"{cell(engine.get('replica_ttft_mean_ms'))} | {cell(r.get('x_in_process'))} | "
                 f"{cell(r.get('x_one_core'))} |")
+        for r in report["rows"]:
+            engine = r.get("engine") or {}
+            if r.get("files_by_replica") or engine.get("finished_by_replica"):
+                files = "; ".join(f"{name}: {', '.join(paths) or 'none'}"
+                                  for name, paths in (r.get("files_by_replica") or {}).items())
+                done = ", ".join(f"{name} {n}" for name, n in
+                                 (engine.get("finished_by_replica") or {}).items())
+                lines += ["", f"{r['config']}, {r['clients']} clients: requests finished per "
+                          f"replica {done or '–'}; files by rendezvous hashing {files or '–'}."]
         lines += ["", "| configuration | replicas | CPUs | torch threads "
                   "| replica start to ready |", "|---|---:|---|---|---|"]
         for name, c in report["configs"].items():
@@ -739,6 +813,10 @@ def sim_markdown(sim: dict[str, Any]) -> list[str]:
         f"{k['down_period_s']:g} s after a {k['down_window_s']:g} s window. Steady runs "
         f"last {a['steady_seconds']:g} s (the first 120 s not counted); seed {a['seed']}.",
         "",
+        "*Shed* counts requests shed or timed out among those not overtaken; *superseded*, "
+        "requests overtaken by the user's next one (of all sent); *busy*, the share of "
+        "replica time with a request running.",
+        "",
         "| scenario (simulated) | offered req/s | completed req/s | p50 s | p95 s | shed "
         "| superseded | prefix hits | replicas (mean / max) | busy |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -780,6 +858,18 @@ def sim_markdown(sim: dict[str, Any]) -> list[str]:
         if s["request_interval_s"] != a["request_interval_s"]:
             lines.append(f"| global | {s['request_interval_s']:g} | {s['offered_rps']} | "
                          f"{cell(s['replicas'])} | {s['utilisation_bound']} |")
+    if sim.get("affinity_slack"):
+        lines += [
+            "",
+            f"Replicas needed by the pool's `affinity_slack` (simulated, global router, a "
+            f"request every {a['request_interval_s']:g} s while typing; the default is 4):",
+            "",
+            "| affinity_slack | replicas needed | p95 s there | prefix hits there |",
+            "|---:|---:|---:|---:|",
+        ]
+        for row in sim["affinity_slack"]:
+            lines.append(f"| {row['affinity_slack']} | {cell(row['replicas'])} | "
+                         f"{cell(row['p95_s'])} | {pct(row['prefix_hit_share'])} |")
     lines += [
         "",
         "The autoscaled run over time (simulated; each minute for the first five, then every "
@@ -823,6 +913,25 @@ def conclusions(report: dict[str, Any]) -> str:
                 f"{both['requests_per_s']:.2f} requests/s, × {cell(ratio)}); the in-process "
                 f"server did {local['requests_per_s']:.2f} (p95 {cell(local['latency_p95_ms'])}"
                 f" ms)")
+        if two and two.get("files_by_replica"):
+            files = {k: len(v) for k, v in two["files_by_replica"].items()}
+            done = (two.get("engine") or {}).get("finished_by_replica") or {}
+            parts.append(
+                f"with two replicas the pool's rendezvous hashing put the {n} clients' files "
+                f"{' / '.join(str(v) for v in files.values())} on the replicas (requests "
+                f"finished {' / '.join(str(v) for v in done.values()) or '–'}): with few "
+                f"files and `affinity_slack` 4, requests spill over to the idler replica only "
+                f"once the busier one holds more than 4 above it")
+        reuse = [(r.get("engine") or {}).get("prompt_reused_share")
+                 for r in report.get("rows", [])]
+        reuse = [x for x in reuse if x is not None]
+        if reuse and max(reuse) < 0.1:
+            parts.append(
+                f"the prefix caches reused at most {pct(max(reuse))} of the prompt tokens: "
+                f"the default adapter's FIM format puts the suffix first, and this replay "
+                f"moves the cursor through existing text, so the suffix changes at every "
+                f"request (while one types, it stays put), hence whole-prompt prefills and "
+                f"the multi-second service times")
         failed = [f"{r['config']} at {r['clients']} clients {r['errors']} of "
                   f"{r['requests']} ({statuses(r)})"
                   for r in report.get("rows", []) if r["errors"]]
@@ -831,10 +940,11 @@ def conclusions(report: dict[str, Any]) -> str:
     lat = report.get("router_latency") or {}
     if lat.get("in-process"):
         parts.append(
-            f"the router (Jupyter -> RemoteEngine -> HTTP -> replica) added "
-            f"{cell(lat['added_p50_ms'], ' ms')} at p50 (× {cell(lat['ratio_p50'])}; median "
-            f"of the paired differences {cell(lat['paired_diff_median_ms'], ' ms')}) and "
-            f"{cell(lat['added_p95_ms'], ' ms')} at p95, with {lat['identical_outputs']} of "
+            f"the router (Jupyter -> pool -> RemoteEngine -> HTTP -> replica) changed a "
+            f"single completion's p50 by {signed(lat['added_p50_ms'])} ms (× "
+            f"{cell(lat['ratio_p50'])}; median of the paired differences "
+            f"{signed(lat['paired_diff_median_ms'])} ms) and its p95 by "
+            f"{signed(lat['added_p95_ms'])} ms, with {lat['identical_outputs']} of "
             f"{lat['compared']} completions identical")
     text = "; ".join(parts)
     text = (text[0].upper() + text[1:] + ".") if text else ""
@@ -845,6 +955,15 @@ def conclusions(report: dict[str, Any]) -> str:
         auto = sim["autoscaled"]
         need = sim["needed"]
         per_user = need.get("per-user", {}).get("replicas")
+        at_need = need["global"].get("at_needed") or {}
+        lost = pct(fixed["shed_rate"] + fixed["timeout_rate"])
+        if fixed["p95_s"] is None:
+            at_max = (f"no completion is answered within the {a['completion_timeout_s']:g} s "
+                      f"timeout, {lost} are shed or time out and the rest are overtaken")
+        else:
+            at_max = (f"p95 is {fixed['p95_s']} s, {pct(fixed['superseded_share'])} of the "
+                      f"requests are overtaken by the user's next keystroke before their "
+                      f"answer and {lost} of the others shed or time out")
         text += (
             f" **Simulated, not measured**: {a['users']} users typing send "
             f"{fixed['offered_rps']:.1f} requests/s; a replica like the measured one "
@@ -853,11 +972,21 @@ def conclusions(report: dict[str, Any]) -> str:
             f"{cell(need['global']['replicas'])} replicas to keep p95 within "
             f"{a['slo'].split(' and ')[0].replace('p95 <= ', '')} (one router that sees every "
             f"request; {cell(per_user)} when each user's server routes on its own). With the "
-            f"KEDA maximum of {k['max_replicas']}, p95 is {cell(fixed['p95_s'])} s and "
-            f"{pct(fixed['superseded_share'])} of the requests are overtaken by the user's "
-            f"next keystroke before their answer ({pct(fixed['shed_rate'])} shed); over the "
-            f"ramp the rule reaches {auto['replicas_max']} replicas (p95 "
-            f"{cell(auto['p95_s'])} s).")
+            f"KEDA maximum of {k['max_replicas']}, {at_max}; over the ramp the rule reaches "
+            f"{auto['replicas_max']} replicas (p95 {cell(auto['p95_s'], ' s')}).")
+        slack = {r["affinity_slack"]: r["replicas"] for r in sim.get("affinity_slack", [])}
+        if len(slack) > 1 and None not in slack.values():
+            best = min(slack, key=lambda v: (slack[v], v))
+            text += (" The pool's `affinity_slack` changes the count: "
+                     + ", ".join(f"{v}: {n}" for v, n in sorted(slack.items()))
+                     + f" replicas needed (fewest at {best}; the default is 4, which lets a "
+                     f"file's replica hold 4 more requests than the least busy one before "
+                     f"any spills over, and each one more slows a CPU replica's batch).")
+        if at_need.get("superseded_share") is not None:
+            text += (f" Even with enough replicas, {pct(at_need['superseded_share'])} of the "
+                     f"requests are overtaken by the next keystroke (p50 {at_need['p50_s']} s "
+                     f"against a request every {a['request_interval_s']:g} s of typing): "
+                     f"more replicas cut the queueing, only faster ones cut that.")
     return text
 
 
@@ -873,6 +1002,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "max_tokens": args.max_tokens, "context_lines": args.context_lines,
         "completion_timeout_s": args.completion_timeout,
         "completion_queue_timeout_s": args.queue_timeout,
+        "remote_timeout_s": args.remote_timeout,
         "model": args.model_path or None, "cpus": os.cpu_count(),
         "python": platform.python_version(),
     }
@@ -920,6 +1050,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--context-lines", type=int, default=40)
     parser.add_argument("--completion-timeout", type=float, default=120.0)
+    parser.add_argument("--remote-timeout", type=float, default=120.0,
+                        help="the routes' RemoteEngine timeout_s (default 120; its own 10 s "
+                        "fails a replica whose first token, hence its headers, comes later, "
+                        "see the report); negative: RemoteEngine's default")
     parser.add_argument("--queue-timeout", type=float, default=30.0,
                         help="every server's completion_queue_timeout (default 30; the "
                         "project's 5 s sheds most requests of a slow CPU replica, see the "
@@ -937,6 +1071,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--request-interval-s", type=float, default=3.0)
     parser.add_argument("--sensitivity-intervals", default="2,5,10",
                         help="other request intervals to size for (default 2,5,10)")
+    parser.add_argument("--slack-values", default="0,1,2,4",
+                        help="affinity_slack values to size for (global router; default "
+                        "0,1,2,4)")
     parser.add_argument("--miss-penalty", type=float, default=1.0)
     parser.add_argument("--pod-start-s", type=float, default=60.0)
     parser.add_argument("--max-batch", type=int, default=8)
@@ -954,8 +1091,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.clients = sorted({int(x) for x in args.clients.split(",") if x.strip()})
     args.sensitivity_intervals = parse_floats(args.sensitivity_intervals)
+    args.slack_values = [int(v) for v in parse_floats(args.slack_values)]
     if args.queue_timeout is not None and args.queue_timeout < 0:
         args.queue_timeout = None
+    if args.remote_timeout is not None and args.remote_timeout < 0:
+        args.remote_timeout = None
     if not args.clients or min(args.clients) < 1:
         parser.error("--clients: positive integers")
     if os.cpu_count() and os.cpu_count() < 2 and not args.sim_from:
