@@ -74,6 +74,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jupyter_ds.routing.pool import AFFINITY_SLACK
+
 # --------------------------------------------------------------------------- inputs
 
 
@@ -255,7 +257,7 @@ class SimConfig:
     autoscale: KedaRule | None = None
     pod_start_s: float = 60.0
     router: str = "global"  # or "per-user"
-    affinity_slack: int = 4
+    affinity_slack: int = AFFINITY_SLACK  # the pool's default
     miss_penalty: float = 1.0
     max_queued: int = 64
     queue_timeout_s: float = 5.0

@@ -83,6 +83,8 @@ from throughput import (
     warm_up,
 )
 
+from jupyter_ds.routing.pool import AFFINITY_SLACK
+
 ROOT = Path(__file__).resolve().parent.parent
 KEDA_YAML = ROOT / "deploy" / "k8s" / "keda" / "scaledobject.yaml"
 SERVED_NAME = "smollm2"
@@ -862,7 +864,8 @@ def sim_markdown(sim: dict[str, Any]) -> list[str]:
         lines += [
             "",
             f"Replicas needed by the pool's `affinity_slack` (simulated, global router, a "
-            f"request every {a['request_interval_s']:g} s while typing; the default is 4):",
+            f"request every {a['request_interval_s']:g} s while typing; the default is "
+            f"{a['affinity_slack']}):",
             "",
             "| affinity_slack | replicas needed | p95 s there | prefix hits there |",
             "|---:|---:|---:|---:|",
@@ -913,6 +916,7 @@ def conclusions(report: dict[str, Any]) -> str:
                 f"{both['requests_per_s']:.2f} requests/s, × {cell(ratio)}); the in-process "
                 f"server did {local['requests_per_s']:.2f} (p95 {cell(local['latency_p95_ms'])}"
                 f" ms)")
+        slack = report["params"].get("affinity_slack", 4)  # 4 before it was recorded
         if two and two.get("files_by_replica"):
             files = {k: len(v) for k, v in two["files_by_replica"].items()}
             done = (two.get("engine") or {}).get("finished_by_replica") or {}
@@ -920,8 +924,8 @@ def conclusions(report: dict[str, Any]) -> str:
                 f"with two replicas the pool's rendezvous hashing put the {n} clients' files "
                 f"{' / '.join(str(v) for v in files.values())} on the replicas (requests "
                 f"finished {' / '.join(str(v) for v in done.values()) or '–'}): with few "
-                f"files and `affinity_slack` 4, requests spill over to the idler replica only "
-                f"once the busier one holds more than 4 above it")
+                f"files and `affinity_slack` {slack}, requests spill over to the idler replica "
+                f"only once the busier one holds more than {slack} above it")
         reuse = [(r.get("engine") or {}).get("prompt_reused_share")
                  for r in report.get("rows", [])]
         reuse = [x for x in reuse if x is not None]
@@ -976,12 +980,14 @@ def conclusions(report: dict[str, Any]) -> str:
             f"{auto['replicas_max']} replicas (p95 {cell(auto['p95_s'], ' s')}).")
         slack = {r["affinity_slack"]: r["replicas"] for r in sim.get("affinity_slack", [])}
         if len(slack) > 1 and None not in slack.values():
+            default = a["affinity_slack"]
             best = min(slack, key=lambda v: (slack[v], v))
             text += (" The pool's `affinity_slack` changes the count: "
                      + ", ".join(f"{v}: {n}" for v, n in sorted(slack.items()))
-                     + f" replicas needed (fewest at {best}; the default is 4, which lets a "
-                     f"file's replica hold 4 more requests than the least busy one before "
-                     f"any spills over, and each one more slows a CPU replica's batch).")
+                     + f" replicas needed (fewest at {best}; at the default, {default}, a "
+                     f"file's replica holds up to {default} more requests than the least busy "
+                     f"one before any spills over, and each one more slows a CPU replica's "
+                     f"batch).")
         if at_need.get("superseded_share") is not None:
             text += (f" Even with enough replicas, {pct(at_need['superseded_share'])} of the "
                      f"requests are overtaken by the next keystroke (p50 {at_need['p50_s']} s "
@@ -1000,6 +1006,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "clients": args.clients, "seconds": args.seconds,
         "solo_seconds": args.solo_seconds, "latency_pairs": args.latency_pairs,
         "max_tokens": args.max_tokens, "context_lines": args.context_lines,
+        "affinity_slack": AFFINITY_SLACK,
         "completion_timeout_s": args.completion_timeout,
         "completion_queue_timeout_s": args.queue_timeout,
         "remote_timeout_s": args.remote_timeout,

@@ -362,6 +362,10 @@ class RemoteEngine:
         self._models: list[dict[str, Any]] | None = None  # None: no model list known
         self._models_at = 0.0
         self._server_window: int | None = None
+        # The server is ds-engine serve (its model list says ``owned_by: ds-engine``):
+        # it takes the request's deadlines and sheds a request that cannot start in
+        # time itself, answering its headers only once the request has started.
+        self._server_deadlines = False
         self._server_waiting: int | None = None
         self._metrics_supported = server_metrics
         self._dropped: set[str] = set()  # optional fields this server refused
@@ -631,6 +635,7 @@ class RemoteEngine:
         base = next((m for m in models if m["id"] == model), {})
         window = base.get("max_model_len")
         with self._lock:
+            self._server_deadlines = base.get("owned_by") == "ds-engine"
             self._model = model
             self._models = models
             self._models_at = time.monotonic()
@@ -771,6 +776,14 @@ class RemoteEngine:
             body["min_tokens"] = request.min_tokens
         if self.logprobs:
             body["logprobs"] = 1
+        if self._server_deadlines:
+            # ds-engine serve's extensions: it sheds what cannot start in time (429)
+            # and ends generation at the deadline, so neither side works for nothing.
+            now = time.monotonic()
+            for field, at in (("queue_timeout_s", request.start_deadline),
+                              ("timeout_s", request.deadline)):
+                if at is not None:
+                    body[field] = round(max(0.001, at - now), 3)
         for name in self._dropped:
             body.pop(name, None)
         return body
@@ -835,7 +848,7 @@ class RemoteEngine:
                     finish = run.reason
                     break
                 if timed_out:
-                    deadline, start_by = request.deadline, request.start_deadline
+                    deadline, start_by = request.deadline, self._start_by(request)
                     if not text and start_by is not None and (
                         deadline is None or start_by < deadline
                     ):
@@ -900,7 +913,7 @@ class RemoteEngine:
         """The next item from the reader, or ``(None, True)`` when the wait ran into the
         request's deadline (its start deadline while no text has come yet)."""
         request = run.request
-        limit = request.deadline if started else request.start_deadline
+        limit = request.deadline if started else self._start_by(request)
         if limit is None:
             return await run.queue.get(), False
         try:
@@ -908,6 +921,34 @@ class RemoteEngine:
             return await asyncio.wait_for(run.queue.get(), remaining), False
         except asyncio.TimeoutError:
             return None, True
+
+    def _start_by(self, request: GenerationRequest) -> float | None:
+        """When a request that has no text yet is given up (shed, or timed out).
+
+        Its start deadline; but ds-engine serve enforces that deadline itself (it sheds
+        with a 429) and its first text comes after the prefill, so a request it started
+        just in time is not shed here: the limit is then the start deadline plus
+        ``timeout_s``, bounded by the request's deadline. A generic server (vLLM,
+        llama.cpp) does not say when a request started, so there it is the start
+        deadline itself.
+        """
+        start_by = request.start_deadline
+        if start_by is None or not self._server_deadlines:
+            return start_by
+        grace = start_by + self.timeout_s
+        return grace if request.deadline is None else min(grace, request.deadline)
+
+    def _header_wait(self, request: GenerationRequest) -> float:
+        """How long to wait for an answer's headers: ``timeout_s``. ds-engine serve
+        answers its headers only once the request started (a 429 if it could not start
+        in time), so there the wait also covers the time left to the start deadline: a
+        long queue on a live replica is not mistaken for a dead one."""
+        wait = self.timeout_s
+        if self._server_deadlines:
+            start_by = request.start_deadline or request.deadline
+            if start_by is not None:
+                wait += max(0.0, start_by - time.monotonic())
+        return wait
 
     async def _drain(self, run: _Running) -> _Delta:
         """After the finish event: the usage (and confidence) of the events up to
@@ -1002,16 +1043,17 @@ class RemoteEngine:
         while True:
             attempt += 1
             payload = self._payload(request, model)
+            wait = self._header_wait(request)
             try:
                 response = await asyncio.wait_for(
                     client.send(client.build_request("POST", url, json=payload,
                                                      headers=self._headers), stream=True),
-                    self.timeout_s,
+                    wait,
                 )
             except (httpx.TransportError, asyncio.TimeoutError) as exc:
                 failure = _describe(exc)
                 if isinstance(exc, asyncio.TimeoutError):
-                    failure = f"no answer within {self.timeout_s:g} s"
+                    failure = f"no answer within {wait:.3g} s"
                 if attempt <= self.retries:
                     await self._backoff(attempt, failure)
                     continue

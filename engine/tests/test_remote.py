@@ -517,6 +517,73 @@ async def test_no_text_by_the_queue_timeout_is_shed(server) -> None:
         assert await asyncio.to_thread(server.wait_disconnects)
 
 
+DS_ENGINE_MODELS = [{"id": "base", "object": "model", "owned_by": "ds-engine",
+                     "root": "/models/base", "parent": None, "max_model_len": 2048}]
+
+
+def late_start(wait: float, texts: list[str]):
+    """ds-engine serve's way: no headers until the request started (after ``wait``)."""
+
+    async def script(handler, body: dict) -> None:
+        await asyncio.sleep(wait)
+        await send_events(handler, [chunk(t) for t in texts] + [chunk("", "stop")])
+
+    return script
+
+
+async def test_ds_engine_serve_gets_the_deadlines_and_a_long_queue_is_not_a_failure() -> None:
+    """ds-engine serve enforces the start deadline itself and answers its headers only
+    once the request started: headers later than ``timeout_s`` (but before the start
+    deadline) are a queue, not a dead replica, and are neither retried nor shed."""
+    srv = OpenAITestServer(models=DS_ENGINE_MODELS).start()
+    try:
+        srv.script = late_start(0.6, ["a", "b"])
+        async with ready(srv, timeout_s=0.3) as engine:
+            result = await asyncio.wait_for(engine.generate(
+                GenerationRequest("p", timeout_s=5, queue_timeout_s=1.0)), 10)
+            assert (result.text, result.finish_reason) == ("ab", FinishReason.STOP)
+            sent = srv.completions()
+            assert len(sent) == 1  # not retried
+            assert 0.5 < sent[0]["queue_timeout_s"] <= 1.0
+            assert 4.5 < sent[0]["timeout_s"] <= 5.0
+            counters = engine.info().counters
+            assert counters.shed_total == 0 and engine.failures_total == 0
+            assert engine.state is EngineState.READY
+
+            # Started just before its start deadline, first text after it: not shed.
+            srv.script = late_start(0.25, ["late"])
+            result = await asyncio.wait_for(engine.generate(
+                GenerationRequest("p", timeout_s=5, queue_timeout_s=0.2)), 10)
+            assert result.text == "late"
+
+            # The server's own 429 (it could not start the request) is a shed.
+            async def refuse(handler, body):
+                handler.set_status(429)
+                handler.set_header("Retry-After", "2")
+                handler.finish({"error": {"message": "queue full", "type": "overloaded"}})
+
+            srv.script = refuse
+            with pytest.raises(EngineOverloaded):
+                await asyncio.wait_for(engine.generate(
+                    GenerationRequest("p", timeout_s=5, queue_timeout_s=0.2)), 10)
+    finally:
+        srv.close()
+
+
+async def test_a_generic_server_gets_no_deadline_fields_and_late_headers_are_retried(
+        server) -> None:
+    """vLLM and llama.cpp answer headers at once: there, none within ``timeout_s`` is a
+    failed attempt, and ds-engine's fields are not sent."""
+    server.script = late_start(0.6, ["a"])
+    async with ready(server, timeout_s=0.3, retries=1) as engine:
+        with pytest.raises(BackendError, match="no answer"):
+            await asyncio.wait_for(engine.generate(
+                GenerationRequest("p", timeout_s=5, queue_timeout_s=2.0)), 10)
+        sent = server.completions()
+        assert len(sent) == 2
+        assert "queue_timeout_s" not in sent[0] and "timeout_s" not in sent[0]
+
+
 @pytest.mark.parametrize("reason", [FinishReason.CANCELLED, FinishReason.STOP])
 async def test_cancel_by_id_closes_the_connection_and_ends_the_stream(server, reason) -> None:
     server.script = drip

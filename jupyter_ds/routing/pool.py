@@ -73,7 +73,10 @@ log = logging.getLogger(__name__)
 FAILURE_THRESHOLD = 3
 COOLDOWN_S = 10.0
 MAX_COOLDOWN_S = 120.0
-AFFINITY_SLACK = 4
+# 1, not more: each request a CPU replica holds above its neighbour slows its whole
+# batch; the simulation of benchmarks/scale.py needed 132 replicas for 1,000 users at
+# 1, against 325 at 4 (benchmarks/results/scale.md).
+AFFINITY_SLACK = 1
 MAX_ATTEMPTS = 3
 HEALTH_INTERVAL_S = 5.0
 STALL_GRACE_S = 5.0
