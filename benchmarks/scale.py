@@ -687,11 +687,8 @@ def settings_note(p: dict[str, Any]) -> str:
     if not notes:
         return ""
     return (" Timeouts: " + " and ".join(notes) + ", so that the rows measure what the "
-            "replicas serve: with the defaults, a completion that takes this CPU more than "
-            "5 s to its first token is shed by the router although the replica started it at "
-            "once, and one whose first token (hence, from `ds-engine serve`, its response "
-            "headers) takes more than 10 s counts as a replica failure, three of which open "
-            "the circuit breaker, after which every request is refused at once.")
+            "replicas serve rather than what they shed: with the default, a completion that "
+            "a replica of this CPU cannot start within 5 s is shed (429).")
 
 
 def signed(value: float | None) -> str:
@@ -1057,10 +1054,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--context-lines", type=int, default=40)
     parser.add_argument("--completion-timeout", type=float, default=120.0)
-    parser.add_argument("--remote-timeout", type=float, default=120.0,
-                        help="the routes' RemoteEngine timeout_s (default 120; its own 10 s "
-                        "fails a replica whose first token, hence its headers, comes later, "
-                        "see the report); negative: RemoteEngine's default")
+    parser.add_argument("--remote-timeout", type=float, default=-1.0,
+                        help="the routes' RemoteEngine timeout_s (default: RemoteEngine's "
+                        "own, 10 s past the request's start deadline, which ds-engine serve "
+                        "enforces)")
     parser.add_argument("--queue-timeout", type=float, default=30.0,
                         help="every server's completion_queue_timeout (default 30; the "
                         "project's 5 s sheds most requests of a slow CPU replica, see the "
