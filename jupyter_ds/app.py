@@ -549,6 +549,7 @@ class JupyterDsApp(ExtensionApp):
         by_task = route_of_task(routes)
         built: dict[str, Engine] = {}
         engines: dict[str, Engine] = {}
+        pools: list[Engine] = []
         for task in TASKS:
             key = by_task.get(task, "")  # "": the engine_class engine
             if key not in built:
@@ -560,7 +561,10 @@ class JupyterDsApp(ExtensionApp):
                 else:
                     raw = self.make_engine()
                 built[key] = metrics.instrument(raw)
+                if key:
+                    pools.append(raw)
             engines[task] = built[key]
+        metrics.register_route_pools(pools)  # each endpoint's state in /metrics
         return engines
 
     def adapters_path(self) -> str:
@@ -693,6 +697,7 @@ class JupyterDsApp(ExtensionApp):
         if services is not None:
             services.testgen.close()  # kill the sandbox runs still going
         metrics.unregister_engine_collector(self.engine)
+        metrics.register_route_pools([])
         closing = services.distinct_engines() if services is not None else [self.engine]
         for engine in closing:  # a pool stops its health thread and closes its replicas
             close: Any = getattr(engine, "close", None)

@@ -644,6 +644,71 @@ class GpuMemoryCollector(Collector):
         yield from families.values()
 
 
+ROUTE_BREAKER_STATES = ("closed", "open", "half_open")
+
+
+class RouteCollector(Collector):
+    """Each routed endpoint's state at scrape time, from the pools' ``endpoints()``:
+    ``endpoint_up`` (1 while the pool would send it a request), ``endpoint_breaker``
+    (1 for its breaker's state), ``endpoint_outstanding``, and the requests and
+    failures the pool counted, all labelled by route and endpoint URL (routes refuse
+    URLs with credentials, so the label holds none). Pools are held weakly; a server
+    without routes shows none of these."""
+
+    def __init__(self) -> None:
+        self._pools: list[weakref.ref[Any]] = []
+        self._lock = threading.Lock()
+
+    def set_pools(self, pools: Iterable[Any]) -> None:
+        with self._lock:
+            self._pools = [weakref.ref(p) for p in pools]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._pools = []
+
+    def describe(self) -> Iterator[Metric]:
+        for name in ("endpoint_up", "endpoint_breaker", "endpoint_outstanding"):
+            yield GaugeMetricFamily(PREFIX + name, "")
+        for name in ("endpoint_requests", "endpoint_failures"):
+            yield CounterMetricFamily(PREFIX + name, "")
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            pools = [p for p in (ref() for ref in self._pools) if p is not None]
+        if not pools:
+            return
+        labels = ["route", "endpoint"]
+        up = GaugeMetricFamily(PREFIX + "endpoint_up", "1 while the route's pool sends "
+                               "requests to the endpoint (ready, breaker not open).",
+                               labels=labels)
+        breaker = GaugeMetricFamily(PREFIX + "endpoint_breaker", "The endpoint's circuit "
+                                    "breaker: 1 for its state (closed, open, half_open).",
+                                    labels=[*labels, "state"])
+        outstanding = GaugeMetricFamily(PREFIX + "endpoint_outstanding", "Requests the "
+                                        "pool has running on the endpoint.", labels=labels)
+        requests = CounterMetricFamily(PREFIX + "endpoint_requests", "Requests the pool "
+                                       "sent the endpoint, failovers included.", labels=labels)
+        failures = CounterMetricFamily(PREFIX + "endpoint_failures", "Requests that failed "
+                                       "on the endpoint.", labels=labels)
+        for pool in pools:
+            try:
+                endpoints = pool.endpoints()
+            except Exception:  # a scrape must never fail because a pool did
+                log.debug("pool.endpoints() failed during a scrape", exc_info=True)
+                continue
+            for endpoint in endpoints:
+                key = [_label(pool.name), _label(endpoint.get("url"))]
+                up.add_metric(key, 1.0 if endpoint.get("usable") else 0.0)
+                for state in ROUTE_BREAKER_STATES:
+                    breaker.add_metric([*key, state],
+                                       1.0 if endpoint.get("breaker") == state else 0.0)
+                outstanding.add_metric(key, float(endpoint.get("outstanding") or 0))
+                requests.add_metric(key, float(endpoint.get("requests_total") or 0))
+                failures.add_metric(key, float(endpoint.get("failures_total") or 0))
+        yield from (up, breaker, outstanding, requests, failures)
+
+
 def _register(collector: Collector, probe: str) -> Any:
     """Register ``collector`` once; after a module re-import, reuse the registered one."""
     found = _existing(probe)
@@ -657,6 +722,14 @@ ENGINE_COLLECTOR: EngineCollector = _register(EngineCollector(), PREFIX + "num_r
 GPU_COLLECTOR: GpuMemoryCollector = _register(
     GpuMemoryCollector(), PREFIX + "gpu_memory_allocated_bytes"
 )
+
+
+ROUTE_COLLECTOR: RouteCollector = _register(RouteCollector(), PREFIX + "endpoint_up")
+
+
+def register_route_pools(pools: Iterable[Any]) -> None:
+    """Report these pools' endpoints at every scrape (replacing any previous ones)."""
+    ROUTE_COLLECTOR.set_pools(pools)
 
 
 def register_engine_collector(engine: Any) -> EngineCollector:
@@ -698,7 +771,7 @@ def metric_families() -> dict[str, str]:
     ):  # fmt: skip
         for family in metric.describe():
             families[family.name] = family.type
-    for collector in (ENGINE_COLLECTOR, GPU_COLLECTOR):
+    for collector in (ENGINE_COLLECTOR, GPU_COLLECTOR, ROUTE_COLLECTOR):
         for family in collector.describe():
             families[family.name] = family.type
     return families

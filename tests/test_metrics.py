@@ -621,7 +621,8 @@ def load_rules() -> list[dict[str, Any]]:
 def test_alert_rules_schema_and_metric_names():
     rules = load_rules()
     by_name = {r["alert"]: r for r in rules}
-    assert set(by_name) == {"JupyterDsConsecutiveTimeouts", "JupyterDsHighErrorRate"}
+    assert set(by_name) == {"JupyterDsConsecutiveTimeouts", "JupyterDsHighErrorRate",
+                            "JupyterDsEndpointDown"}
     duration = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
     known = metrics.sample_names()
     for rule in rules:
@@ -640,6 +641,8 @@ def test_alert_rules_schema_and_metric_names():
     errors = by_name["JupyterDsHighErrorRate"]
     assert errors["labels"]["severity"] == "level2"
     assert errors["for"] == "5m" and "0.05" in errors["expr"] and '"5.."' in errors["expr"]
+    down = by_name["JupyterDsEndpointDown"]
+    assert "jupyter_ds_endpoint_up" in down["expr"] and down["for"] == "5m"
 
 
 def promtool() -> str | None:
@@ -660,10 +663,11 @@ def test_promtool_checks_and_unit_tests_the_alert_rules():
         [tool, "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60
     )
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 2 rules found" in check.stdout + check.stderr
+    assert "SUCCESS: 3 rules found" in check.stdout + check.stderr
     # deploy/prometheus/alerts_test.yml: 3 timeouts in a row fire level 1 and a success
     # resolves it; 2, a success, 2 never fire; 6.7% 5xx fires level 2 only after 5
-    # minutes; 2% 5xx among many 4xx does not.
+    # minutes; 2% 5xx among many 4xx does not; an endpoint down 5 minutes fires level 2,
+    # one back after 2 does not.
     test = subprocess.run(
         [tool, "test", "rules", ALERTS_TEST.name],
         capture_output=True,

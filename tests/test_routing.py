@@ -32,6 +32,7 @@ from ds_engine import (
 from ds_engine.adapters import AdapterError
 from ds_engine.factory import REQUIRED
 from ds_engine.testing import ScriptedEngine
+from prometheus_client.parser import text_string_to_metric_families
 
 from jupyter_ds.metrics import instrument
 from jupyter_ds.routing import EnginePool
@@ -619,6 +620,20 @@ async def test_a_server_serves_each_task_from_its_route(ds_ready):
     down = next(e for e in env["data"]["models"][0]["endpoints"] if e["url"] == sticky.url)
     assert down["failures"] == 3 and down["breaker"] == "open"  # then kept out
     assert "connection refused" in down["error"]
+
+    # /metrics shows each endpoint's state, labelled by route and URL
+    response = await ds_ready.fetch("metrics")
+    samples = {(s.name, s.labels.get("endpoint"), s.labels.get("state")): s.value
+               for f in text_string_to_metric_families(response.body.decode())
+               if f.name.startswith("jupyter_ds_endpoint_") for s in f.samples
+               if s.labels.get("route") == "completion"}
+    assert samples[("jupyter_ds_endpoint_up", sticky.url, None)] == 0
+    assert samples[("jupyter_ds_endpoint_up", other.url, None)] == 1
+    assert samples[("jupyter_ds_endpoint_breaker", sticky.url, "open")] == 1
+    assert samples[("jupyter_ds_endpoint_breaker", other.url, "closed")] == 1
+    assert samples[("jupyter_ds_endpoint_failures_total", sticky.url, None)] == 3
+    assert samples[("jupyter_ds_endpoint_requests_total", other.url, None)] >= 4
+    assert samples[("jupyter_ds_endpoint_outstanding", other.url, None)] == 0
 
     # a failure mid-answer is a 502 naming the backend, never a hang
     other.mode = "fail_mid"
