@@ -152,6 +152,16 @@ class _Running:
             self.reader.cancel()
 
 
+class _Announced:
+    """A stream handed out but not iterated yet: a cancel that comes first waits here.
+    Held by the stream's generator only, so an abandoned one leaves no entry behind."""
+
+    __slots__ = ("__weakref__", "reason")
+
+    def __init__(self) -> None:
+        self.reason: FinishReason | None = None
+
+
 @dataclass(frozen=True)
 class _Endpoint:
     """The server's addresses: ``base`` (``.../v1``, with any userinfo, for requests),
@@ -373,6 +383,8 @@ class RemoteEngine:
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
                                                  httpx.AsyncClient] = weakref.WeakKeyDictionary()
         self._running: dict[str, _Running] = {}
+        self._announced: weakref.WeakValueDictionary[str, _Announced] = (
+            weakref.WeakValueDictionary())
         self._closing: set[asyncio.Task[None]] = set()
         self.requests_total = 0
         self.tokens_generated_total = 0
@@ -816,14 +828,19 @@ class RemoteEngine:
             raise ValueError("max_tokens must be >= 0")
         model = self._served(request.adapter)
         assert model is not None
-        return self._stream(request, model)
+        announced = _Announced()
+        with self._lock:
+            self._announced[request.request_id] = announced
+        return self._stream(request, model, announced)
 
     async def _stream(
-        self, request: GenerationRequest, model: str
+        self, request: GenerationRequest, model: str, announced: _Announced
     ) -> AsyncIterator[StreamChunk]:
         loop = asyncio.get_running_loop()
         run = _Running(request, loop, asyncio.Queue())
         with self._lock:
+            if self._announced.get(request.request_id) is announced:
+                del self._announced[request.request_id]
             self._running[request.request_id] = run
             self.requests_total += 1
         text = ""
@@ -836,7 +853,9 @@ class RemoteEngine:
         ended = False  # a final chunk was built, or an error raised
         accounted = False  # the result counted its tokens
         try:
-            if request.max_tokens == 0:
+            if announced.reason is not None:  # cancelled before it was iterated
+                finish = announced.reason
+            elif request.max_tokens == 0:
                 finish = FinishReason.LENGTH
             else:
                 run.reader = loop.create_task(
@@ -1246,8 +1265,9 @@ class RemoteEngine:
     # ----------------------------------------------------------------- stopping
 
     def cancel(self, request_id: str, *, reason: FinishReason = FinishReason.CANCELLED) -> bool:
-        """Stop a running request by id (from any thread); True if it was running (a
-        stream is running from its first iteration on).
+        """Stop a running request by id (from any thread); True if it was running or
+        its stream was handed out and not iterated yet (that stream then ends at once,
+        asking the server nothing).
 
         Its connection is closed (the server aborts the request) and its stream ends
         with a final chunk: ``CANCELLED``, or ``STOP`` (the caller has what it needs),
@@ -1255,8 +1275,13 @@ class RemoteEngine:
         """
         with self._lock:
             run = self._running.get(request_id)
-        if run is None:
-            return False
+            if run is None:
+                announced = self._announced.get(request_id)
+                if announced is None:
+                    return False
+                if announced.reason is None:
+                    announced.reason = reason
+                return True
         if run.reason is None:
             run.reason = reason
 

@@ -608,6 +608,32 @@ async def test_cancel_by_id_closes_the_connection_and_ends_the_stream(server, re
         assert counters.active_requests == 0
 
 
+async def test_a_cancel_before_the_stream_is_iterated_is_kept(server) -> None:
+    """The pool or a service may cancel between stream() and the first iteration: the
+    stream then ends at once, CANCELLED, and the server is never asked."""
+    async with ready(server) as engine:
+        request = GenerationRequest("p")
+        stream = engine.stream(request)
+        assert engine.cancel(request.request_id) is True
+        chunks = await asyncio.wait_for(_all(stream), 5)
+        assert [c.done for c in chunks] == [True]
+        assert (chunks[0].result.finish_reason, chunks[0].text) == (FinishReason.CANCELLED, "")
+        assert server.completions() == []
+        assert engine.info().counters.cancelled_total == 1
+
+        abandoned = GenerationRequest("p")
+        stream = engine.stream(abandoned)
+        del stream  # never iterated: nothing is left to cancel
+        import gc
+
+        gc.collect()
+        assert engine.cancel(abandoned.request_id) is False
+
+
+async def _all(stream):
+    return [c async for c in stream]
+
+
 async def test_cancel_from_another_thread(server) -> None:
     server.script = drip
     async with ready(server) as engine:
