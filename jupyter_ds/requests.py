@@ -116,35 +116,85 @@ def _check_list(name: str, value: Any, meta: Any, limits: dict[str, int]) -> lis
     return list(value)
 
 
-def parse_request(cls: type[T], body: Any, limits: dict[str, int] | None = None) -> T:
-    """Build ``cls`` from a decoded JSON body, or raise an ApiError naming the field."""
+def _list_item_class(annotation: Any) -> type | None:
+    """The dataclass of a ``list[SomeDataclass]`` (or its optional) field, else None."""
+    for hint in _allowed_types(annotation):
+        if typing.get_origin(hint) is list:
+            (item,) = typing.get_args(hint) or (None,)
+            if dataclasses.is_dataclass(item):
+                return item  # type: ignore[return-value]
+    return None
+
+
+def _check_objects(name: str, value: Any, cls: type, meta: Any,
+                   limits: dict[str, int]) -> list[Any] | None:
+    """A list of objects, each parsed as ``cls`` (errors name ``name[i].field``); the
+    length is bounded by ``max_items`` and, with ``total_chars``, the characters of all
+    their text fields together by the input limit."""
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise bad_request(f"field '{name}' must be a list of objects", name)
+    most = meta.get("max_items", 100)
+    if len(value) > most:
+        raise too_large(f"field '{name}' has {len(value)} items, over the limit of {most}",
+                        name)
+    items = [parse_request(cls, item, limits, path=f"{name}[{i}].")
+             for i, item in enumerate(value)]
+    if meta.get("total_chars"):
+        total = sum(len(v) for item in items for v in vars(item).values()
+                    if isinstance(v, str))
+        limit = limits["max_input_chars"]
+        if total > limit:
+            raise too_large(f"field '{name}' holds {total} characters in all, over the limit "
+                            f"of {limit}", name)
+    return items
+
+
+def parse_request(cls: type[T], body: Any, limits: dict[str, int] | None = None, *,
+                  path: str = "") -> T:
+    """Build ``cls`` from a decoded JSON body, or raise an ApiError naming the field.
+
+    ``path`` prefixes field names in errors (``cells[2].``), for objects inside lists.
+    """
     limits = {**DEFAULT_LIMITS, **(limits or {})}
     if not isinstance(body, dict):
+        if path:
+            raise bad_request(f"field '{path[:-1]}' must be an object", path[:-1])
         raise bad_request("request body must be a JSON object")
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        name = path + f.name
         if f.name not in body:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise bad_request(f"missing required field '{f.name}'", f.name)
+                raise bad_request(f"missing required field '{name}'", name)
+            continue
+        item_cls = _list_item_class(hints[f.name])
+        if item_cls is not None:
+            values[f.name] = _check_objects(name, body[f.name], item_cls, f.metadata, limits)
             continue
         if typing.get_origin(hints[f.name]) is list:
-            values[f.name] = _check_list(f.name, body[f.name], f.metadata, limits)
+            values[f.name] = _check_list(name, body[f.name], f.metadata, limits)
             continue
-        value = _check_type(f.name, body[f.name], _allowed_types(hints[f.name]))
+        value = _check_type(name, body[f.name], _allowed_types(hints[f.name]))
         meta = f.metadata
         if isinstance(value, str) and "max_chars" in meta:
             limit = limits[meta["max_chars"]]
             if len(value) > limit:
                 raise too_large(
-                    f"field '{f.name}' is {len(value)} characters, over the limit of {limit}",
-                    f.name,
+                    f"field '{name}' is {len(value)} characters, over the limit of {limit}",
+                    name,
                 )
         if isinstance(value, str):
-            _check_text(f.name, value)
+            _check_text(name, value)
+            if "choices" in meta and value not in meta["choices"]:
+                raise bad_request(
+                    f"field '{name}' must be one of {', '.join(meta['choices'])}, got "
+                    f"{value[:80]!r}", name)
             if "pattern" in meta and not re.fullmatch(meta["pattern"], value):
                 raise bad_request(
-                    f"field '{f.name}' must match {meta['pattern']}, got {value[:80]!r}", f.name
+                    f"field '{name}' must match {meta['pattern']}, got {value[:80]!r}", name
                 )
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             low = meta.get("min")
@@ -153,7 +203,7 @@ def parse_request(cls: type[T], body: Any, limits: dict[str, int] | None = None)
                 high is not None and value > high
             ):
                 raise bad_request(
-                    f"field '{f.name}' must be between {low} and {high}, got {value}", f.name
+                    f"field '{name}' must be between {low} and {high}, got {value}", name
                 )
         values[f.name] = value
     return cls(**values)

@@ -80,9 +80,20 @@ json_values = st.recursive(
 )
 
 
+def _object_list(annotation: Any) -> type | None:
+    """The item dataclass of a ``list[Dataclass] | None`` field (CompleteRequest.cells)."""
+    for hint in _allowed(annotation):
+        if _is_list(hint) and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+            return typing.get_args(hint)[0]
+    return None
+
+
 def typed_values(annotation: Any) -> st.SearchStrategy[Any]:
     """Values of the declared type (often valid) mixed with values of any type."""
-    if _is_list(annotation):
+    item = _object_list(annotation)
+    if item is not None:
+        good = st.none() | st.lists(st.deferred(lambda: object_bodies(item)), max_size=3)
+    elif _is_list(annotation):
         good = st.lists(texts, max_size=5) | st.integers(199, 202).map(lambda n: ["t"] * n)
     else:
         options = []
@@ -143,6 +154,13 @@ def check_parsed(cls: type, req: Any) -> None:
     for name, (annotation, f) in field_specs(cls).items():
         value = getattr(req, f.name)
         meta = f.metadata
+        item = _object_list(annotation)
+        if item is not None:
+            assert value is None or (isinstance(value, list)
+                                     and len(value) <= meta.get("max_items", 100)), name
+            for each in value or []:
+                check_parsed(item, each)
+            continue
         if _is_list(annotation):
             assert isinstance(value, list) and len(value) <= meta.get("max_items", 100)
             for item in value:
@@ -175,10 +193,11 @@ def check_refusal(cls: type, body: Any, exc: ApiError) -> None:
     if not isinstance(body, dict):
         return
     specs = field_specs(cls)
-    assert exc.field in specs, f"refusal of an object body names no field: {exc.message}"
+    top = exc.field.split("[", 1)[0]  # cells[2].source: the field is cells
+    assert top in specs, f"refusal of an object body names no field: {exc.message}"
     assert exc.field in exc.message
     # The field at fault is in the body, or it is required and missing.
-    assert exc.field in body or required(specs[exc.field][1]), exc.message
+    assert top in body or required(specs[top][1]), exc.message
 
 
 @pytest.mark.parametrize("cls", SCHEMAS, ids=lambda c: c.__name__)
@@ -200,16 +219,17 @@ def test_parse_request_accepts_valid_and_names_the_field_of_invalid(cls, data):
 def test_a_field_fixed_alone_is_accepted_or_another_field_is_named(body):
     """Refusals are per field: replacing the named field by a valid value moves on."""
     valid = {"prefix": "x", "suffix": "", "language": "python", "path": None, "cell_id": None,
-             "max_tokens": 4, "temperature": 0.5, "n": 1, "adapter": None}
+             "max_tokens": 4, "temperature": 0.5, "n": 1, "adapter": None, "cells": None}
     named: list[str] = []
     for _ in range(len(valid) + 1):
         try:
             parse_request(CompleteRequest, body, LIMITS)
             return
         except ApiError as exc:
-            assert exc.field not in named, f"{exc.field} named twice"
-            named.append(exc.field)
-            body = {**body, exc.field: valid[exc.field]}
+            top = exc.field.split("[", 1)[0]  # cells[2].source: fix cells
+            assert top not in named, f"{top} named twice"
+            named.append(top)
+            body = {**body, top: valid[top]}
     raise AssertionError(f"still refused after fixing {named}")
 
 

@@ -214,8 +214,26 @@ def _is_list(annotation: Any) -> bool:
     return typing.get_origin(annotation) is list
 
 
+def _is_object_list(annotation: Any) -> bool:
+    """``list[Dataclass] | None`` (CompleteRequest.cells)."""
+    return any(_is_list(h) and dataclasses.is_dataclass(typing.get_args(h)[0])
+               for h in _allowed(annotation))
+
+
+# Bad items of an object list, and the field each refusal names (relative to the list).
+BAD_CELLS: list[tuple[Any, str]] = [
+    ("x", ""), (3, ""), ({"source": "x"}, ""), (["x"], "[0]"), ([1], "[0]"),
+    ([None], "[0]"), ([{}], "[0].source"), ([{"source": 1}], "[0].source"),
+    ([{"source": "a\x00b"}], "[0].source"), ([{"source": "\ud800"}], "[0].source"),
+    ([{"source": "x", "cell_type": "python"}], "[0].cell_type"),
+    ([{"source": "x"}, {"source": "y", "cell_type": 2}], "[1].cell_type"),
+]
+
+
 def wrong_values(annotation: Any) -> list[Any]:
     """JSON values of every kind that a field of this type must refuse."""
+    if _is_object_list(annotation):
+        return []  # BAD_CELLS, with the item's field named
     if _is_list(annotation):
         return ["x", 3, None, {"a": "b"}, [1], [None], [["x"]], [{"a": 1}], [True]]
     allowed = _allowed(annotation)
@@ -266,7 +284,17 @@ async def test_every_field_refuses_bad_values(api, route):
             code, env = await api.post(route, rest)
             bad.check(f"missing {name}", code, env, 400, name)
         texts: list[Any] = ["a\x00b", "\x00", "\ud800", "x\udfff", "a\udc80b\ud83d"]
-        if _is_list(annotation):
+        if _is_object_list(annotation):
+            for value, where in BAD_CELLS:
+                code, env = await api.post(route, {**base, name: value})
+                bad.check(f"{name}={value!r}", code, env, 400, name + where)
+            limit = f.metadata.get("max_items", 100)
+            code, env = await api.post(route, {**base, name: [{"source": ""}] * (limit + 1)})
+            bad.check(f"{name} with {limit + 1} items", code, env, 413, name)
+            code, env = await api.post(route, {**base, name: [{"source": "a" * MAX_INPUT},
+                                                              {"source": "b"}]})
+            bad.check(f"{name} over {MAX_INPUT} chars in all", code, env, 413, name)
+        elif _is_list(annotation):
             for text in texts:
                 code, env = await api.post(route, {**base, name: ["ok.py", text]})
                 bad.check(f"{name}=[..., {text!r}]", code, env, 400, name)

@@ -28,7 +28,7 @@ from jupyter_ds.completion.notebook import (
     parse_notebook,
     resolve_notebook_path,
 )
-from jupyter_ds.completion.requests import CompleteRequest
+from jupyter_ds.completion.requests import CompleteRequest, ContextCell
 from jupyter_ds.completion.service import CompletionService, CompletionSettings
 from jupyter_ds.errors import ApiError
 
@@ -430,6 +430,25 @@ def test_no_context_without_root_path_or_cell(root: Path, tiny_tokenizer):
     assert svc._prompt(req(cell_id="nope"))[0] == "<filename>nb.ipynb\ndf."
     assert svc._prompt(req(path="unsaved.ipynb"))[0] == "<filename>unsaved.ipynb\ndf."
     assert svc._prompt(req(cell_id="c0"))[0] == "<filename>nb.ipynb\ndf."  # nothing above
+
+
+def test_cells_sent_by_the_client_replace_the_saved_notebook(root: Path, tiny_tokenizer):
+    """An editor that holds the notebook (the language server) sends its cells: they are
+    the context, whether or not it is saved, and a root is not even needed."""
+    template = detect_template(tiny_tokenizer.get_vocab())
+    cells = [ContextCell("import numpy as np\n"), ContextCell("# Arrays", "markdown"),
+             ContextCell("   "), ContextCell("a = np.ones(3)\n")]
+    for root_dir in (root, None):
+        prompt, _ = service(FakeEngine(template), root_dir)._prompt(
+            req(prefix="a.", path="unsaved.ipynb", cell_id=None, cells=cells))
+        assert prompt == ("<jupyter_code>import numpy as np\n<jupyter_text># Arrays"
+                          "<jupyter_code>a = np.ones(3)\n<jupyter_code>a."), prompt
+    # Sent, they win over the saved file even where it has the cell.
+    prompt, _ = service(FakeEngine(template), root)._prompt(req(cells=cells[:1]))
+    assert prompt == "<jupyter_code>import numpy as np\n<jupyter_code>df."
+    # An empty list: no context, the saved file is not read.
+    assert service(FakeEngine(template), root)._prompt(req(cells=[]))[0] == (
+        "<filename>nb.ipynb\ndf.")
 
 
 def test_escaping_path_is_a_400_only_when_context_is_on(root: Path):

@@ -42,6 +42,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from jupyter_ds.errors import bad_request
 from jupyter_ds.paths import locate
@@ -217,6 +218,16 @@ class NotebookReader:
             c for c in reversed(cells[:index]) if c.kind in kinds and c.source.strip()
         )
         return PrecedingCells(above, cells[index].kind)
+
+
+def given_cells(cells: Sequence[Any], *, include_markdown: bool = False) -> PrecedingCells:
+    """The cells a client sent (``CompleteRequest.cells``: notebook order, the nearest
+    last) as :meth:`NotebookReader.preceding` gives a saved notebook's: nearest first,
+    non-empty code (and, if asked, markdown) cells; the current cell is code."""
+    kinds = {"code", "markdown"} if include_markdown else {"code"}
+    above = tuple(Cell(None, c.cell_type, c.source) for c in reversed(cells)
+                  if c.cell_type in kinds and c.source.strip())
+    return PrecedingCells(above, "code")
 
 
 # ------------------------------------------------------------------------ format

@@ -14,6 +14,14 @@ from jupyter_ds.requests import ADAPTER_NAME, wire_field
 
 
 @dataclass
+class ContextCell:
+    """A notebook cell above the cursor's cell, as an editor holds it (saved or not)."""
+
+    source: str = wire_field(max_chars="max_input_chars")
+    cell_type: str = wire_field("code", choices=("code", "markdown", "raw"))
+
+
+@dataclass
 class CompleteRequest:
     """``POST jupyter-ds/v1/complete`` and one WebSocket completion request."""
 
@@ -27,6 +35,11 @@ class CompleteRequest:
     n: int = wire_field(1, min=1, max=5)
     # A loaded LoRA adapter by name; absent: the folder's default, else the server's.
     adapter: str | None = wire_field(None, max_chars="max_name_chars", pattern=ADAPTER_NAME)
+    # The cells above the cursor's cell, in notebook order (the nearest last), from a
+    # client that holds the notebook (the language server's notebook sync): they replace
+    # reading the saved .ipynb at ``path``, which may be stale or absent.
+    cells: list[ContextCell] | None = wire_field(  # noqa: RUF009 (a dataclasses.field)
+        None, max_items=1000, total_chars=True)
 
 
 class CompletionItem(TypedDict):
@@ -49,6 +62,9 @@ class CompletionAnswer(TypedDict):
     latency_ms: float
     prompt_tokens: int
     items: list[CompletionItem]
+    # The request's id (its X-Request-Id), set by the transport: what telemetry
+    # (POST jupyter-ds/v1/telemetry) names the completion by.
+    request_id: NotRequired[str]
 
 
 class CompletionEvent(TypedDict):
@@ -65,3 +81,6 @@ class CompletionEvent(TypedDict):
     prompt_tokens: NotRequired[int]
     model: NotRequired[str]
     latency_ms: NotRequired[float]
+    adapter: NotRequired[str | None]
+    # On the WebSocket's final event only, set by the transport (see CompletionAnswer).
+    request_id: NotRequired[str]

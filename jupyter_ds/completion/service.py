@@ -22,6 +22,8 @@ from jupyter_ds.completion.notebook import (
     CountMemo,
     NotebookFormat,
     NotebookReader,
+    PrecedingCells,
+    given_cells,
     notebook_context,
 )
 from jupyter_ds.completion.requests import (
@@ -92,14 +94,18 @@ class CompletionService:
         The current cell keeps priority: cells are added only when its whole prefix fits,
         and only into the budget that its prefix and suffix leave.
         """
-        if self.notebooks is None or not req.path or not req.cell_id:
-            return ""
         template = self.engine.template
         fmt = NotebookFormat.from_tokens(template.notebook_tokens, template.escape)
-        # A path that leaves the root is a 400 here, before anything is read.
-        preceding = self.notebooks.preceding(
-            req.path, req.cell_id, include_markdown=fmt.includes_markdown
-        )
+        if req.cells is not None:  # the client holds the notebook: its cells, as they are
+            preceding: PrecedingCells | None = given_cells(
+                req.cells, include_markdown=fmt.includes_markdown)
+        elif self.notebooks is None or not req.path or not req.cell_id:
+            return ""
+        else:
+            # A path that leaves the root is a 400 here, before anything is read.
+            preceding = self.notebooks.preceding(
+                req.path, req.cell_id, include_markdown=fmt.includes_markdown
+            )
         if preceding is None or not preceding.cells or prefix != req.prefix:
             return ""
         used = (count(prefix) if prefix else 0) + (count(suffix) if suffix else 0)
@@ -314,6 +320,7 @@ class CompletionService:
                     "prompt_tokens": result.prompt_tokens,
                     "model": result.model,
                     "latency_ms": round((time.monotonic() - started) * 1000, 1),
+                    "adapter": self._adapter_label(gen.adapter),
                 }
                 return
 
