@@ -7,6 +7,7 @@
     jupyter-ds git VERB [--path REPO] [--files ...] [--message ...]  (see jupyter_ds/git/cli.py)
     jupyter-ds audit report [--since 7d] [--log PATH] [--key-file F] [--json]  (audit/cli.py)
     jupyter-ds finetune PATH --out DIR --max-minutes M [--resume]  (finetune/cli.py)
+    jupyter-ds lsp [--url URL | --local] [--tcp PORT]  (the language server, lsp/cli.py)
 
 Code comes from a file or standard input; the answer is printed as one JSON envelope.
 The exit status is 0 on success, 1 when the envelope is an error, 2 for bad usage.
@@ -149,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     from jupyter_ds.finetune.cli import add_parser as add_finetune_parser
 
     add_finetune_parser(sub)
+    from jupyter_ds.lsp.cli import add_parser as add_lsp_parser
+
+    add_lsp_parser(sub)
     return parser
 
 
@@ -158,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         from jupyter_ds.audit.cli import main as audit_main
 
         return audit_main(args)
+    if args.command == "lsp":  # the protocol on stdout, until the editor exits
+        from jupyter_ds.lsp.cli import main as lsp_main
+
+        return lsp_main(args)
     if args.command == "finetune":  # progress on stderr, its own exit statuses
         from jupyter_ds.finetune.cli import main as finetune_main
 
