@@ -27,6 +27,8 @@ setup: $(STAMP) $(LABEXT_STAMP)
 	@bash scripts/ensure-sandbox.sh
 	@# promtool (from Debian's prometheus package, the binary only) checks the alert rules.
 	@VENV=$(VENV) bash scripts/ensure-promtool.sh
+	@# Debian's Neovim, Emacs and eglot for the editor tests of `jupyter-ds lsp` (silent when there).
+	@bash scripts/ensure-editors.sh
 
 $(STAMP): pyproject.toml engine/pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

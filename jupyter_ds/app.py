@@ -35,6 +35,7 @@ from jupyter_ds.roles import RolePolicy, parse_mapping
 from jupyter_ds.roles import install as install_roles
 from jupyter_ds.routing import TASKS, build_pool, parse_routes, route_of_task
 from jupyter_ds.services import Services
+from jupyter_ds.telemetry import AnsweredCompletions
 from jupyter_ds.testgen.sandbox import detect_sandbox
 from jupyter_ds.testgen.service import (
     SandboxCapacity,
@@ -655,6 +656,7 @@ class JupyterDsApp(ExtensionApp):
             threads=self.finetune_threads or None, nice=self.finetune_nice,
         )
         services.limiter = self.make_limiter()
+        services.answered = AnsweredCompletions()  # for acceptance telemetry
         services.audit = self.open_audit()
         if services.audit is not None:
             # plaintext is only ever asked for (audit_encrypt=False): say so loudly

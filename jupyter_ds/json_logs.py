@@ -33,7 +33,8 @@ from typing import Any
 REQUEST_ID_HEADER = "X-Request-Id"
 # What a client may choose as a request id: short, printable, no spaces or quotes, so it
 # is safe in a header, a log line and a query of the log store.
-_SANE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}")
+REQUEST_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}"
+_SANE_ID = re.compile(REQUEST_ID_PATTERN)
 
 
 @dataclass(frozen=True)

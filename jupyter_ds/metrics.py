@@ -217,6 +217,31 @@ SANDBOX_DURATION = _metric(
 )
 
 
+# ----------------------------------------------------------------- acceptance telemetry
+
+# What clients report about the suggestions they got (``POST jupyter-ds/v1/telemetry``),
+# labelled by the model and adapter that answered, as the server remembers them (never
+# as a client says: the label values stay the server's few). ``adapter`` is "" when no
+# adapter answered (no adapter name can be empty). Acceptance rate in PromQL:
+# ``sum by (model, adapter) (rate(..._accepted_total[1h]))
+#   / sum by (model, adapter) (rate(..._shown_total[1h]))``.
+COMPLETION_EVENTS = {
+    kind: _metric(
+        Counter,
+        f"jupyter_ds_completions_{kind}",
+        f"Completions clients reported as {text}, by model and adapter (each completion "
+        "counts once per kind).",
+        ["model", "adapter"],
+    )
+    for kind, text in (
+        ("shown", "shown to the user"),
+        ("accepted", "accepted"),
+        ("partially_accepted", "partially accepted (the user kept part of the text)"),
+        ("dismissed", "dismissed"),
+    )
+}
+
+
 # ------------------------------------------------------------------------------- API
 
 
@@ -268,6 +293,14 @@ def observe_request(
             REQUESTS_SHED.labels(endpoint=endpoint, status=str(status)).inc()
     if status == 504:
         REQUEST_TIMEOUTS.labels(endpoint=endpoint).inc()
+
+
+def observe_completion_event(kind: str, model: str, adapter: str | None) -> None:
+    """Count one telemetry event (``shown``, ``accepted``, ``partially_accepted``,
+    ``dismissed``) of a completion answered by ``model`` with ``adapter`` (None: "")."""
+    counter = COMPLETION_EVENTS.get(kind)
+    if counter is not None:
+        counter.labels(model=_label(model), adapter=_label(adapter, "")).inc()
 
 
 def _priority(request: Any) -> str:
@@ -767,7 +800,7 @@ def metric_families() -> dict[str, str]:
         REQUEST_DURATION, REQUESTS, REQUEST_ERRORS, REQUESTS_SHED, REQUEST_TIMEOUTS,
         CONSECUTIVE_TIMEOUTS, TIME_TO_FIRST_TOKEN, TIME_PER_OUTPUT_TOKEN, E2E_LATENCY,
         GENERATION_TOKENS, PROMPT_TOKENS, GENERATIONS, CANCELLED_REQUESTS, SANDBOX_RUNS,
-        SANDBOX_DURATION,
+        SANDBOX_DURATION, *COMPLETION_EVENTS.values(),
     ):  # fmt: skip
         for family in metric.describe():
             families[family.name] = family.type

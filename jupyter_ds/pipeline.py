@@ -45,6 +45,7 @@ from jupyter_ds.errors import ApiError, engine_error
 from jupyter_ds.identity import user_name
 from jupyter_ds.ratelimit import GENERATION_ENDPOINTS, GenerationSlot
 from jupyter_ds.requests import parse_request
+from jupyter_ds.telemetry.memory import COMPLETION_ENDPOINTS
 
 if TYPE_CHECKING:
     from jupyter_ds.services import Services
@@ -107,6 +108,8 @@ class Call:
     sample: str | None = None
     error_code: str | None = None
     counted: bool = False  # rate-limited once: admitting twice does not count twice
+    #: More fields for the call's audit record (a telemetry call's counts); never text.
+    audit_extra: dict[str, Any] = field(default_factory=dict)
     finished: bool = False
     binding: contextvars.Token[Any] | None = field(default=None, repr=False)
 
@@ -292,8 +295,21 @@ class Pipeline:
             )
         except Exception:  # metrics never fail a request
             log.debug("jupyter-ds: could not record request metrics", exc_info=True)
+        self._remember(call, status)
         self._audit(call, status, took)
         self.unbind(call)
+
+    def _remember(self, call: Call, status: int) -> None:
+        """Remember an answered completion for the telemetry about it (see
+        :mod:`jupyter_ds.telemetry.memory`): REST and WebSocket completions both end
+        here, so both can be reported on by the ``request_id`` their answer carries."""
+        memory = self.services.answered
+        if memory is None or status != 200 or call.endpoint not in COMPLETION_ENDPOINTS:
+            return
+        try:
+            memory.remember_answer(call.request_id, call.user_name, call.answer)
+        except Exception:  # telemetry never fails a request
+            log.debug("jupyter-ds: could not remember the completion", exc_info=True)
 
     def _audit(self, call: Call, status: int, seconds: float) -> None:
         """Write the call's audit record, if the audit log is on.
@@ -328,7 +344,7 @@ class Pipeline:
                     error_code=call.error_code,
                     input_sample=call.sample,
                     output_sample=output if isinstance(output, str) else None,
-                    extra={"method": call.method},
+                    extra={**call.audit_extra, "method": call.method},
                 )
             )
         except Exception:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from jupyter_ds.git.service import GitService
     from jupyter_ds.ratelimit import RateLimiter
     from jupyter_ds.roles import RolePolicy
+    from jupyter_ds.telemetry import AnsweredCompletions
     from jupyter_ds.testgen.service import TestgenService
 
 
@@ -56,6 +57,9 @@ class Services:
     #: Who has which roles; None: roles are not known (every caller has none).
     roles: RolePolicy | None = None
     finetune: FinetuneJobs | None = None
+    #: The completions answered lately, for acceptance telemetry; None: none remembered
+    #: (every telemetry event is then ignored).
+    answered: AnsweredCompletions | None = None
     #: Each task's engine (``completion``, ``explain``, ``tests``, ``commit_message``):
     #: one engine for all without ``JupyterDsApp.routes``, a route's pool
     #: (:class:`jupyter_ds.routing.pool.EnginePool`) for a routed task.

@@ -81,6 +81,7 @@ def server_config(tiny_model_dir, ds: dict[str, Any], **serverapp: Any) -> dict[
 RESOURCE_OF = {
     "complete": "jupyter_ds:completion",
     "complete/stream": "jupyter_ds:completion",
+    "telemetry": "jupyter_ds:completion",
     "explain": "jupyter_ds:explain",
     "tests": "jupyter_ds:tests",
     "tests/run": "jupyter_ds:tests",

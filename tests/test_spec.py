@@ -13,6 +13,7 @@ from jupyter_ds.finetune.requests import AdapterLoadRequest, FinetuneRequest
 from jupyter_ds.git.requests import GIT_REQUESTS, READ_VERBS, wire_name
 from jupyter_ds.handlers import API_PREFIX, ROUTES
 from jupyter_ds.requests import ADAPTER_NAME, DEFAULT_LIMITS
+from jupyter_ds.telemetry import TelemetryEvent
 from jupyter_ds.testgen.requests import TestsInsertRequest, TestsRequest, TestsRunRequest
 
 SPEC = yaml.safe_load((Path(__file__).parents[1] / "docs" / "openapi.yaml").read_text())
@@ -32,7 +33,8 @@ def test_every_http_route_is_specified():
 
 def test_request_schemas_match_the_dataclasses():
     for cls in (CompleteRequest, ExplainRequest, TestsRequest, TestsRunRequest,
-                TestsInsertRequest, AdapterLoadRequest, FinetuneRequest, *GIT_REQUESTS):
+                TestsInsertRequest, AdapterLoadRequest, FinetuneRequest, TelemetryEvent,
+                *GIT_REQUESTS):
         name = cls.__name__
         schema = SPEC["components"]["schemas"][name]
         fields = {wire_name(f.name): f for f in dataclasses.fields(cls)}

@@ -75,10 +75,12 @@ async def test_plain_request_gets_one_inline_completion_reply(ws):
 async def test_stream_sends_cumulative_chunks_then_done(ws):
     ws.write_message(json.dumps({**STREAM_REQ, "number": 7, "max_tokens": 20}))
     first = await recv(ws)
+    request_id = first.pop("request_id")  # telemetry names the suggestion by it
     assert first == {"type": "inline_completion", "reply_to": 7,
                      "list": {"items": [{"insertText": "", "isIncomplete": True,
                                          "token": "jds-7"}]}}
     seen, done = await recv_until_done(ws, 7)
+    assert done["request_id"] == request_id and isinstance(request_id, str)
     chunks = [m for m in seen if not m["done"]]
     assert chunks, "no intermediate chunks were streamed"
     texts = [m["response"]["insertText"] for m in chunks]

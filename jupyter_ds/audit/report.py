@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jupyter_ds.audit.acceptance import Acceptance, format_acceptance
 from jupyter_ds.audit.crypto import Keyring, decrypt_record, is_encrypted
 from jupyter_ds.audit.errors import AuditFormatError, AuditLogMissingError
 from jupyter_ds.audit.log import utc_now
@@ -205,8 +206,10 @@ def aggregate(
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
 ) -> dict[str, Any]:
-    """Usage in ``[since, until)`` overall and per user, model and endpoint."""
+    """Usage in ``[since, until)`` overall and per user, model and endpoint, and the
+    acceptance of completions (``acceptance``, from telemetry calls' records)."""
     total = _Usage()
+    acceptance = Acceptance()
     groups: dict[str, dict[str, _Usage]] = {g: {} for g in GROUPS}
     first: dt.datetime | None = None
     last: dt.datetime | None = None
@@ -217,6 +220,7 @@ def aggregate(
         first = t if first is None or t < first else first
         last = t if last is None or t > last else last
         total.add(rec)
+        acceptance.add(rec)
         for g in GROUPS:
             name = rec.get(g)
             key = str(name) if name not in (None, "") else "-"
@@ -231,6 +235,7 @@ def aggregate(
             f"by_{g}": {k: u.summary() for k, u in sorted(groups[g].items())}
             for g in GROUPS
         },
+        "acceptance": acceptance.summary(),
     }
 
 
@@ -312,4 +317,5 @@ def format_table(report: dict[str, Any], source: str | os.PathLike[str] | None =
     for g in GROUPS:
         rows = [(name, [_cell(u[c]) for c, _ in _COLUMNS]) for name, u in report[f"by_{g}"].items()]
         lines += ["", f"By {g}:", *_table(g, [*rows, total])]
+    lines += format_acceptance(report.get("acceptance") or {})
     return "\n".join(lines) + "\n"

@@ -11,6 +11,7 @@ from jupyter_ds.handlers.explain import ExplainHandler
 from jupyter_ds.handlers.git import GIT_ROUTES
 from jupyter_ds.handlers.status import HealthHandler, ModelsHandler
 from jupyter_ds.handlers.stream import CompletionStreamHandler
+from jupyter_ds.handlers.telemetry import TelemetryHandler
 from jupyter_ds.handlers.tests import TestsHandler, TestsInsertHandler, TestsRunHandler
 
 API_PREFIX = "jupyter-ds/v1"
@@ -18,6 +19,7 @@ API_PREFIX = "jupyter-ds/v1"
 ROUTES = [
     ("complete", CompleteHandler),
     ("complete/stream", CompletionStreamHandler),
+    ("telemetry", TelemetryHandler),
     ("explain", ExplainHandler),
     ("tests", TestsHandler),
     ("tests/run", TestsRunHandler),

@@ -18,4 +18,5 @@ class CompleteHandler(DsApiHandler):
         req = self.parse(CompleteRequest)
         data = await self.cancel_on_disconnect(self.ds.completion.complete(req))
         if data is not None:
+            data["request_id"] = self.call.request_id  # telemetry names it by this
             self.ok(data)

@@ -144,6 +144,7 @@ class CompletionStreamHandler(
                         "list": {"items": [_lab_item(i) for i in data["items"]]},
                         "model": data["model"],
                         "latency_ms": data["latency_ms"],
+                        "request_id": call.request_id,  # what telemetry names it by
                     }
                 )
                 return
@@ -153,6 +154,7 @@ class CompletionStreamHandler(
                     "type": "inline_completion",
                     "reply_to": number,
                     "list": {"items": [{"insertText": "", "isIncomplete": True, "token": token}]},
+                    "request_id": call.request_id,  # known now: telemetry may come mid-stream
                 }
             )
             async for event in self.ds.completion.stream(req, request_id=run.generation_id):
@@ -164,6 +166,7 @@ class CompletionStreamHandler(
                 }
                 if event["done"]:
                     reply.update({k: v for k, v in event.items() if k not in ("text", "done")})
+                    reply["request_id"] = call.request_id  # what telemetry names it by
                     call.answer = {**event, "output": event["text"]}
                 self._send(reply)
         except asyncio.CancelledError:

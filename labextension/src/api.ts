@@ -309,3 +309,42 @@ export async function requestStream<E>(
     throw transportError(error, options.signal);
   }
 }
+
+// -- acceptance telemetry ---------------------------------------------------------------
+
+/** What a client reports about a suggestion (`POST jupyter-ds/v1/telemetry`). */
+export type TelemetryKind = 'shown' | 'accepted' | 'partially_accepted' | 'dismissed';
+
+/**
+ * One telemetry event, as the server takes it (docs/openapi.yaml, `TelemetryEvent`): the
+ * completion's `request_id` and what became of it; never any text.
+ */
+export interface ITelemetryEvent {
+  event: TelemetryKind;
+  request_id: string;
+  /** For `partially_accepted`: the characters of the suggestion the user kept. */
+  accepted_chars?: number;
+  /** The reporting client's short name. */
+  client?: string;
+}
+
+/** `data` of `POST telemetry`: events counted, and ignored (unknown, expired, repeated). */
+export interface ITelemetryResult {
+  counted: number;
+  ignored: number;
+}
+
+/** The most events one `POST telemetry` takes (more is a 400). */
+export const MAX_TELEMETRY_EVENTS = 100;
+
+/** Report `events` (at most `MAX_TELEMETRY_EVENTS`) to the server. */
+export function sendTelemetry(
+  events: ITelemetryEvent[],
+  settings?: ServerConnection.ISettings
+): Promise<ITelemetryResult> {
+  return request<ITelemetryResult>('telemetry', {
+    method: 'POST',
+    body: { events },
+    settings
+  });
+}

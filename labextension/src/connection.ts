@@ -74,6 +74,8 @@ export interface ICompletionReply {
   items: IServerItem[];
   model?: string;
   latencyMs?: number;
+  /** The server's id of this completion (not streaming), for telemetry. */
+  requestId?: string;
   /** True when the request was superseded or cancelled before its answer. */
   stale: boolean;
 }
@@ -85,6 +87,8 @@ export interface ICompletionDone {
   elapsedMs: number;
   latencyMs?: number;
   model?: string;
+  /** The server's id of this completion (`request_id` of its final reply), for telemetry. */
+  requestId?: string;
 }
 
 interface IPending {
@@ -108,6 +112,11 @@ export interface ICompletionClientOptions {
   onDone?: (done: ICompletionDone) => void;
   /** Called when the connection state changes. */
   onConnection?: (state: ConnectionState) => void;
+}
+
+/** The `request_id` of a reply (the final one of a request), if it has one. */
+function requestIdOf(msg: Record<string, any>): string | undefined {
+  return typeof msg.request_id === 'string' && msg.request_id ? msg.request_id : undefined;
 }
 
 export type ConnectionState = 'idle' | 'connecting' | 'open' | 'closed' | 'disposed';
@@ -363,6 +372,7 @@ export class CompletionClient {
         items,
         model: msg.model,
         latencyMs: msg.latency_ms,
+        requestId: requestIdOf(msg),
         stale: false
       });
     }
@@ -393,7 +403,8 @@ export class CompletionClient {
       number: pending.number,
       elapsedMs: this._timers.now() - pending.sentAt,
       latencyMs: typeof msg.latency_ms === 'number' ? msg.latency_ms : undefined,
-      model: typeof msg.model === 'string' ? msg.model : undefined
+      model: typeof msg.model === 'string' ? msg.model : undefined,
+      requestId: requestIdOf(msg)
     });
   }
 

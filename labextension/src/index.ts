@@ -1,7 +1,7 @@
 /** jupyter-ds: inline completion, Explain, Generate tests, Git and model status for JupyterLab 4. */
 import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { ICommandPalette, WidgetTracker } from '@jupyterlab/apputils';
-import { ICompletionProviderManager } from '@jupyterlab/completer';
+import { ICompletionProviderManager, IInlineCompleterFactory } from '@jupyterlab/completer';
 import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
 import { IEditorTracker } from '@jupyterlab/fileeditor';
 import { INotebookTracker } from '@jupyterlab/notebook';
@@ -11,13 +11,16 @@ import { IStatusBar } from '@jupyterlab/statusbar';
 import { Token } from '@lumino/coreutils';
 import { ISignal, Signal } from '@lumino/signaling';
 
+import { sendTelemetry } from './api';
 import { ICompletionDone } from './connection';
 import { ExplainPanel, findCode, runExplain } from './explain';
 import { GitPanel } from './git';
+import { instrumentInlineCompleterFactory } from './inlineTelemetry';
 import { ErrorNotifier } from './notifier';
 import { JupyterDsInlineProvider } from './provider';
 import { DEFAULT_SETTINGS, IDsSettings, readSettings } from './settings';
 import { DsStatus } from './status';
+import { SuggestionTracker, TelemetryBatcher } from './telemetry';
 import { TestsPanel, findTestsTarget, runTests } from './testgen';
 
 export const PLUGIN_IDS = {
@@ -63,17 +66,32 @@ const completionPlugin: JupyterFrontEndPlugin<IJupyterDs> = {
   autoStart: true,
   provides: IJupyterDs,
   requires: [ICompletionProviderManager],
-  optional: [ISettingRegistry],
+  // The inline completer factory: to observe the completers it makes (telemetry).
+  optional: [ISettingRegistry, IInlineCompleterFactory],
   activate: (
     app: JupyterFrontEnd,
     manager: ICompletionProviderManager,
-    registry: ISettingRegistry | null
+    registry: ISettingRegistry | null,
+    inlineFactory: IInlineCompleterFactory | null
   ): IJupyterDs => {
     const core = new DsCore();
+    // Acceptance telemetry: what became of each suggestion, batched to the server.
+    const batcher = new TelemetryBatcher({ send: events => sendTelemetry(events) });
+    const tracker = new SuggestionTracker(
+      event => batcher.add(event),
+      () => core.settings.telemetry
+    );
+    if (inlineFactory) {
+      instrumentInlineCompleterFactory(inlineFactory, tracker);
+    }
+    if (typeof window !== 'undefined') {
+      window.addEventListener('pagehide', () => batcher.flush());
+    }
     const provider = new JupyterDsInlineProvider({
       settings: () => core.settings,
       notifier: core.notifier,
-      onDone: done => core.completedSignal.emit(done)
+      onDone: done => core.completedSignal.emit(done),
+      tracker
     });
     manager.registerInlineProvider(provider);
     if (registry) {

@@ -16,6 +16,7 @@ import { LatestOnly } from './debounce';
 import { ErrorNotifier } from './notifier';
 import { buildRequest, filterItems, IServerItem } from './request';
 import { IDsSettings } from './settings';
+import { SuggestionTracker } from './telemetry';
 
 export const PROVIDER_ID = 'jupyter-ds';
 
@@ -24,6 +25,8 @@ export interface IProviderOptions {
   notifier: ErrorNotifier;
   onDone?: (done: ICompletionDone) => void;
   serverSettings?: ServerConnection.ISettings;
+  /** Follows what becomes of the items this provider hands out (acceptance telemetry). */
+  tracker?: SuggestionTracker;
 }
 
 export class JupyterDsInlineProvider implements IInlineCompletionProvider {
@@ -49,7 +52,12 @@ export class JupyterDsInlineProvider implements IInlineCompletionProvider {
     this._client = new CompletionClient({
       url: () => apiWsUrl(COMPLETION_SOCKET, server),
       createSocket: url => new server.WebSocket(url) as unknown as IWebSocketLike,
-      onDone: options.onDone,
+      onDone: done => {
+        if (done.requestId) {
+          options.tracker?.resolve(done.number, done.requestId);
+        }
+        options.onDone?.(done);
+      },
       onConnection: state => {
         if (state === 'open') {
           options.notifier.clear('disconnected');
@@ -96,6 +104,7 @@ export class JupyterDsInlineProvider implements IInlineCompletionProvider {
         return { items: [] };
       }
       const items = filterItems(answer.items, settings.showLowConfidence).map(toLabItem);
+      this._track(items, number, answer.requestId);
       return { items };
     } catch (error) {
       if (this._latest.isLatest(ticket)) {
@@ -116,6 +125,7 @@ export class JupyterDsInlineProvider implements IInlineCompletionProvider {
     }
     for await (const reply of channel.iterate()) {
       if (reply.response.error) {
+        this._options.tracker?.streamEnded(token, '');
         // Shown once by the notifier; the ghost text just ends without an error badge.
         this._options.notifier.report(
           { code: 'stream_error', message: reply.response.error.message },
@@ -124,7 +134,27 @@ export class JupyterDsInlineProvider implements IInlineCompletionProvider {
         yield { response: { ...reply.response, error: undefined } };
         return;
       }
+      if (!reply.response.isIncomplete) {
+        this._options.tracker?.streamEnded(token, reply.response.insertText);
+      }
       yield reply;
+    }
+  }
+
+  /**
+   * Hand the tracker the items JupyterLab gets: its inline completer keeps these very
+   * objects, which is how their fate is told apart from other providers' items.
+   */
+  private _track(items: IInlineCompletionItem[], number: number, requestId?: string): void {
+    const tracker = this._options.tracker;
+    if (!tracker) {
+      return;
+    }
+    for (const item of items) {
+      tracker.register(item, number, item.isIncomplete ? item.token : undefined);
+    }
+    if (requestId) {
+      tracker.resolve(number, requestId);
     }
   }
 

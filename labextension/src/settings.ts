@@ -23,6 +23,8 @@ export interface IDsSettings {
   showLowConfidence: boolean;
   /** Ask for at most this many tokens per suggestion (0: the server's default). */
   maxTokens: number;
+  /** Report shown / accepted / dismissed suggestions to the server (counts, no text). */
+  telemetry: boolean;
 }
 
 export const DEFAULT_SETTINGS: IDsSettings = {
@@ -33,7 +35,8 @@ export const DEFAULT_SETTINGS: IDsSettings = {
   maxPrefixChars: 8000,
   maxSuffixChars: 2000,
   showLowConfidence: true,
-  maxTokens: 0
+  maxTokens: 0,
+  telemetry: true
 };
 
 function num(value: unknown, fallback: number, min: number, max: number): number {
@@ -65,6 +68,7 @@ export function readSettings(raw: Record<string, unknown> | null | undefined): I
       typeof r.showLowConfidence === 'boolean'
         ? r.showLowConfidence
         : DEFAULT_SETTINGS.showLowConfidence,
-    maxTokens: num(r.maxTokens, DEFAULT_SETTINGS.maxTokens, 0, 1024)
+    maxTokens: num(r.maxTokens, DEFAULT_SETTINGS.maxTokens, 0, 1024),
+    telemetry: typeof r.telemetry === 'boolean' ? r.telemetry : DEFAULT_SETTINGS.telemetry
   };
 }
