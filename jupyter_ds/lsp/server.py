@@ -135,6 +135,13 @@ class DsLanguageServer(LanguageServer):
 
     # ------------------------------------------------------------------ documents
 
+    @property
+    def root(self) -> str | None:
+        """The folder request paths are relative to: the server's root when known (its
+        runtime file, ``--root``), else the editor's workspace folder (the usual case of
+        ``jupyter lab`` started in the project)."""
+        return self.backend.root or self.workspace.root_path or None
+
     def document(self, uri: str) -> Any:
         """An open document (one never opened is not read from disk)."""
         document = self.workspace.text_documents.get(uri)
@@ -149,7 +156,7 @@ class DsLanguageServer(LanguageServer):
         document = self.document(uri)
         cursor = cursor_at(document.source, position, document.position_codec, uri,
                            self.settings.max_document_chars)
-        root = self.backend.root
+        root = self.root
         body: dict[str, Any] = {"prefix": cursor.prefix, "suffix": cursor.suffix,
                                 "language": document.language_id or "python"}
         notebook = self.workspace.get_notebook_document(cell_uri=uri)
@@ -251,6 +258,14 @@ def nearest(cells: list[dict[str, str]]) -> list[dict[str, str]]:
     return kept[::-1]
 
 
+def _accept(request_id: str | None) -> types.Command | None:
+    """The command a client runs when the user accepts an item: counts the acceptance."""
+    if request_id is None:
+        return None
+    return types.Command(title="Accept the jupyter-ds suggestion", command=ACCEPTED,
+                         arguments=[{"requestId": request_id}])
+
+
 def _request_id(data: dict[str, Any]) -> str | None:
     value = data.get("request_id")
     return value if isinstance(value, str) else None
@@ -297,8 +312,7 @@ def build_server(backend: Backend, settings: LspSettings | None = None) -> DsLan
             items.append(types.InlineCompletionItem(
                 insert_text=text,
                 range=types.Range(params.position, params.position),
-                command=types.Command("Accept the jupyter-ds suggestion", ACCEPTED,
-                                      [{"requestId": request_id}]) if request_id else None,
+                command=_accept(request_id),
             ))
         if items and request_id:  # an inline item is on screen as soon as it is returned
             ls.background(ls.report([{"event": "shown", "request_id": request_id,
@@ -337,8 +351,7 @@ def build_server(backend: Backend, settings: LspSettings | None = None) -> DsLan
                 insert_text=new_text,
                 insert_text_format=types.InsertTextFormat.PlainText,
                 text_edit=types.TextEdit(types.Range(start, params.position), new_text),
-                command=types.Command("Accept the jupyter-ds suggestion", ACCEPTED,
-                                      [{"requestId": request_id}]) if request_id else None,
+                command=_accept(request_id),
                 data={"requestId": request_id, "source": SOURCE},
             ))
         # Incomplete: ask again as the user types on (the suggestion depends on the text).
@@ -381,7 +394,7 @@ def build_server(backend: Backend, settings: LspSettings | None = None) -> DsLan
         document = _open(ls, uri)
         _guard_size(ls, document, uri)
         body: dict[str, Any] = {"source": document.source}
-        path = relative_path(uri, ls.backend.root)
+        path = relative_path(uri, ls.root)
         if path:
             body["path"] = path
         if "position" in arg:
@@ -433,7 +446,8 @@ def build_server(backend: Backend, settings: LspSettings | None = None) -> DsLan
         where = {"uri": uri, "range": ls.protocol._converter.unstructure(selection)}
         actions = [types.CodeAction(
             title="Explain with jupyter-ds", kind=types.CodeActionKind.Source,
-            command=types.Command("Explain with jupyter-ds", EXPLAIN, [where]))]
+            command=types.Command(title="Explain with jupyter-ds", command=EXPLAIN,
+                                  arguments=[where]))]
         document = ls.workspace.text_documents[uri]
         if (document.language_id or "python") == "python" and enclosing_function(
                 document.source, selection.start.line):
@@ -441,8 +455,8 @@ def build_server(backend: Backend, settings: LspSettings | None = None) -> DsLan
                                            "character": selection.start.character}}
             actions.append(types.CodeAction(
                 title="Generate tests with jupyter-ds", kind=types.CodeActionKind.Source,
-                command=types.Command("Generate tests with jupyter-ds", GENERATE_TESTS,
-                                      [at])))
+                command=types.Command(title="Generate tests with jupyter-ds",
+                                      command=GENERATE_TESTS, arguments=[at])))
         return actions
 
     # -------------------------------------------------------------- telemetry, sync
@@ -513,7 +527,7 @@ def _selected(ls: DsLanguageServer, document: Any, uri: str, where: Any) -> str:
 def _workspace_repo(ls: DsLanguageServer) -> str:
     """The workspace folder as the server's root names it ("." when they are the same)."""
     folder = uri_path(ls.workspace.root_uri or "")
-    root = ls.backend.root
+    root = ls.root
     if folder is None or root is None:
         return "."
     rel = os.path.relpath(os.path.realpath(folder), os.path.realpath(root))
@@ -524,16 +538,29 @@ def _workspace_repo(ls: DsLanguageServer) -> str:
     return rel.replace(os.sep, "/")
 
 
+def _plain(value: Any) -> Any:
+    """JSON as plain dicts and lists: pygls hands a notification it has no type for as
+    named tuples (``_dict_to_object``)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if hasattr(value, "_asdict"):
+        return {k: _plain(v) for k, v in value._asdict().items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _telemetry_events(params: Any) -> list[dict[str, Any]]:
     """``{"event", "requestId"|"request_id", "acceptedChars"?}`` or ``{"events": [...]}``,
     as the API's telemetry events; malformed ones are dropped (a notification has no
     answer to carry an error)."""
-    raw = params if isinstance(params, dict) else getattr(params, "__dict__", {})
-    items = raw.get("events") if isinstance(raw.get("events"), list) else [raw]
+    raw = _plain(params)
+    raw = raw if isinstance(raw, dict) else {}
+    items = raw["events"] if isinstance(raw.get("events"), list) else [raw]
     out = []
     for item in items[:100]:
         if not isinstance(item, dict):
-            item = getattr(item, "__dict__", {})
+            item = {}
         event = item.get("event")
         request_id = item.get("requestId", item.get("request_id"))
         if event not in TELEMETRY_EVENTS or not isinstance(request_id, str):
