@@ -760,6 +760,41 @@ GPU_COLLECTOR: GpuMemoryCollector = _register(
 ROUTE_COLLECTOR: RouteCollector = _register(RouteCollector(), PREFIX + "endpoint_up")
 
 
+class AcceptanceCollector(Collector):
+    """``jupyter_ds_completions_acceptance_rate{model,adapter}``: accepted over shown
+    since the server started, read from the two counters at scrape time, for a glance
+    without PromQL (over a window, use the rate() ratio above). Only where something
+    was shown."""
+
+    NAME = PREFIX + "completions_acceptance_rate"
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(self.NAME, "")
+
+    def collect(self) -> Iterator[Metric]:
+        def totals(kind: str) -> dict[tuple[str, str], float]:
+            out: dict[tuple[str, str], float] = {}
+            for family in COMPLETION_EVENTS[kind].collect():
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        key = (sample.labels["model"], sample.labels["adapter"])
+                        out[key] = sample.value
+            return out
+
+        shown, accepted = totals("shown"), totals("accepted")
+        family = GaugeMetricFamily(
+            self.NAME, "Completions accepted over completions shown, since the server "
+            "started, by model and adapter.", labels=["model", "adapter"])
+        for key, count in shown.items():
+            if count > 0:
+                family.add_metric(list(key), min(1.0, accepted.get(key, 0.0) / count))
+        yield family
+
+
+ACCEPTANCE_COLLECTOR: AcceptanceCollector = _register(
+    AcceptanceCollector(), AcceptanceCollector.NAME)
+
+
 def register_route_pools(pools: Iterable[Any]) -> None:
     """Report these pools' endpoints at every scrape (replacing any previous ones)."""
     ROUTE_COLLECTOR.set_pools(pools)
@@ -804,7 +839,7 @@ def metric_families() -> dict[str, str]:
     ):  # fmt: skip
         for family in metric.describe():
             families[family.name] = family.type
-    for collector in (ENGINE_COLLECTOR, GPU_COLLECTOR, ROUTE_COLLECTOR):
+    for collector in (ENGINE_COLLECTOR, GPU_COLLECTOR, ROUTE_COLLECTOR, ACCEPTANCE_COLLECTOR):
         for family in collector.describe():
             families[family.name] = family.type
     return families

@@ -314,8 +314,8 @@ class TestWithAKnownEngine:
             for family in text_string_to_metric_families(response.body.decode()):
                 if family.name.startswith("jupyter_ds_completions_"):
                     for sample in family.samples:
-                        if sample.name.endswith("_total") and sample.labels.get(
-                                "model") == "slow":
+                        if sample.labels.get("model") == "slow" and not sample.name.endswith(
+                                "_created"):
                             out[sample.name] = out.get(sample.name, 0) + sample.value
             return out
 
@@ -345,10 +345,16 @@ class TestWithAKnownEngine:
                     break
                 await asyncio.sleep(0.05)
         delta = {k: v - before.get(k, 0) for k, v in after.items()}
+        rate = delta.pop("jupyter_ds_completions_acceptance_rate", None)
         assert delta == {"jupyter_ds_completions_shown_total": 3,
                          "jupyter_ds_completions_accepted_total": 1,
                          "jupyter_ds_completions_partially_accepted_total": 1,
                          "jupyter_ds_completions_dismissed_total": 1}, delta
+        # The rate since the start, as /metrics shows it: accepted over shown.
+        assert after["jupyter_ds_completions_acceptance_rate"] == pytest.approx(
+            after["jupyter_ds_completions_accepted_total"]
+            / after["jupyter_ds_completions_shown_total"])
+        assert rate is not None
 
 
 # -- bad input, with no Jupyter server ------------------------------------------------------
@@ -482,3 +488,69 @@ async def test_malformed_json_rpc_gets_its_error_and_the_server_stays_up(tmp_pat
         assert await asyncio.wait_for(lsp.process.wait(), 10) == 0
     finally:
         await lsp.close()
+
+
+# -- finding the server, and TCP --------------------------------------------------------------
+
+
+def test_the_server_is_found_from_arguments_environment_or_runtime_files(tmp_path: Path):
+    from jupyter_ds.lsp.backends import CallError, discover
+
+    work = tmp_path / "proj" / "sub"
+    work.mkdir(parents=True)
+    outer = {"url": "http://localhost:8888/", "token": "t-outer", "root_dir": str(tmp_path),
+             "file": str(tmp_path / "a.json")}
+    inner = {"url": "http://localhost:9999/lab/", "token": "t-inner",
+             "root_dir": str(tmp_path / "proj"), "file": str(tmp_path / "b.json")}
+    other = {"url": "http://localhost:7777/", "token": "t-other",
+             "root_dir": "/somewhere/else", "file": str(tmp_path / "c.json")}
+
+    def servers() -> list[dict[str, Any]]:
+        return [outer, inner, other]
+
+    # The deepest running server whose root holds the workspace.
+    found = discover(None, None, None, str(work), environ={}, servers=servers)
+    assert (found.url, found.token, found.root) == (
+        "http://localhost:9999/lab/", "t-inner", str(tmp_path / "proj"))
+    # The environment wins over runtime files; the root of that very server is kept.
+    found = discover(None, None, None, str(work), servers=servers, environ={
+        "JUPYTER_DS_URL": "http://localhost:8888", "JUPYTER_DS_TOKEN": "t-env"})
+    assert (found.url, found.token, found.root) == ("http://localhost:8888/", "t-env",
+                                                    str(tmp_path))
+    # Arguments win over the environment; JUPYTER_TOKEN is the last resort for the token.
+    found = discover("http://h:1/x", None, "/r", str(work), servers=servers,
+                     environ={"JUPYTER_DS_URL": "http://no/", "JUPYTER_TOKEN": "t-jt"})
+    assert (found.url, found.token, found.root) == ("http://h:1/x/", "t-jt", "/r")
+    # None running, none given: a message that says what to do.
+    with pytest.raises(CallError, match=r"--url and --token.*--local"):
+        discover(None, None, None, str(work), environ={}, servers=list)
+
+
+async def test_tcp_mode_serves_the_same(tmp_path: Path):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = await asyncio.create_subprocess_exec(
+        JUPYTER_DS, "lsp", *LOCAL, "--tcp", str(port), env=local_env(),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    client = make_test_lsp_client()
+    try:
+        assert process.stderr is not None
+        line = await asyncio.wait_for(process.stderr.readline(), 20)
+        assert f"listening on 127.0.0.1:{port}".encode() in line
+        for _ in range(100):
+            try:
+                await client.start_tcp("127.0.0.1", port)
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        await asyncio.wait_for(client.initialize_session(t.InitializeParams(
+            capabilities=capabilities(), root_uri=tmp_path.as_uri())), 20)
+        uri = (tmp_path / "a.py").as_uri()
+        open_doc(client, uri, "x = ")
+        assert (await inline(client, uri, 0, 4)).items[0].insert_text == "x + 1"
+    finally:
+        process.kill()
+        await process.wait()
