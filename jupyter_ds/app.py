@@ -50,6 +50,21 @@ def known_endpoints() -> list[str]:
     return [endpoint_of(path, cls) for path, cls in ROUTES]
 
 
+def check_parsed_setting(name: str, value: Any) -> None:
+    """Parse a structured setting as the server will use it; ValueError naming it."""
+    if name in ("roles", "group_roles"):
+        parse_mapping(name, value)
+    elif name == "default_roles":
+        if value is not None:
+            parse_mapping("default_roles", {"*": value})
+    elif name == "rate_limits":
+        parse_limits(value, known_endpoints())
+    elif name == "engine_class":
+        engine_class(value)
+    elif name == "routes":
+        parse_routes(value)
+
+
 class JupyterDsApp(ExtensionApp):
     """Serves inline completion and explain from a local code LLM."""
 
@@ -419,43 +434,12 @@ class JupyterDsApp(ExtensionApp):
         ),
     )
 
-    @validate("roles", "group_roles")
-    def _valid_role_mapping(self, proposal: Any) -> Any:
+    @validate("roles", "group_roles", "default_roles", "rate_limits", "engine_class",
+              "routes")
+    def _valid_parsed(self, proposal: Any) -> Any:
+        """Settings whose parser names what is wrong: a mistake stops the start."""
         try:
-            parse_mapping(proposal.trait.name, proposal.value)
-        except ValueError as exc:
-            raise TraitError(f"JupyterDsApp.{exc}") from None
-        return proposal.value
-
-    @validate("default_roles")
-    def _valid_default_roles(self, proposal: Any) -> Any:
-        if proposal.value is not None:
-            try:
-                parse_mapping("default_roles", {"*": proposal.value})
-            except ValueError as exc:
-                raise TraitError(f"JupyterDsApp.{exc}") from None
-        return proposal.value
-
-    @validate("rate_limits")
-    def _valid_rate_limits(self, proposal: Any) -> Any:
-        try:
-            parse_limits(proposal.value, known_endpoints())
-        except ValueError as exc:
-            raise TraitError(f"JupyterDsApp.{exc}") from None
-        return proposal.value
-
-    @validate("engine_class")
-    def _valid_engine_class(self, proposal: Any) -> Any:
-        try:
-            engine_class(proposal.value)
-        except ValueError as exc:
-            raise TraitError(f"JupyterDsApp.{exc}") from None
-        return proposal.value
-
-    @validate("routes")
-    def _valid_routes(self, proposal: Any) -> Any:
-        try:
-            parse_routes(proposal.value)
+            check_parsed_setting(proposal.trait.name, proposal.value)
         except ValueError as exc:
             raise TraitError(f"JupyterDsApp.{exc}") from None
         return proposal.value
