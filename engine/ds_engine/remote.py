@@ -579,14 +579,21 @@ class RemoteEngine:
                     failures += 1
                 self._wake.wait(interval)  # a failed request wakes it early
 
-    def _probe(self, client: httpx.Client) -> None:
+    def _checked_get(self, client: httpx.Client, url: str) -> httpx.Response | None:
+        """GET ``url``; None (the state says why) when unreachable or the key is refused."""
         try:
-            answer = client.get(f"{self._endpoint.base}/models", headers=self._headers)
+            answer = client.get(url, headers=self._headers)
         except httpx.HTTPError as exc:
             self._unhealthy(f"unreachable: {_describe(exc)}")
-            return
+            return None
         if answer.status_code in (401, 403):
             self._unhealthy(self._refused_message(answer.status_code), fatal=True)
+            return None
+        return answer
+
+    def _probe(self, client: httpx.Client) -> None:
+        answer = self._checked_get(client, f"{self._endpoint.base}/models")
+        if answer is None:
             return
         if answer.status_code == 404:
             # Not every server lists models (a bare llama.cpp build, a proxy): fall back.
@@ -609,14 +616,10 @@ class RemoteEngine:
             self._probe_metrics(client)
 
     def _probe_health(self, client: httpx.Client) -> None:
-        try:
-            answer = client.get(f"{self._endpoint.root}/health", headers=self._headers)
-        except httpx.HTTPError as exc:
-            self._unhealthy(f"unreachable: {_describe(exc)}")
+        answer = self._checked_get(client, f"{self._endpoint.root}/health")
+        if answer is None:
             return
-        if answer.status_code in (401, 403):
-            self._unhealthy(self._refused_message(answer.status_code), fatal=True)
-        elif answer.status_code != 200:
+        if answer.status_code != 200:
             self._unhealthy(f"GET /health answered HTTP {answer.status_code}")
         elif self._model is None:
             self._unhealthy("the server lists no models (GET /v1/models: 404); set the "
