@@ -738,3 +738,11 @@ class TestTwoReplicasOverHttp:
         # the chat route shares the endpoints: it answers from the survivor too
         code, env, _ = await ds_ready.post("explain", {"code": "f = lambda x: x + 1"})
         assert code == 200 and env["data"]["output"] == "x + 1", env
+        # ... and test generation: its prompts go to the survivor over HTTP, and the
+        # answer comes back through the sandbox's verdicts (this model's text is no test)
+        before = len(survivor.engine.requests)
+        code, env, _ = await ds_ready.post("tests", {
+            "source": "def inc(x):\n    return x + 1\n", "rounds": 1, "max_tokens": 32})
+        assert code == 200, env
+        assert len(survivor.engine.requests) > before
+        assert any("def inc(x)" in r.prompt for r in survivor.engine.requests[before:])
