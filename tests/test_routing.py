@@ -13,6 +13,7 @@ import asyncio
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -658,10 +659,10 @@ class ServedReplica:
     scripted engine, on its own event-loop thread and an ephemeral port: one endpoint of
     a route, reached over real HTTP by a ``ds_engine.remote.RemoteEngine``."""
 
-    def __init__(self, answer: str) -> None:
+    def __init__(self, answer: str, engine: Any = None) -> None:
         from ds_engine.serve import OpenAIServer
 
-        self.engine = ScriptedEngine([answer], name="served")
+        self.engine = engine if engine is not None else ScriptedEngine([answer], name="served")
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -746,3 +747,44 @@ class TestTwoReplicasOverHttp:
         assert code == 200, env
         assert len(survivor.engine.requests) > before
         assert any("def inc(x)" in r.prompt for r in survivor.engine.requests[before:])
+
+
+class TestASlowReplica:
+    """A replica that is slower than the request's deadline: a 504 naming the timeout,
+    at the deadline, never a hang (and the replica is told to stop)."""
+
+    @pytest.fixture
+    def served(self, monkeypatch: pytest.MonkeyPatch):
+        monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent))
+        from lsp_engine import SlowEngine
+
+        replica = ServedReplica("", engine=SlowEngine("one two three four five six", 1.0))
+        yield replica
+        replica.stop()
+
+    @pytest.fixture
+    def ds_config(self, served, tmp_path) -> dict[str, Any]:
+        remote = {"engine_class": "ds_engine.remote.RemoteEngine", "endpoints": [served.url],
+                  "options": {"model": "served", "retries": 0, "probe_interval_s": 0.1,
+                              "server_metrics": False}}
+        return {"routes": {"chat": remote}, "explain_timeout": 1.5,
+                "audit_log_path": str(tmp_path / "audit.log")}
+
+    async def test_past_the_deadline_is_a_504(self, served, ds_ready):
+        for _ in range(200):  # the route's one endpoint, ready
+            _, env, _ = await ds_ready.get("health")
+            if env["data"]["tasks"].get("explain") == "ready":
+                break
+            await asyncio.sleep(0.05)
+        started = time.monotonic()
+        code, env, _ = await ds_ready.post("explain", {"code": "x = 1"})
+        took = time.monotonic() - started
+        assert code == 504 and env["error"]["code"] == "timeout", env
+        assert "1.5 s" in env["error"]["message"]
+        assert 1.4 < took < 5, took
+        engine = served.engine
+        for _ in range(100):  # the connection closed: the replica stopped generating
+            if engine.cancelled:
+                break
+            await asyncio.sleep(0.05)
+        assert engine.cancelled
