@@ -6,7 +6,9 @@
  * - URLs: the server's base URL + `jupyter-ds/v1/` + the path (+ the query), as
  *   `ServerConnection` knows them (JupyterHub prefixes included).
  * - Credentials: `ServerConnection.makeRequest` sends the token (`Authorization: token …`)
- *   and the XSRF cookie header of the settings, as JupyterLab's own requests do.
+ *   and the XSRF cookie header of the settings, as JupyterLab's own requests do; but
+ *   telemetry about the socket's completions authenticates as the socket does
+ *   (`socketCallerSettings`), or the server takes it for another user's.
  * - Answers: the envelope (`{status: "success", data}` / `{status: "error", error: {code,
  *   message}}`, docs/openapi.yaml) is unwrapped; `request<T>` resolves to `data`.
  * - Failures: an error envelope, an HTTP error without one (a proxy's HTML page), a network
@@ -337,7 +339,39 @@ export interface ITelemetryResult {
 /** The most events one `POST telemetry` takes (more is a 400). */
 export const MAX_TELEMETRY_EVENTS = 100;
 
-/** Report `events` (at most `MAX_TELEMETRY_EVENTS`) to the server. */
+/**
+ * `settings` for a request that must come from the same caller as the completion socket
+ * (`apiWsUrl` with the same settings): the token is left out exactly when the socket
+ * leaves it out.
+ *
+ * Why: with Jupyter's own identity provider, how a request authenticates decides who the
+ * server takes the caller for. The token (`Authorization: token …` or `?token=`) names
+ * the `token-…` user, the login cookie the browser session's own user (see
+ * jupyter_ds/identity.py). The socket carries the token only when `appendToken` says so
+ * (browsers cannot set headers on the upgrade) and is otherwise authenticated by the
+ * cookie, while `ServerConnection.makeRequest` puts the token header on every request
+ * that has one. Without this, a page completes as one user and reports as another.
+ * Without the token, `makeRequest` still sends the cookie and its XSRF header.
+ */
+export function socketCallerSettings(
+  settings: ServerConnection.ISettings = ServerConnection.makeSettings()
+): ServerConnection.ISettings {
+  if (settings.appendToken || !settings.token) {
+    return settings;
+  }
+  return { ...settings, token: '' };
+}
+
+/**
+ * Report `events` (at most `MAX_TELEMETRY_EVENTS`) about completions of the completion
+ * socket to the server, as the socket's caller (`socketCallerSettings`).
+ *
+ * The server counts an event only for the caller's own completion (it remembers each
+ * answer under the user who asked). This used to go out with the token header while the
+ * socket was authenticated by the login cookie: two users as far as the server was
+ * concerned, so every event of the browser came back `ignored` (200, `counted: 0`) and
+ * nothing was ever counted, silently.
+ */
 export function sendTelemetry(
   events: ITelemetryEvent[],
   settings?: ServerConnection.ISettings
@@ -345,6 +379,6 @@ export function sendTelemetry(
   return request<ITelemetryResult>('telemetry', {
     method: 'POST',
     body: { events },
-    settings
+    settings: socketCallerSettings(settings)
   });
 }

@@ -6,6 +6,7 @@ import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
 import { IEditorTracker } from '@jupyterlab/fileeditor';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
+import { ServerConnection } from '@jupyterlab/services';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { Token } from '@lumino/coreutils';
@@ -75,8 +76,11 @@ const completionPlugin: JupyterFrontEndPlugin<IJupyterDs> = {
     inlineFactory: IInlineCompleterFactory | null
   ): IJupyterDs => {
     const core = new DsCore();
+    // One server for the completion socket and the telemetry about its completions:
+    // `sendTelemetry` authenticates as that socket does (see `socketCallerSettings`).
+    const server = ServerConnection.makeSettings();
     // Acceptance telemetry: what became of each suggestion, batched to the server.
-    const batcher = new TelemetryBatcher({ send: events => sendTelemetry(events) });
+    const batcher = new TelemetryBatcher({ send: events => sendTelemetry(events, server) });
     const tracker = new SuggestionTracker(
       event => batcher.add(event),
       () => core.settings.telemetry
@@ -91,6 +95,7 @@ const completionPlugin: JupyterFrontEndPlugin<IJupyterDs> = {
       settings: () => core.settings,
       notifier: core.notifier,
       onDone: done => core.completedSignal.emit(done),
+      serverSettings: server,
       tracker
     });
     manager.registerInlineProvider(provider);

@@ -10,12 +10,18 @@
  *   events: each kind at most once per completion.
  * - `TelemetryBatcher` sends the events in batches (every few seconds, or at once when a
  *   batch is full), one request at a time, off the typing path; failures are swallowed
- *   and logged once: telemetry must never get in the user's way.
+ *   and logged once (so is a batch the server took but counted nothing of): telemetry
+ *   must never get in the user's way.
  *
  * Pure: no JupyterLab import; timers and the send function are injected. The JupyterLab
  * side (which completer events feed the tracker) is in `inlineTelemetry.ts`.
  */
-import { ITelemetryEvent, MAX_TELEMETRY_EVENTS, TelemetryKind } from './api';
+import {
+  ITelemetryEvent,
+  ITelemetryResult,
+  MAX_TELEMETRY_EVENTS,
+  TelemetryKind
+} from './api';
 import { defaultTimers, ITimers } from './connection';
 
 /** The client name the extension reports as. */
@@ -33,7 +39,10 @@ export interface IBatcherOptions {
   maxBatch?: number;
   /** Keep at most this many events while the server does not answer; the oldest go. */
   maxQueue?: number;
-  /** Where the first failure is logged (default `console.warn`); later ones are not. */
+  /**
+   * Where the first failure, and the first batch the server counted nothing of, are
+   * logged (default `console.warn`); later ones are not.
+   */
   warn?: (message: string, error: unknown) => void;
 }
 
@@ -89,6 +98,7 @@ export class TelemetryBatcher {
       sending = Promise.reject(error);
     }
     void sending
+      .then(answer => this._checkAnswer(answer, batch.length))
       .catch(error => {
         if (!this._warned) {
           this._warned = true;
@@ -108,6 +118,33 @@ export class TelemetryBatcher {
       });
   }
 
+  /**
+   * A batch the server took but counted nothing of (`{counted: 0, ignored: n}`): said
+   * once, as a warning, since nothing else would tell. A few events may be ignored for
+   * good reasons (a restarted server, a completion older than an hour); a page whose every
+   * event is ignored reports as another user than the one its completions were made for
+   * (see `socketCallerSettings` in api.ts), which went unnoticed when this was silent.
+   */
+  private _checkAnswer(answer: unknown, sent: number): void {
+    const result = answer as Partial<ITelemetryResult> | null;
+    if (
+      this._warnedIgnored ||
+      !result ||
+      typeof result !== 'object' ||
+      result.counted !== 0 ||
+      typeof result.ignored !== 'number' ||
+      result.ignored <= 0
+    ) {
+      return;
+    }
+    this._warnedIgnored = true;
+    this._warn(
+      'jupyter-ds: the server counted none of the suggestion telemetry it was sent ' +
+        '(it does not know those completions for this user, or they expired)',
+      { sent, ignored: result.ignored }
+    );
+  }
+
   /** Send what is left and take no more. */
   dispose(): void {
     this._disposed = true;
@@ -124,6 +161,7 @@ export class TelemetryBatcher {
   private _timer: unknown = null;
   private _inFlight = false;
   private _warned = false;
+  private _warnedIgnored = false;
   private _disposed = false;
 }
 

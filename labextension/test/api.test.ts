@@ -12,7 +12,9 @@ import {
   queryString,
   readEnvelope,
   request,
-  requestStream
+  requestStream,
+  sendTelemetry,
+  socketCallerSettings
 } from '../src/api';
 import { parseExplainLine } from '../src/ndjson';
 import { fakeServer, json, BASE } from './fakeServer';
@@ -341,3 +343,57 @@ function chunked(text: string, size: number): ReadableStream<Uint8Array> {
     }
   });
 }
+
+/**
+ * Who Jupyter's own identity provider takes a request for (jupyter_ds/identity.py): an
+ * explicit token (`?token=` or `Authorization: token …`) names the `token-…` user;
+ * without one, the login cookie names the browser session's user.
+ */
+function callerOf(url: string, headers: Record<string, string> = {}): string {
+  const token =
+    new URL(url).searchParams.get('token') ??
+    (headers['authorization'] ?? '').replace(/^token\s+/i, '');
+  return token ? `token:${token}` : 'login cookie';
+}
+
+describe('telemetry credentials', () => {
+  const answer = () =>
+    json(200, { status: 'success', data: { counted: 1, ignored: 0 }, timestamp: 1 });
+  const events = [{ event: 'shown' as const, request_id: 'r1', client: 'jupyterlab' }];
+
+  // The server counts an event only for the caller's own completion, remembered under
+  // the user of the completion socket: telemetry must be sent as that same user.
+  it.each([
+    // A page and its server on one host, JupyterLab's usual case: the socket goes
+    // without the token (the login cookie authenticates it), so must the telemetry.
+    { appendToken: false, token: 'secret', caller: 'login cookie' },
+    // Another host (or `appendToken` configured): the socket carries the token.
+    { appendToken: true, token: 'secret', caller: 'token:secret' },
+    // No token at all (a password login, JupyterHub): the cookie for both.
+    { appendToken: false, token: '', caller: 'login cookie' },
+    { appendToken: true, token: '', caller: 'login cookie' }
+  ])(
+    'reports as the completion socket’s caller (appendToken $appendToken, token "$token")',
+    async ({ appendToken, token, caller }) => {
+      const server = fakeServer(answer, { appendToken, token });
+      expect(await sendTelemetry(events, server.settings)).toEqual({ counted: 1, ignored: 0 });
+      const [call] = server.calls;
+      expect(call).toMatchObject({ method: 'POST', url: `${BASE}jupyter-ds/v1/telemetry` });
+      expect(call.body).toEqual({ events });
+      const socket = apiWsUrl(undefined, server.settings);
+      expect(callerOf(socket)).toBe(caller);
+      expect(callerOf(call.url, call.headers)).toBe(callerOf(socket));
+    }
+  );
+
+  it('leaves the other requests and the given settings as they were', async () => {
+    const server = fakeServer(answer, { appendToken: false });
+    expect(socketCallerSettings(server.settings)).not.toBe(server.settings);
+    expect(socketCallerSettings(server.settings).token).toBe('');
+    expect(server.settings.token).toBe('secret');
+    await request('git/status', { settings: server.settings });
+    expect(server.calls[0].headers['authorization']).toBe('token secret');
+    const appended = fakeServer(answer, { appendToken: true });
+    expect(socketCallerSettings(appended.settings)).toBe(appended.settings);
+  });
+});

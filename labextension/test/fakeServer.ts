@@ -24,7 +24,17 @@ export interface IFakeServer {
   received(n: number): Promise<void>;
 }
 
-export function fakeServer(answer: (call: ICall) => Response | Promise<Response>): IFakeServer {
+export interface IFakeServerOptions {
+  /** `ServerConnection`'s `appendToken` (default true, as under node). */
+  appendToken?: boolean;
+  /** The page's token (default `secret`; '' for none). */
+  token?: string;
+}
+
+export function fakeServer(
+  answer: (call: ICall) => Response | Promise<Response>,
+  options: IFakeServerOptions = {}
+): IFakeServer {
   const calls: ICall[] = [];
   const fetch = async (input: RequestInfo | URL): Promise<Response> => {
     const req = input as Request;
@@ -60,8 +70,8 @@ export function fakeServer(answer: (call: ICall) => Response | Promise<Response>
   const settings = ServerConnection.makeSettings({
     baseUrl: BASE,
     wsUrl: BASE.replace(/^http/, 'ws'),
-    token: 'secret',
-    appendToken: true,
+    token: options.token ?? 'secret',
+    appendToken: options.appendToken ?? true,
     fetch: fetch as typeof globalThis.fetch
   });
   return {

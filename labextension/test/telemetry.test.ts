@@ -131,6 +131,29 @@ describe('TelemetryBatcher', () => {
     expect(warn).toHaveBeenCalledTimes(2); // its own first failure
   });
 
+  it('says once when the server counted nothing of a batch, not when some counted', async () => {
+    // The symptom of reporting as another user than the completions' (api.ts,
+    // socketCallerSettings): every answer a 200 with nothing counted, and no warning.
+    answer = () => Promise.resolve({ counted: 1, ignored: 1 });
+    batcher.add(shown('g', 1));
+    timers.advance(5000);
+    await flushPromises();
+    expect(warn).not.toHaveBeenCalled();
+    answer = () => Promise.resolve({ counted: 0, ignored: 2 });
+    batcher.add(shown('g', 2));
+    batcher.add(shown('g', 3));
+    timers.advance(5000);
+    await flushPromises();
+    expect(warn).toHaveBeenCalledTimes(1);
+    expect(warn.mock.calls[0][0]).toMatch(/counted none/);
+    expect(warn.mock.calls[0][1]).toEqual({ sent: 2, ignored: 2 });
+    batcher.add(shown('g', 4));
+    timers.advance(5000);
+    await flushPromises();
+    expect(warn).toHaveBeenCalledTimes(1); // once
+    expect(sent.length).toBe(3); // and it keeps sending
+  });
+
   it('keeps only the newest events while the server does not answer', () => {
     const stuck = new TelemetryBatcher({
       send: events => {

@@ -10,6 +10,7 @@ import json
 import time
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from .lab_ui import (
     ARTIFACTS_DIR,
@@ -86,6 +87,22 @@ def test_ghost_text_appears_after_typing_and_tab_accepts_it(lab, page, console, 
     page.keyboard.press("Tab")
     text = wait_until(lambda: cell_text(page), lambda text: text != TYPED)
     assert text == TYPED + suggestion
+
+    # (c) the extension reported it: /metrics counts a completion shown and one accepted
+    # (its telemetry is sent in batches, every few seconds).
+    def reported() -> tuple[float, float]:
+        _, body = lab.api("GET", "metrics")
+        totals = {"jupyter_ds_completions_shown_total": 0.0,
+                  "jupyter_ds_completions_accepted_total": 0.0}
+        for family in text_string_to_metric_families(body.get("_raw", "")):
+            for sample in family.samples:
+                if sample.name in totals:
+                    totals[sample.name] += sample.value
+        return (totals["jupyter_ds_completions_shown_total"],
+                totals["jupyter_ds_completions_accepted_total"])
+
+    shown, accepted = wait_until(reported, lambda c: c[1] >= 1, timeout_s=20)
+    assert (shown >= 1, accepted) == (True, 1), console.dump() + lab.log_tail(1500)
 
     # (d) and nothing from the extension went wrong in the console.
     assert extension_console_errors(console, EXTENSION_NAMES) == [], console.dump()
