@@ -8,7 +8,7 @@ builds and reads them (``docs/openapi.yaml`` and ``docs/websocket.md`` say the s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from jupyter_ds.requests import ADAPTER_NAME, wire_field
 
@@ -62,6 +62,8 @@ class CompletionAnswer(TypedDict):
     latency_ms: float
     prompt_tokens: int
     items: list[CompletionItem]
+    # Per context source asked (kernel, repository): its state, ms, tokens, what it used.
+    context: NotRequired[list[dict[str, Any]]]
     # The request's id (its X-Request-Id), set by the transport: what telemetry
     # (POST jupyter-ds/v1/telemetry) names the completion by.
     request_id: NotRequired[str]
@@ -84,3 +86,4 @@ class CompletionEvent(TypedDict):
     adapter: NotRequired[str | None]
     # On the WebSocket's final event only, set by the transport (see CompletionAnswer).
     request_id: NotRequired[str]
+    context: NotRequired[list[dict[str, Any]]]  # the final event: as CompletionAnswer

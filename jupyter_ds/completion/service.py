@@ -39,6 +39,7 @@ from jupyter_ds.completion.rules import (
     postprocess,
 )
 from jupyter_ds.completion.validate import longest_valid
+from jupyter_ds.context import ContextGatherer, ContextQuery, Gathered, as_comments
 from jupyter_ds.engine_calls import engine_errors, ensure_ready
 from jupyter_ds.errors import timed_out
 
@@ -65,6 +66,9 @@ class CompletionSettings:
     # Folder under the root ("" for all) -> the adapter its files complete with, when a
     # request names none; the deepest folder wins.
     folder_adapters: dict[str, str] = field(default_factory=dict)
+    # Tokens of the prompt that kernel and repository context may take at most (and
+    # never more than a third of the prompt: the cursor's own text comes first).
+    context_tokens: int = 384
 
 
 def on_blank_line(prefix: str, suffix: str) -> bool:
@@ -75,9 +79,11 @@ def on_blank_line(prefix: str, suffix: str) -> bool:
 class CompletionService:
     """Turns a :class:`CompleteRequest` into validated completion items."""
 
-    def __init__(self, engine: Engine, settings: CompletionSettings | None = None):
+    def __init__(self, engine: Engine, settings: CompletionSettings | None = None,
+                 contexts: ContextGatherer | None = None):
         self.engine = engine
         self.settings = settings or CompletionSettings()
+        self.contexts = contexts or ContextGatherer()
         self.notebooks: NotebookReader | None = None
         if self.settings.root_dir is not None:
             self.notebooks = NotebookReader(
@@ -137,14 +143,37 @@ class CompletionService:
         with engine_errors():
             return self.engine.template_for(adapter)
 
-    def _prompt(self, req: CompleteRequest, adapter: str | None = None) -> tuple[str, int]:
+    def _budget(self, req: CompleteRequest) -> tuple[int, int]:
+        """The prompt's token budget and the request's max tokens."""
         max_tokens = req.max_tokens or self.settings.max_tokens
         budget = max(
             16,
             min(self.settings.max_prompt_tokens, self.engine.context_window() - max_tokens) - 8,
         )
+        return budget, max_tokens
+
+    async def _gather(self, req: CompleteRequest) -> Gathered:
+        """Kernel and repository context for this cursor, within their budgets."""
+        if not self.contexts.sources:
+            return Gathered()
+        budget, _ = self._budget(req)
+        tokens = min(self.settings.context_tokens, budget // 3)
+        query = ContextQuery(path=req.path, prefix=req.prefix, suffix=req.suffix,
+                             language=req.language, cell_id=req.cell_id,
+                             user=json_logs.current_user())
+        return await self.contexts.gather(query, tokens, self._count_context)
+
+    def _prompt(self, req: CompleteRequest, adapter: str | None = None,
+                extra: Gathered | None = None) -> tuple[str, int]:
+        budget, max_tokens = self._budget(req)
         counts: dict[str, int] = {}  # trim_context has counted what fits: reuse it
         template = self.template_for(adapter)
+        # Kernel and repository context, commented out, before everything else; the
+        # cursor's text gets what it leaves.
+        head = template.escape(as_comments(extra.text(), req.language)) if (
+            extra is not None and extra.blocks) else ""
+        if head:
+            budget = max(16, budget - self._count_context(head))
 
         def count(text: str) -> int:
             # Counted as the prompt will hold it: control tokens in the user's text are
@@ -166,17 +195,19 @@ class CompletionService:
         if context and "code" in template.notebook_tokens:
             path = None  # notebooks were trained on without a <filename> line
         # The template escapes prefix, suffix and path; the context escaped its cells.
-        return template.completion_prompt(prefix, suffix, path, context=context), max_tokens
+        return template.completion_prompt(prefix, suffix, path, context=head + context), \
+            max_tokens
 
     def _generation(
-        self, req: CompleteRequest, index: int = 0, request_id: str | None = None
+        self, req: CompleteRequest, index: int = 0, request_id: str | None = None,
+        extra: Gathered | None = None,
     ) -> GenerationRequest:
         adapter = self.adapter_for(req)
         # At column 0 under a block header the prompt ends with the body's indentation
         # (_run puts it in front of the answer): the model continues where a body starts.
         pad = missing_body_indent(CompletionContext(req.prefix, req.suffix, req.language))
         prompt_req = dataclasses.replace(req, prefix=req.prefix + pad) if pad else req
-        prompt, max_tokens = self._prompt(prompt_req, adapter)
+        prompt, max_tokens = self._prompt(prompt_req, adapter, extra)
         temperature = req.temperature if req.temperature is not None else 0.0
         if index > 0 and temperature == 0.0:
             temperature = self.settings.sample_temperature
@@ -221,8 +252,9 @@ class CompletionService:
         model = ""
         confidence = 0.0
         prompt_tokens = 0
+        gathered = await self._gather(req)
         for index in range(req.n):
-            gen = self._generation(req, index)
+            gen = self._generation(req, index, extra=gathered)
             async for event in self._run(req, gen, partial=False):
                 if not event["done"]:
                     continue
@@ -250,6 +282,7 @@ class CompletionService:
             "latency_ms": round((time.monotonic() - started) * 1000, 1),
             "prompt_tokens": prompt_tokens,
             "items": items,
+            "context": gathered.report(self._count_context),
         }
 
     def stream(
@@ -262,7 +295,15 @@ class CompletionService:
         """
         ensure_ready(self.engine)
         self._admit()
-        return self._run(req, self._generation(req, 0, request_id))
+        return self._stream(req, request_id)
+
+    async def _stream(self, req: CompleteRequest, request_id: str | None
+                      ) -> AsyncIterator[CompletionEvent]:
+        gathered = await self._gather(req)
+        async for event in self._run(req, self._generation(req, 0, request_id, gathered)):
+            if event["done"]:
+                event["context"] = gathered.report(self._count_context)
+            yield event
 
     async def _run(
         self, req: CompleteRequest, gen: GenerationRequest, partial: bool = True

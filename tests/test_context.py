@@ -1,0 +1,90 @@
+"""Context sources around a completion: asked at once, bounded in time, commented into
+the prompt before the code, reported in ``data.context``; a slow or failing source adds
+nothing and never fails or delays the completion past its budget."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from ds_engine.testing import ScriptedEngine
+
+from jupyter_ds.completion.requests import CompleteRequest
+from jupyter_ds.completion.service import CompletionService, CompletionSettings
+from jupyter_ds.context import ContextBlock, ContextGatherer, ContextQuery, as_comments
+
+
+class Source:
+    def __init__(self, name: str, text: str = "", *, delay: float = 0.0,
+                 fail: bool = False, timeout_s: float = 0.2) -> None:
+        self.name, self.text, self.delay, self.fail = name, text, delay, fail
+        self.timeout_s = timeout_s
+        self.queries: list[tuple[ContextQuery, int]] = []
+
+    async def gather(self, query, budget_tokens, count):
+        self.queries.append((query, budget_tokens))
+        await asyncio.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("the kernel died")
+        return ContextBlock(self.name, self.text, used=[self.name + "-thing"]) if (
+            self.text) else None
+
+
+def service(*sources: Source, context_tokens: int = 384) -> tuple[CompletionService,
+                                                                 ScriptedEngine]:
+    engine = ScriptedEngine(["x + 1"])
+    settings = CompletionSettings(context_tokens=context_tokens)
+    return CompletionService(engine, settings, ContextGatherer(sources)), engine
+
+
+async def test_sources_go_before_the_code_in_order_and_are_reported():
+    kernel = Source("kernel", "df: DataFrame[a: int64, b: object]\n", delay=0.05)
+    repo = Source("repository", "Path: pkg/util.py\ndef helper(x: int) -> str\n")
+    svc, engine = service(kernel, repo)
+    answer = await svc.complete(CompleteRequest(prefix="y = ", path="nb.py"))
+    assert answer["output"] == "x + 1"
+    prompt = engine.prompts[-1]
+    head = ("# df: DataFrame[a: int64, b: object]\n# Path: pkg/util.py\n"
+            "# def helper(x: int) -> str\n")
+    assert head in prompt and prompt.index(head) < prompt.index("y = ")
+    report = {e["source"]: e for e in answer["context"]}
+    assert report["kernel"]["state"] == "used" and report["kernel"]["used"] == [
+        "kernel-thing"]
+    assert report["kernel"]["tokens"] > 0 and report["kernel"]["ms"] >= 40
+    assert report["repository"]["state"] == "used"
+    query, budget = kernel.queries[-1]
+    assert (query.path, query.prefix, query.language) == ("nb.py", "y = ", "python")
+    assert 0 < budget <= 384
+
+
+async def test_a_slow_or_failing_source_adds_nothing_and_does_not_delay():
+    slow = Source("kernel", "never shown", delay=5.0, timeout_s=0.1)
+    broken = Source("repository", "never shown either", fail=True)
+    svc, engine = service(slow, broken)
+    started = time.monotonic()
+    answer = await svc.complete(CompleteRequest(prefix="y = "))
+    assert time.monotonic() - started < 2
+    assert answer["output"] == "x + 1" and "never shown" not in engine.prompts[-1]
+    states = {e["source"]: (e["state"], e["tokens"]) for e in answer["context"]}
+    assert states == {"kernel": ("timeout", 0), "repository": ("error", 0)}
+
+
+async def test_streamed_completions_carry_the_context_too():
+    svc, engine = service(Source("kernel", "n: int\n"))
+    events = [e async for e in svc.stream(CompleteRequest(prefix="y = "))]
+    assert events[-1]["done"] and events[-1]["context"][0]["state"] == "used"
+    assert "# n: int\n" in engine.prompts[-1]
+
+
+async def test_no_sources_no_context_and_a_zero_budget_asks_none():
+    svc, engine = service()
+    answer = await svc.complete(CompleteRequest(prefix="y = "))
+    assert answer["context"] == [] and engine.prompts[-1].endswith("y = ")
+    kernel = Source("kernel", "n: int\n")
+    svc, _ = service(kernel, context_tokens=0)
+    assert (await svc.complete(CompleteRequest(prefix="y = ")))["context"] == []
+    assert kernel.queries == []
+
+
+def test_comments_are_the_languages_line_comments():
+    assert as_comments("a\n\nb\n", "python") == "# a\n#\n# b\n"
