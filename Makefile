@@ -17,7 +17,7 @@ LABEXT_SRC := $(wildcard labextension/src/*.ts labextension/schema/*.json labext
 LABEXT_STAMP := jupyter_ds/labextension/.jupyter-ds-built
 JLPM := PATH="$(abspath $(BIN)):$$PATH" $(abspath $(BIN))/jlpm
 
-.PHONY: setup run test lint bench bench-latency bench-throughput bench-quality bench-load bench-tests bench-adapters bench-soak bench-overload bench-scale \
+.PHONY: setup run test lint bench bench-latency bench-throughput bench-quality bench-load bench-tests bench-adapters bench-soak bench-overload bench-scale bench-lsp \
 	clean labextension test-js finetune-default test-integration
 
 setup: $(STAMP) $(LABEXT_STAMP)
@@ -126,6 +126,11 @@ bench-overload: setup
 # simulation (benchmarks/queueing.py) of 1,000 users on 2..10 replicas under the KEDA rule.
 bench-scale: setup
 	$(BIN)/python benchmarks/scale.py $(BENCH_ARGS)
+
+# Language server: the same completions through `jupyter-ds lsp` (stdio, client mode) and
+# `POST complete`, paired at each cursor of a typing replay: the LSP's added round trip.
+bench-lsp: setup
+	$(BIN)/python benchmarks/lsp_overhead.py $(BENCH_ARGS)
 
 # Soak: 8 distinct users mixing completion, explain, tests and git for an hour; the
 # server's RSS every 10 s and its slope over the second half (must be flat).

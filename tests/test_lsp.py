@@ -554,3 +554,17 @@ async def test_tcp_mode_serves_the_same(tmp_path: Path):
     finally:
         process.kill()
         await process.wait()
+
+
+def test_runtime_files_are_read_without_importing_the_server_app(tmp_path: Path):
+    from jupyter_ds.lsp.backends import running_servers
+
+    alive = {"url": "http://localhost:8888/", "token": "t", "root_dir": "/r",
+             "pid": os.getpid()}
+    (tmp_path / "jpserver-1.json").write_text(json.dumps(alive))
+    (tmp_path / "jpserver-2.json").write_text(json.dumps({**alive, "pid": 2 ** 22 + 7}))
+    (tmp_path / "jpserver-3.json").write_text("{half written")
+    (tmp_path / "other.json").write_text(json.dumps(alive))
+    found = running_servers(str(tmp_path))
+    assert [(s["url"], s["file"]) for s in found] == [
+        ("http://localhost:8888/", str(tmp_path / "jpserver-1.json"))]
