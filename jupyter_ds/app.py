@@ -24,6 +24,8 @@ from traitlets import (
 
 from jupyter_ds import metrics
 from jupyter_ds.completion.service import CompletionService, CompletionSettings
+from jupyter_ds.context import ContextGatherer
+from jupyter_ds.context.repository import RepositoryContext
 from jupyter_ds.explain.service import ExplainService, ExplainSettings
 from jupyter_ds.finetune.job import FinetuneJobs
 from jupyter_ds.git.service import GitService, GitSettings
@@ -288,6 +290,34 @@ class JupyterDsApp(ExtensionApp):
     notebook_max_bytes = Int(
         20 * 1024 * 1024, config=True, help="Notebooks larger than this give no context."
     )
+    _repository_context: RepositoryContext | None = None
+    repository_context = Bool(
+        True, config=True,
+        help="Add the signatures and docstrings of imported local modules and similar "
+        "snippets of other files under the server root to completion prompts.")
+    repository_context_max_files = Int(
+        5000, config=True,
+        help="Python files the repository index holds at most; more are skipped, counted "
+        "and logged once.")
+    repository_context_max_bytes = Int(
+        10_000_000, config=True,
+        help="Bytes of source the repository index holds at most (its memory is about 8 "
+        "times this).")
+    repository_context_max_file_bytes = Int(
+        1_000_000, config=True,
+        help="Python files larger than this are left out of the repository index.")
+    repository_context_timeout = Float(
+        0.05, config=True,
+        help="Seconds the repository context may take per completion; a slower answer is "
+        "left out.")
+    repository_context_refresh_interval = Float(
+        5.0, config=True,
+        help="Seconds between re-scans of the server root for changed files (only while "
+        "completions ask).")
+    context_tokens = Int(
+        384, config=True,
+        help="Prompt tokens that kernel and repository context may take at most (never "
+        "more than a third of the prompt).")
     git_exclude = List(
         Unicode(),
         default_value=list(DEFAULT_EXCLUDE),
@@ -590,6 +620,15 @@ class JupyterDsApp(ExtensionApp):
             self.sandbox_queue_size,
             self.sandbox_queue_timeout,
         )
+        self._repository_context = RepositoryContext.for_root(
+            self.serverapp.root_dir, enabled=self.repository_context,
+            max_files=self.repository_context_max_files,
+            max_total_bytes=self.repository_context_max_bytes,
+            max_file_bytes=self.repository_context_max_file_bytes,
+            timeout_s=self.repository_context_timeout,
+            refresh_s=self.repository_context_refresh_interval)
+        contexts = ContextGatherer(
+            [s for s in (self._repository_context,) if s is not None])
         services = Services(
             engine=engine,
             engines=engines,
@@ -605,7 +644,9 @@ class JupyterDsApp(ExtensionApp):
                     root_dir=self.serverapp.root_dir if self.notebook_context else None,
                     notebook_max_bytes=self.notebook_max_bytes,
                     folder_adapters=dict(self.folder_adapters),
+                    context_tokens=self.context_tokens,
                 ),
+                contexts,
             ),
             explain=ExplainService(
                 engines["explain"],
@@ -682,6 +723,8 @@ class JupyterDsApp(ExtensionApp):
             await services.finetune.close()
         if services is not None:
             services.testgen.close()  # kill the sandbox runs still going
+        if self._repository_context is not None:
+            self._repository_context.close()  # its indexing thread
         metrics.unregister_engine_collector(self.engine)
         metrics.register_route_pools([])
         closing = services.distinct_engines() if services is not None else [self.engine]

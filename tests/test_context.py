@@ -88,3 +88,28 @@ async def test_no_sources_no_context_and_a_zero_budget_asks_none():
 
 def test_comments_are_the_languages_line_comments():
     assert as_comments("a\n\nb\n", "python") == "# a\n#\n# b\n"
+
+
+async def test_the_server_adds_repository_context_and_reports_it(ds_ready, jp_root_dir):
+    """Through the real server: a file importing a local module gets the imported
+    function's signature (once the background index has it) and data.context says so."""
+    pkg = jp_root_dir / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "units.py").write_text(
+        'def to_celsius(fahrenheit: float) -> float:\n'
+        '    """Degrees Fahrenheit in degrees Celsius."""\n'
+        '    return (fahrenheit - 32) * 5 / 9\n')
+    body = {"prefix": "from pkg.units import to_celsius\n\nt = ", "path": "app.py",
+            "max_tokens": 2}
+    entry: dict = {}
+    for _ in range(100):  # the first completions may come before the first indexing
+        code, env, _ = await ds_ready.post("complete", body)
+        assert code == 200, env
+        entry = {e["source"]: e for e in env["data"]["context"]}["repository"]
+        # Signatures are parsed in the background once a cursor imports their module.
+        if entry["state"] == "used" and any("to_celsius" in u for u in entry["used"]):
+            break
+        await asyncio.sleep(0.1)
+    assert entry["state"] == "used", entry
+    assert any("to_celsius" in u for u in entry["used"]) and entry["tokens"] > 0, entry["used"]
