@@ -25,6 +25,7 @@ from traitlets import (
 from jupyter_ds import metrics
 from jupyter_ds.completion.service import CompletionService, CompletionSettings
 from jupyter_ds.context import ContextGatherer
+from jupyter_ds.context.kernel import KernelContext
 from jupyter_ds.context.repository import RepositoryContext
 from jupyter_ds.explain.service import ExplainService, ExplainSettings
 from jupyter_ds.finetune.job import FinetuneJobs
@@ -291,6 +292,20 @@ class JupyterDsApp(ExtensionApp):
         20 * 1024 * 1024, config=True, help="Notebooks larger than this give no context."
     )
     _repository_context: RepositoryContext | None = None
+    _kernel_context: KernelContext | None = None
+    kernel_context = Bool(
+        True, config=True,
+        help="Add what the notebook's live kernel holds (names with short types, DataFrame "
+        "columns and dtypes, array shapes, signatures) to completion prompts; read without "
+        "side effects, from idle Python kernels only.")
+    kernel_context_timeout = Float(
+        0.1, config=True,
+        help="Seconds a completion waits for the kernel's answer; answers are cached until "
+        "the kernel runs other code, and a busy kernel gives none.")
+    kernel_context_max_names = Int(
+        200, config=True,
+        help="Names the kernel describes at most (data, functions, classes and modules "
+        "first, then the most recently defined).")
     repository_context = Bool(
         True, config=True,
         help="Add the signatures and docstrings of imported local modules and similar "
@@ -627,8 +642,13 @@ class JupyterDsApp(ExtensionApp):
             max_file_bytes=self.repository_context_max_file_bytes,
             timeout_s=self.repository_context_timeout,
             refresh_s=self.repository_context_refresh_interval)
-        contexts = ContextGatherer(
-            [s for s in (self._repository_context,) if s is not None])
+        self._kernel_context = KernelContext(
+            self.serverapp.session_manager, self.serverapp.kernel_manager,
+            timeout_s=self.kernel_context_timeout, max_names=self.kernel_context_max_names,
+            logger=self.log) if self.kernel_context else None
+        # The kernel's lines last: nearest the code.
+        contexts = ContextGatherer([s for s in (self._repository_context, self._kernel_context)
+                                    if s is not None])
         services = Services(
             engine=engine,
             engines=engines,
@@ -725,6 +745,8 @@ class JupyterDsApp(ExtensionApp):
             services.testgen.close()  # kill the sandbox runs still going
         if self._repository_context is not None:
             self._repository_context.close()  # its indexing thread
+        if self._kernel_context is not None:
+            self._kernel_context.close()  # its kernel clients
         metrics.unregister_engine_collector(self.engine)
         metrics.register_route_pools([])
         closing = services.distinct_engines() if services is not None else [self.engine]
