@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from lsprotocol import types
+from pygls.exceptions import JsonRpcException
 from pygls.workspace.position_codec import PositionCodec
 
 # JSON-RPC's InvalidParams: the request names a place that does not exist.
@@ -26,13 +27,12 @@ REQUEST_FAILED = types.LSPErrorCodes.RequestFailed
 MAX_DOCUMENT_CHARS = 1_000_000
 
 
-class DocumentError(Exception):
-    """A request about a document that cannot be served; ``code`` is its JSON-RPC code."""
+class DocumentError(JsonRpcException):
+    """A request about a document that cannot be served: raised from a feature, pygls
+    answers it as the JSON-RPC error ``code`` with ``message``."""
 
     def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = int(code)
-        self.message = message
+        super().__init__(message, int(code))
 
 
 @dataclass(frozen=True)

@@ -184,7 +184,7 @@ class DsLanguageServer(LanguageServer):
         except DocumentError as exc:
             if exc.code == REQUEST_FAILED:
                 self.tell(exc.message, types.MessageType.Warning, key=f"size:{uri}")
-            raise JsonRpcException(exc.message, exc.code) from None
+            raise
         try:
             data = await self.backend.call("complete", body)
         except CallError as exc:
@@ -371,7 +371,7 @@ def build_server(backend: Backend, settings: LspSettings | None = None) -> DsLan
             if not isinstance(uri, str):
                 raise JsonRpcException(f"{EXPLAIN} needs 'uri' (with 'range') or 'code'",
                                        INVALID_PARAMS)
-            document = _open(ls, uri)
+            document = ls.document(uri)
             code = _selected(ls, document, uri, arg.get("range"))
             language = document.language_id or language
         if not code.strip():
@@ -391,8 +391,8 @@ def build_server(backend: Backend, settings: LspSettings | None = None) -> DsLan
         uri = arg.get("uri")
         if not isinstance(uri, str):
             raise JsonRpcException(f"{GENERATE_TESTS} needs 'uri'", INVALID_PARAMS)
-        document = _open(ls, uri)
-        _guard_size(ls, document, uri)
+        document = ls.document(uri)
+        check_size(document.source, uri, ls.settings.max_document_chars)
         body: dict[str, Any] = {"source": document.source}
         path = relative_path(uri, ls.root)
         if path:
@@ -478,20 +478,6 @@ def build_server(backend: Backend, settings: LspSettings | None = None) -> DsLan
     return server
 
 
-def _open(ls: DsLanguageServer, uri: str) -> Any:
-    try:
-        return ls.document(uri)
-    except DocumentError as exc:
-        raise JsonRpcException(exc.message, exc.code) from None
-
-
-def _guard_size(ls: DsLanguageServer, document: Any, uri: str) -> None:
-    try:
-        check_size(document.source, uri, ls.settings.max_document_chars)
-    except DocumentError as exc:
-        raise JsonRpcException(exc.message, exc.code) from None
-
-
 def _warn_size(ls: DsLanguageServer, uri: str) -> None:
     document = ls.workspace.text_documents.get(uri)
     if document is None:
@@ -503,20 +489,17 @@ def _warn_size(ls: DsLanguageServer, uri: str) -> None:
 
 
 def _selected(ls: DsLanguageServer, document: Any, uri: str, where: Any) -> str:
-    _guard_size(ls, document, uri)
+    check_size(document.source, uri, ls.settings.max_document_chars)
     if where is None:
         return document.source
     if not isinstance(where, dict):
         raise JsonRpcException("'range' must be {start, end}", INVALID_PARAMS)
     start, end = _position(where.get("start"), "range.start"), _position(
         where.get("end"), "range.end")
-    try:
-        a = cursor_at(document.source, start, document.position_codec, uri,
-                      ls.settings.max_document_chars)
-        b = cursor_at(document.source, end, document.position_codec, uri,
-                      ls.settings.max_document_chars)
-    except DocumentError as exc:
-        raise JsonRpcException(exc.message, exc.code) from None
+    a = cursor_at(document.source, start, document.position_codec, uri,
+                  ls.settings.max_document_chars)
+    b = cursor_at(document.source, end, document.position_codec, uri,
+                  ls.settings.max_document_chars)
     lo, hi = sorted((len(a.prefix), len(b.prefix)))
     if lo == hi:  # an empty selection: the line it is on
         lines = document.source.splitlines()
