@@ -306,6 +306,11 @@ class JupyterDsApp(ExtensionApp):
         200, config=True,
         help="Names the kernel describes at most (data, functions, classes and modules "
         "first, then the most recently defined).")
+    kernel_grounding = Bool(
+        True, config=True,
+        help="Check suggestions against the kernel's answer: a made-up DataFrame column "
+        "becomes the real one it resembles, and a suggestion stops before a name that "
+        "exists neither in the kernel nor in the notebook's text.")
     repository_context = Bool(
         True, config=True,
         help="Add the signatures and docstrings of imported local modules and similar "
@@ -665,6 +670,7 @@ class JupyterDsApp(ExtensionApp):
                     notebook_max_bytes=self.notebook_max_bytes,
                     folder_adapters=dict(self.folder_adapters),
                     context_tokens=self.context_tokens,
+                    kernel_grounding=self.kernel_grounding,
                 ),
                 contexts,
             ),

@@ -833,3 +833,38 @@ def test_render_puts_names_used_near_the_cursor_first_within_the_budget():
     small = render(snapshot, "zeta", 6, count)
     assert small.used == ["zeta"] and small.skipped == {"names": 5}
     assert render(snapshot, "", 2, count) is None
+
+
+async def test_suggestions_are_checked_against_the_kernel(lab: Lab, notebook: Kernel):
+    """Grounding through the completion service: a made-up column becomes the real one,
+    a name the kernel and the notebook lack ends the suggestion, ``data.context`` says
+    so; with ``kernel_grounding`` off the suggestion stays as the model wrote it."""
+    content, _ = await notebook.run(
+        "sales = pd.DataFrame({'price_eur': [1.5], 'units_sold': [3]})")
+    assert content["status"] == "ok"
+    source = await lab.fresh(notebook)
+    try:
+        engine = ScriptedEngine(["sales['price'] * sales['units_sold'] * undefined_rate"])
+        req = CompleteRequest(prefix="revenue = ", path=NOTEBOOK)
+        on = CompletionService(engine, CompletionSettings(), ContextGatherer([source]))
+        answer = await on.complete(req)
+        assert answer["output"] == "sales['price_eur'] * sales['units_sold']"
+        kernel = {e["source"]: e for e in answer["context"]}["kernel"]
+        assert kernel["grounding"] == {"cut_at": "undefined_rate",
+                                       "fixed": ["price -> price_eur"]}
+        # The same through the stream (what ghost text shows, partial events included).
+        events = [e async for e in on.stream(req)]
+        assert all("undefined_rate" not in e["text"] and "'price'" not in e["text"]
+                   for e in events)
+        assert events[-1]["text"] == answer["output"]
+        # A name the cell defines below the cursor is no invention.
+        answer = await on.complete(CompleteRequest(
+            prefix="revenue = ", suffix="\nundefined_rate = 0.2", path=NOTEBOOK))
+        assert answer["output"] == "sales['price_eur'] * sales['units_sold'] * undefined_rate"
+        off = CompletionService(engine, CompletionSettings(kernel_grounding=False),
+                                ContextGatherer([source]))
+        answer = await off.complete(req)
+        assert answer["output"] == "sales['price'] * sales['units_sold'] * undefined_rate"
+        assert "grounding" not in {e["source"]: e for e in answer["context"]}["kernel"]
+    finally:
+        source.close()

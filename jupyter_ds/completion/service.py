@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ds_engine import Engine, FinishReason, GenerationRequest
 from ds_engine.templates import PromptTemplate
@@ -40,6 +41,7 @@ from jupyter_ds.completion.rules import (
 )
 from jupyter_ds.completion.validate import longest_valid
 from jupyter_ds.context import ContextGatherer, ContextQuery, Gathered, as_comments
+from jupyter_ds.context.grounding import ground
 from jupyter_ds.engine_calls import engine_errors, ensure_ready
 from jupyter_ds.errors import timed_out
 
@@ -69,6 +71,8 @@ class CompletionSettings:
     # Tokens of the prompt that kernel and repository context may take at most (and
     # never more than a third of the prompt: the cursor's own text comes first).
     context_tokens: int = 384
+    # Check suggestions against the kernel's names and columns (context/grounding.py).
+    kernel_grounding: bool = True
 
 
 def on_blank_line(prefix: str, suffix: str) -> bool:
@@ -255,7 +259,7 @@ class CompletionService:
         gathered = await self._gather(req)
         for index in range(req.n):
             gen = self._generation(req, index, extra=gathered)
-            async for event in self._run(req, gen, partial=False):
+            async for event in self._run(req, gen, partial=False, gathered=gathered):
                 if not event["done"]:
                     continue
                 token_count += event["token_count"]
@@ -300,13 +304,15 @@ class CompletionService:
     async def _stream(self, req: CompleteRequest, request_id: str | None
                       ) -> AsyncIterator[CompletionEvent]:
         gathered = await self._gather(req)
-        async for event in self._run(req, self._generation(req, 0, request_id, gathered)):
+        gen = self._generation(req, 0, request_id, gathered)
+        async for event in self._run(req, gen, gathered=gathered):
             if event["done"]:
                 event["context"] = gathered.report(self._count_context)
             yield event
 
     async def _run(
-        self, req: CompleteRequest, gen: GenerationRequest, partial: bool = True
+        self, req: CompleteRequest, gen: GenerationRequest, partial: bool = True,
+        gathered: Gathered | None = None,
     ) -> AsyncIterator[CompletionEvent]:
         """One generation, post-processed as it streams and validated at the end.
 
@@ -318,6 +324,7 @@ class CompletionService:
         ctx = CompletionContext(prefix=req.prefix, suffix=req.suffix, language=req.language)
         template = self.template_for(gen.adapter)
         pad = missing_body_indent(ctx)  # what _generation added to the prompt's prefix
+        checked = self._grounding(req, gen, gathered)
         shown = ""
         stopped_early = False
         started = time.monotonic()
@@ -338,7 +345,8 @@ class CompletionService:
                         continue
                     # Only ever show text that is valid in its context, even mid-stream.
                     text = longest_valid(
-                        postprocess(raw, ctx), req.prefix, req.suffix, req.language, strict=False
+                        checked(postprocess(raw, ctx), False), req.prefix, req.suffix,
+                        req.language, strict=False
                     ) or ""
                     if text != shown:
                         shown = text
@@ -349,7 +357,8 @@ class CompletionService:
                 if result.finish_reason is FinishReason.TIMEOUT:
                     raise timed_out(f"generation took longer than {self.settings.timeout_s} s")
                 reason = result.finish_reason
-                final = longest_valid(postprocess(raw, ctx), req.prefix, req.suffix, req.language)
+                final = longest_valid(checked(postprocess(raw, ctx), True), req.prefix,
+                                      req.suffix, req.language)
                 yield {
                     "text": final or "",
                     "done": True,
@@ -364,6 +373,30 @@ class CompletionService:
                     "adapter": self._adapter_label(gen.adapter),
                 }
                 return
+
+    def _grounding(self, req: CompleteRequest, gen: GenerationRequest,
+                   gathered: Gathered | None) -> Callable[[str, bool], str]:
+        """``(text, final) -> text`` checked against the kernel's names and columns (the
+        identity without a kernel answer); a final change is noted in ``data.context``."""
+        known = gathered.known() if gathered is not None and \
+            self.settings.kernel_grounding else None
+        if known is None:
+            return lambda text, final: text
+        source, names = known
+        seen = "\n".join([gen.prompt, req.suffix, *(c.source for c in req.cells or ())])
+
+        def check(text: str, final: bool) -> str:
+            result = ground(text, req.prefix, names, seen, req.language)
+            if final and gathered is not None and (result.cut_at or result.fixed):
+                facts: dict[str, Any] = {}
+                if result.cut_at is not None:
+                    facts["cut_at"] = result.cut_at
+                if result.fixed:
+                    facts["fixed"] = result.fixed
+                gathered.note(source, grounding=facts)
+            return result.text
+
+        return check
 
     def _adapter_label(self, adapter: str | None) -> str | None:
         """The adapter that answered: the request's, else the model's merged default."""

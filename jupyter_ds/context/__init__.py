@@ -48,6 +48,9 @@ class ContextBlock:
     text: str
     used: list[str] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)  # what was left out, counted
+    # What certainly exists where the code runs (the kernel's names and columns), for
+    # checking the suggestion (:mod:`jupyter_ds.context.grounding`); None: not known.
+    known: Any = None
 
 
 class ContextSource(Protocol):
@@ -70,6 +73,15 @@ class Gathered:
 
     def text(self) -> str:
         return "".join(b.text for b in self.blocks if b.text)
+
+    def known(self) -> tuple[str, Any] | None:
+        """The first block's ``known`` names, with its source's name; None if none."""
+        return next(((b.source, b.known) for b in self.blocks if b.known is not None), None)
+
+    def note(self, source: str, **facts: Any) -> None:
+        """Add ``facts`` to ``source``'s entry of the report (what it changed)."""
+        if source in self.status:
+            self.status[source].update(facts)
 
     def report(self, count: CountTokens) -> list[dict[str, Any]]:
         """``data.context``: one entry per source asked, with its tokens and what it used

@@ -56,6 +56,7 @@ from typing import Any
 from jupyter_client.session import Session
 
 from jupyter_ds.context import ContextBlock, ContextQuery, CountTokens
+from jupyter_ds.context.grounding import KnownNames
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,7 @@ class Snapshot:
     partial: bool = False
     costs: dict[str, int] = field(default_factory=dict)  # line -> tokens, per counter
     counter: Any = None
+    known: KnownNames | None = None  # made on first use, for grounding
 
     def get(self, name: str) -> KernelName | None:
         return next((n for n in self.names if n.name == name), None)
@@ -561,7 +563,12 @@ class KernelContext:
             snapshot = await self.snapshot(query.path, deadline)
             if snapshot is None:
                 return None
-            return render(snapshot, query.prefix, budget_tokens, count)
+            block = render(snapshot, query.prefix, budget_tokens, count)
+            if block is not None:
+                if snapshot.known is None:
+                    snapshot.known = KnownNames.from_snapshot(snapshot)
+                block.known = snapshot.known
+            return block
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a kernel must never fail a completion
