@@ -466,3 +466,25 @@ def test_the_index_never_raises_on_garbage(tmp_path):
             ctx.close()
 
     asyncio.run(ask())
+
+
+async def test_a_class_too_big_for_the_budget_gives_its_first_lines(tmp_path, ctx_close):
+    """Not nothing: the header, the docstring and the first members, then ``...``."""
+    methods = "".join(f"    def method_{i}(self, value_{i}: int) -> int:\n"
+                      f'        """Adds {i} to value_{i}."""\n'
+                      f"        return value_{i} + {i}\n\n" for i in range(16))
+    big = ('class Session:\n    """Holds the connection pool and the cookies."""\n\n'
+           "    def __init__(self, retries: int = 3) -> None:\n"
+           "        self.retries = retries\n\n" + methods)
+    root = make_tree(tmp_path / "root", {"lib/big.py": big})
+    ctx = source(root)
+    ctx_close(ctx)
+    prefix = "from lib.big import Session\n\ns = "
+    full = await gather(ctx, "main.py", prefix, budget=2000)
+    assert full is not None and "method_14" in full.text
+    small = await ctx.gather(ContextQuery("main.py", prefix, "", "python"), 60, count)
+    assert small is not None and "lib/big.py:Session" in small.used
+    assert count(small.text) <= 60
+    assert "class Session:" in small.text and "Holds the connection pool" in small.text
+    assert "method_14" not in small.text and small.text.rstrip().endswith("...")
+    assert await ctx.gather(ContextQuery("main.py", prefix, "", "python"), 4, count) is None

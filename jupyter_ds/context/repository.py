@@ -575,12 +575,31 @@ class RepositoryContext:
                 self._memo.pop(next(iter(self._memo)))
         return value
 
+    def _shrink(self, piece: _Piece, head: str, room: int, count: CountTokens
+                ) -> tuple[_Piece | None, int]:
+        """``piece`` cut to the most leading lines (two at least, then ``...``) that fit
+        ``room`` tokens with ``head``; (None, 0) when not even two do."""
+        lines = piece.text.rstrip("\n").split("\n")
+        indent = lines[1][:len(lines[1]) - len(lines[1].lstrip())] if len(lines) > 1 else ""
+        low, high, best = 2, len(lines) - 1, None
+        while low <= high:  # the counts grow with the lines kept: a binary search
+            mid = (low + high) // 2
+            text = "\n".join(lines[:mid]) + f"\n{indent or '    '}...\n"
+            need = self._count(count, head + text)
+            if need <= room:
+                best, low = (text, need), mid + 1
+            else:
+                high = mid - 1
+        if best is None:
+            return None, 0
+        return _Piece(piece.path, best[0], piece.used, piece.header), best[1]
+
     def _fit(self, definitions: list[_Piece], snippets: list[_Piece], budget: int,
              count: CountTokens) -> tuple[str, list[str]]:
         """The pieces that fit ``budget`` tokens: definitions first (up to
         ``definitions_share`` of it when there are snippets too), then snippets, then
         more definitions in what is left. At most :data:`MAX_PIECES` are weighed."""
-        chosen: dict[int, _Piece] = {}  # id -> piece, in the order taken
+        chosen: dict[str, _Piece] = {}  # what it is (``used``) -> piece, in order taken
         headers: set[str] = set()
         used = 0
         weighed = 0
@@ -588,15 +607,19 @@ class RepositoryContext:
         def take(pieces: list[_Piece], limit: int, grouped: bool) -> None:
             nonlocal used, weighed
             for piece in pieces:
-                if id(piece) in chosen:
+                if piece.used in chosen:
                     continue
                 if weighed >= MAX_PIECES or used >= limit:
                     return
                 weighed += 1
                 head = "" if grouped and piece.header in headers else piece.header
                 need = self._count(count, head + piece.text)
-                if used + need <= limit:
-                    chosen[id(piece)] = piece
+                if used + need > limit and grouped:
+                    # A class too big for what is left: its first lines (the header,
+                    # the docstring, the first members), not nothing.
+                    piece, need = self._shrink(piece, head, limit - used, count)
+                if piece is not None and used + need <= limit:
+                    chosen[piece.used] = piece
                     used += need
                     if grouped:
                         headers.add(piece.header)
