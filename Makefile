@@ -18,6 +18,7 @@ LABEXT_STAMP := jupyter_ds/labextension/.jupyter-ds-built
 JLPM := PATH="$(abspath $(BIN)):$$PATH" $(abspath $(BIN))/jlpm
 
 .PHONY: setup run test lint bench bench-latency bench-throughput bench-quality bench-load bench-tests bench-adapters bench-soak bench-overload bench-scale bench-lsp \
+	bench-context bench-context-notebook bench-context-repository \
 	clean labextension test-js finetune-default test-integration
 
 setup: $(STAMP) $(LABEXT_STAMP)
@@ -131,6 +132,25 @@ bench-scale: setup
 # `POST complete`, paired at each cursor of a typing replay: the LSP's added round trip.
 bench-lsp: setup
 	$(BIN)/python benchmarks/lsp_overhead.py $(BENCH_ARGS)
+
+# Context: what kernel and repository context add to completion, each arm on the same
+# cursors. Notebooks: statsmodels' example notebooks run cell by cell in a real kernel;
+# repository: cross-file cursors of pinned PyPI packages. The `bench-context` extra brings
+# what those notebooks import (statsmodels, matplotlib, seaborn).
+CONTEXT_STAMP := $(VENV)/.jupyter-ds-bench-context
+
+$(CONTEXT_STAMP): $(STAMP) pyproject.toml
+	@echo "[bench] installing the bench-context extra (statsmodels, matplotlib, seaborn)"
+	@$(PIP) install -q -e ".[bench-context]"
+	@touch $@
+
+bench-context: bench-context-notebook bench-context-repository
+
+bench-context-notebook: setup $(CONTEXT_STAMP)
+	$(BIN)/python benchmarks/context_notebook.py $(BENCH_ARGS)
+
+bench-context-repository: setup
+	$(BIN)/python benchmarks/context_repository.py $(BENCH_ARGS)
 
 # Soak: 8 distinct users mixing completion, explain, tests and git for an hour; the
 # server's RSS every 10 s and its slope over the second half (must be flat).

@@ -89,6 +89,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from results_io import publish
+from sampling import percent, quantile
 
 from jupyter_ds.finetune.evaluate import candidate_lines, edit_similarity, first_line
 from jupyter_ds.finetune.evaluate import score as score_line
@@ -324,21 +325,6 @@ def check_suite(items: Sequence[tuple[str, str, str]]) -> tuple[str, dict[str, s
         sources[f"check_{i}.py"] = f"from cand_{i} import *  # noqa: F403\n\n{test}\n"
         tests.append(f"\ndef test_{i}():\n    _check({i}, {entry!r})\n")
     return "\n".join(tests), sources
-
-
-def percent(values: Sequence[float]) -> float | None:
-    return round(100 * statistics.mean(values), 1) if values else None
-
-
-def quantile(values: Sequence[float], q: float) -> float | None:
-    """The ``q`` quantile (0..1), linear between the nearest ranks; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = q * (len(ordered) - 1)
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 def points(a: float | None, b: float | None) -> float | None:

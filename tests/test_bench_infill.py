@@ -3,27 +3,16 @@ the held-out whole-file parse check (no model)."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "infill_quality.py"
+from benchmark_modules import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def iq():
-    sys.path.insert(0, str(BENCH.parent))  # the script imports its sibling results_io
-    spec = importlib.util.spec_from_file_location("infill_quality", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["infill_quality"] = module  # dataclasses look their module up
-    try:
-        spec.loader.exec_module(module)
+    with benchmark_module("infill_quality") as module:
         yield module
-    finally:
-        sys.modules.pop("infill_quality", None)
-        sys.path.remove(str(BENCH.parent))
 
 
 PROMPT = 'def f(xs):\n    """Sum of the evens."""\n'

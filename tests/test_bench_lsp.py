@@ -5,31 +5,21 @@ texts. A few seconds."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from benchmark_modules import benchmark_module
 
 pytestmark = pytest.mark.timeout(60)
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "lsp_overhead.py"
 SCRIPTED = "ds_engine.testing.ScriptedEngine"
 
 
 @pytest.fixture(scope="module")
 def lb():
-    sys.path.insert(0, str(BENCH.parent))  # the script imports its siblings
-    spec = importlib.util.spec_from_file_location("lsp_overhead", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["lsp_overhead"] = module  # dataclasses look their module up
-    try:
-        spec.loader.exec_module(module)
+    with benchmark_module("lsp_overhead") as module:
         yield module
-    finally:
-        sys.modules.pop("lsp_overhead", None)
-        sys.path.remove(str(BENCH.parent))
 
 
 def apply(text: str, change: Any) -> str:

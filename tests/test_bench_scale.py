@@ -4,12 +4,11 @@ its defaults are the ScaledObject's. Small runs: the whole file takes a second o
 
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
 from pathlib import Path
 
 import pytest
+from benchmark_modules import benchmark_module
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 KEDA_YAML = BENCH.parent / "deploy" / "k8s" / "keda" / "scaledobject.yaml"
@@ -17,14 +16,8 @@ KEDA_YAML = BENCH.parent / "deploy" / "k8s" / "keda" / "scaledobject.yaml"
 
 @pytest.fixture(scope="module")
 def qm():
-    spec = importlib.util.spec_from_file_location("queueing", BENCH / "queueing.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["queueing"] = module  # dataclasses look their module up
-    try:
-        spec.loader.exec_module(module)
+    with benchmark_module("queueing") as module:
         yield module
-    finally:
-        sys.modules.pop("queueing", None)
 
 
 def exponential_profile(qm, mean: float = 1.0, samples: int = 4000, max_batch: int = 1):
