@@ -641,24 +641,6 @@ async def test_off_or_another_language_or_no_session_sends_nothing(lab: Lab,
         on.close()
 
 
-async def test_column_candidates_come_from_the_cached_answer(lab: Lab, notebook: Kernel):
-    source = await lab.fresh(notebook)
-    try:
-        assert source.column_candidates(NOTEBOOK, 'df["') == []  # nothing asked yet
-        assert await source.gather(query('df["'), 300, count) is not None
-        assert source.column_candidates(NOTEBOOK, 'y = df["') == ["a", "b", "c"]
-        assert source.column_candidates(NOTEBOOK, "y = df['b") == ["b"]
-        assert source.column_candidates(NOTEBOOK, "y = df.") == ["a", "b", "c"]
-        assert source.column_candidates(NOTEBOOK, "odd[") == []
-        assert source.column_candidates(NOTEBOOK, 'odd["') == ["ok"]
-        assert source.column_candidates(NOTEBOOK, "x.") == []  # not a DataFrame
-        assert source.column_candidates(NOTEBOOK, 'nothing["') == []
-        assert source.column_candidates("work/other.ipynb", 'df["') == []
-        assert len(source.column_candidates(NOTEBOOK, 'wide["c1')) == 111  # of 200 sent
-    finally:
-        source.close()
-
-
 async def test_through_the_server_a_restart_and_a_kernel_that_dies(jp_fetch, jp_serverapp):
     """The server's own managers, a session made through its REST API."""
     response = await jp_fetch("api", "sessions", method="POST", body=json.dumps({
