@@ -41,7 +41,7 @@ its tokens (mean), its states (used/empty/timeout/error), and how often the curs
 name was among the definitions it used.
 
     .venv/bin/python benchmarks/context_repository.py [--packages click==8.1.7 ...]
-        [--cursors-per-package 40] [--max-tokens 48] [--out benchmarks/results]
+        [--cursors-per-package 20] [--max-tokens 48] [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -177,7 +177,8 @@ def manifest_digests(path: Path | None) -> tuple[set[str], dict[str, Any]]:
         return set(), {"path": None if path is None else str(path), "files": 0}
     data = json.loads(path.read_text(encoding="utf-8"))
     entries = list(data.get("train", [])) + list(data.get("heldout", []))
-    return {d for _, d in entries}, {"path": str(path), "root": data.get("root"),
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    return {d for _, d in entries}, {"path": str(shown), "root": data.get("root"),
                                     "files": len(entries)}
 
 
@@ -716,7 +717,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="pinned NAME==VERSION wheels from PyPI (default: %(default)s)")
     parser.add_argument("--local", nargs="+", metavar="DIR",
                         help="repository roots on disk instead of --packages (tests)")
-    parser.add_argument("--cursors-per-package", type=int, default=40)
+    parser.add_argument("--cursors-per-package", type=int, default=20)
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--model", help="a model folder (default: the embedded model)")
     parser.add_argument("--adapter", default="auto", help="auto (the server's default), none, "

@@ -850,3 +850,22 @@ async def test_suggestions_are_checked_against_the_kernel(lab: Lab, notebook: Ke
         assert "grounding" not in {e["source"]: e for e in answer["context"]}["kernel"]
     finally:
         source.close()
+
+
+async def test_a_polars_frame_gives_its_columns_and_grounds_keys(lab: Lab, notebook: Kernel):
+    pytest.importorskip("polars")
+    content, _ = await notebook.run(
+        "import polars as pl\npf = pl.DataFrame({'city': ['Oslo'], 'temp_c': [1.5]})")
+    assert content["status"] == "ok"
+    source = await lab.fresh(notebook)
+    try:
+        block = await source.gather(query("y = pf["), 3000, count)
+        assert block is not None
+        assert lines_of(block)["pf"] == "pf: DataFrame (2 columns: city String, temp_c Float64)"
+        assert dict(block.known.columns)["pf"] == ("city", "temp_c")
+        engine = ScriptedEngine(["pf['temp'].mean()"])
+        service = CompletionService(engine, CompletionSettings(), ContextGatherer([source]))
+        answer = await service.complete(CompleteRequest(prefix="y = ", path=NOTEBOOK))
+        assert answer["output"] == "pf['temp_c'].mean()"
+    finally:
+        source.close()
