@@ -43,6 +43,8 @@ CASES = [
     ("", "sales.groupby('region')['price_eur'].sum() + _",
      "sales.groupby('region')['price_eur'].sum() + _", None, []),
     ("def f(", "x, y=2):\n    return x + y + z", "x, y=2):\n    return x + y +", "z", []),
+    # Prose in a docstring that began lines above is no code.
+    ('def f():\n    """Sums\n    the ', "values of all rows.", "values of all rows.", None, []),
     # Import and magic lines are left alone.
     ("import ", "madeup_module", "madeup_module", None, []),
     ("%", "timeit nothing_here", "timeit nothing_here", None, []),

@@ -49,6 +49,7 @@ __all__ = [
     "join_typed_whitespace",
     "limit_to_line_when_midline",
     "missing_body_indent",
+    "open_triple_quote",
     "postprocess",
     "stop_at_block_end",
     "strip_chat_prose",
@@ -206,6 +207,12 @@ def _cursor(prefix: str) -> _Cursor:
 
 def _is_comment(line: str) -> bool:
     return line.lstrip().startswith("#")
+
+
+def open_triple_quote(prefix: str) -> str | None:
+    """The triple quote left open before the cursor's line (the cursor is in a docstring
+    or another multi-line string), else None."""
+    return _cursor(prefix).quote
 
 
 def first_logical_line_count(text: str, ctx: CompletionContext) -> int:

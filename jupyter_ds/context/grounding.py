@@ -30,6 +30,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from jupyter_ds.completion.rules import open_triple_quote
+
 # IPython's own names: not in the probe's answer (it leaves them out) but always there.
 IPYTHON_NAMES = frozenset(("In", "Out", "get_ipython", "exit", "quit", "display", "open"))
 BUILTIN_NAMES = frozenset(dir(builtins)) | IPYTHON_NAMES
@@ -79,8 +81,8 @@ def ground(text: str, prefix: str, known: KnownNames, prompt: str,
         return Grounded(text)
     head = prefix[prefix.rfind("\n") + 1:]
     stripped = head.lstrip()
-    if stripped.startswith(("import ", "from ", "%", "!")):
-        return Grounded(text)
+    if stripped.startswith(("import ", "from ", "%", "!")) or open_triple_quote(prefix):
+        return Grounded(text)  # imports, magics, and prose inside a multi-line string
     source = stripped + text
     offset = len(stripped)  # where the suggestion starts in ``source``
     tokens = _tokens(source)
