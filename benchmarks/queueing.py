@@ -74,6 +74,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jupyter_ds.audit.report import percentile
 from jupyter_ds.routing.pool import AFFINITY_SLACK
 
 # --------------------------------------------------------------------------- inputs
@@ -371,14 +372,6 @@ def _hash(user: int, replica: int) -> int:
     x ^= x >> 27
     x = (x * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
     return x ^ (x >> 31)
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100) of unsorted ``values``; None when empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(len(ordered) * q / 100)) - 1]
 
 
 class Simulation:

@@ -48,6 +48,8 @@ from typing import Any
 from results_io import publish
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
+from jupyter_ds.audit.report import percentile
+
 ROOT = Path(__file__).resolve().parent.parent
 API = "jupyter-ds/v1/"
 
@@ -375,15 +377,6 @@ async def run_clients(
     results = [r for rs in per_client for r in rs]
     end = max((r.finished for r in results), default=time.monotonic())
     return Run(results, max(end - started, 1e-9), len(clients))
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100); None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * q // 100))
-    return ordered[int(rank) - 1]
 
 
 def summarize(run: Run, kind: str | None = None) -> dict[str, Any]:
