@@ -380,14 +380,14 @@ class CompletionService:
         identity without a kernel answer); a final change is noted in ``data.context``."""
         known = gathered.known() if gathered is not None and \
             self.settings.kernel_grounding else None
-        if known is None:
+        if gathered is None or known is None:
             return lambda text, final: text
         source, names = known
         seen = "\n".join([gen.prompt, req.suffix, *(c.source for c in req.cells or ())])
 
         def check(text: str, final: bool) -> str:
             result = ground(text, req.prefix, names, seen, req.language)
-            if final and gathered is not None and (result.cut_at or result.fixed):
+            if final and (result.cut_at or result.fixed):
                 facts: dict[str, Any] = {}
                 if result.cut_at is not None:
                     facts["cut_at"] = result.cut_at

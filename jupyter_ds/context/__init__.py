@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,10 @@ from typing import Any, Protocol
 log = logging.getLogger(__name__)
 
 CountTokens = Callable[[str], int]
+
+# Kernel languages whose names the kernel source describes and grounding checks.
+PYTHON_LANGUAGES = frozenset(("python", "ipython", "python3"))
+IDENTIFIER = re.compile(r"[^\W\d]\w*")  # a Python identifier, Unicode letters included
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,14 @@ import builtins
 import difflib
 import io
 import keyword
-import re
 import tokenize
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from jupyter_ds.completion.rules import open_triple_quote
+from jupyter_ds.context import IDENTIFIER, PYTHON_LANGUAGES
 
 # IPython's own names: not in the probe's answer (it leaves them out) but always there.
 IPYTHON_NAMES = frozenset(("In", "Out", "get_ipython", "exit", "quit", "display", "open"))
@@ -38,7 +39,6 @@ BUILTIN_NAMES = frozenset(dir(builtins)) | IPYTHON_NAMES
 SOFT_KEYWORDS = frozenset(getattr(keyword, "softkwlist", ()))
 # What binds the names after it (up to ``in`` for ``for``, ``:`` for ``lambda``).
 _BINDERS = frozenset(("def", "class", "as", "global", "nonlocal", "import"))
-_IDENTIFIER = re.compile(r"[^\W\d]\w*")
 # A column key close enough to stand for a made-up one (difflib's ratio).
 COLUMN_CUTOFF = 0.75
 
@@ -77,7 +77,7 @@ def ground(text: str, prefix: str, known: KnownNames, prompt: str,
            language: str = "python") -> Grounded:
     """``text`` (a post-processed suggestion at the end of ``prefix``) checked against
     ``known``; ``prompt`` is every other text the model saw (its names count as known)."""
-    if language.lower() not in ("python", "ipython", "python3") or not text.strip():
+    if language.lower() not in PYTHON_LANGUAGES or not text.strip():
         return Grounded(text)
     head = prefix[prefix.rfind("\n") + 1:]
     stripped = head.lstrip()
@@ -101,11 +101,8 @@ def ground(text: str, prefix: str, known: KnownNames, prompt: str,
             if fix is None:
                 continue
             real, made = fix
-            if real is None:
-                if start >= offset:
-                    cut, grounded.cut_at = start, made
-                    break
-                cut, grounded.cut_at = offset, made  # the typed key itself is wrong
+            if real is None:  # stop before the key (at the cursor if the user typed it)
+                cut, grounded.cut_at = max(start, offset), made
                 break
             quote = tok[1][0]
             new = f"{quote}{real}{quote}"
@@ -123,7 +120,7 @@ def ground(text: str, prefix: str, known: KnownNames, prompt: str,
         if name in known.names or name in BUILTIN_NAMES:
             continue
         if seen is None:
-            seen = set(_IDENTIFIER.findall(prompt)) | set(_IDENTIFIER.findall(prefix))
+            seen = names_in(prompt) | names_in(prefix)
         if name in seen:
             continue
         cut, grounded.cut_at = start, name
@@ -140,6 +137,13 @@ def ground(text: str, prefix: str, known: KnownNames, prompt: str,
     out.append(source[at:end] if at < end else "")
     grounded.text = "".join(out).rstrip() if cut is not None else "".join(out)
     return grounded
+
+
+@lru_cache(maxsize=8)
+def names_in(text: str) -> frozenset[str]:
+    """The identifiers of ``text``. Remembered: a streamed completion checks its growing
+    suggestion against the same prompt and prefix at every chunk."""
+    return frozenset(IDENTIFIER.findall(text))
 
 
 # (type, string, start offset, end offset)

@@ -45,7 +45,6 @@ import asyncio
 import inspect
 import json
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -55,7 +54,13 @@ from typing import Any
 
 from jupyter_client.session import Session
 
-from jupyter_ds.context import ContextBlock, ContextQuery, CountTokens
+from jupyter_ds.context import (
+    IDENTIFIER,
+    PYTHON_LANGUAGES,
+    ContextBlock,
+    ContextQuery,
+    CountTokens,
+)
 from jupyter_ds.context.grounding import KnownNames
 
 log = logging.getLogger(__name__)
@@ -73,9 +78,6 @@ READ_ONLY_REQUESTS = frozenset((
 ))
 # Server-side kernel states (jupyter_server's MappingKernelManager) that can answer.
 READY_STATES = frozenset(("idle", "busy"))
-PYTHON_LANGUAGES = frozenset(("python", "ipython", "python3"))
-_IDENTIFIER = re.compile(r"[^\W\d]\w*")
-# ``df["par`` / ``df['par`` / ``df.par`` right before the cursor.
 
 
 def probe_expression(limits: dict[str, int] | None = None) -> str:
@@ -269,7 +271,7 @@ def rank(names: Iterable[KernelName], prefix: str) -> tuple[list[KernelName], in
     """Names used in the prefix first, the one nearest the cursor first; then the rest
     in the probe's order (most recently defined first). Also how many were used."""
     last_use: dict[str, int] = {}
-    for match in _IDENTIFIER.finditer(prefix[-8_000:]):
+    for match in IDENTIFIER.finditer(prefix[-8_000:]):
         last_use[match.group()] = match.start()
     names = list(names)
     used = sorted((n for n in names if n.name in last_use), key=lambda n: -last_use[n.name])
