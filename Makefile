@@ -18,7 +18,7 @@ LABEXT_STAMP := jupyter_ds/labextension/.jupyter-ds-built
 JLPM := PATH="$(abspath $(BIN)):$$PATH" $(abspath $(BIN))/jlpm
 
 .PHONY: setup run test lint bench bench-latency bench-throughput bench-quality bench-load bench-tests bench-adapters bench-soak bench-overload bench-scale bench-lsp \
-	bench-context bench-context-notebook bench-context-repository \
+	bench-context bench-context-notebook bench-context-repository bench-context-retrieval \
 	clean labextension test-js finetune-default test-integration
 
 setup: $(STAMP) $(LABEXT_STAMP)
@@ -144,13 +144,19 @@ $(CONTEXT_STAMP): $(STAMP) pyproject.toml
 	@$(PIP) install -q -e ".[bench-context]"
 	@touch $@
 
-bench-context: bench-context-notebook bench-context-repository
+bench-context: bench-context-notebook bench-context-repository bench-context-retrieval
 
 bench-context-notebook: setup $(CONTEXT_STAMP)
 	$(BIN)/python benchmarks/context_notebook.py $(BENCH_ARGS)
 
 bench-context-repository: setup
 	$(BIN)/python benchmarks/context_repository.py $(BENCH_ARGS)
+
+# Retrieval only, no model: how often the repository block holds the typed name's
+# definition, on the standard library's packages (the development set its settings were
+# chosen on, apart from the packages above).
+bench-context-retrieval: setup
+	$(BIN)/python benchmarks/context_retrieval.py $(BENCH_ARGS)
 
 # Soak: 8 distinct users mixing completion, explain, tests and git for an hour; the
 # server's RSS every 10 s and its slope over the second half (must be flat).

@@ -488,3 +488,31 @@ async def test_a_class_too_big_for_the_budget_gives_its_first_lines(tmp_path, ct
     assert "class Session:" in small.text and "Holds the connection pool" in small.text
     assert "method_14" not in small.text and small.text.rstrip().endswith("...")
     assert await ctx.gather(ContextQuery("main.py", prefix, "", "python"), 4, count) is None
+
+
+async def test_one_big_definition_does_not_crowd_out_the_others(tmp_path, ctx_close):
+    """Each definition gets at most ``definition_share`` of the budget, so the names
+    used next still fit; with whole definitions the big class used nearest takes it all
+    (benchmarks/context_retrieval.py measures what that costs)."""
+    methods = "".join(f"    def method_{i}(self, value_{i}: int) -> int:\n"
+                      f'        """Adds {i} to value_{i}."""\n'
+                      f"        return value_{i} + {i}\n\n" for i in range(16))
+    root = make_tree(tmp_path / "root", {
+        "lib/big.py": 'class Session:\n    """Holds the pool."""\n\n' + methods,
+        "lib/small.py": "def retry_later(seconds: float) -> None:\n"
+                        '    """Sleep, then try again."""\n',
+    })
+    ctx = source(root)
+    ctx_close(ctx)
+    prefix = ("from lib.small import retry_later\nfrom lib.big import Session\n\n"
+              "s = Session()\n")
+    await gather(ctx, "main.py", prefix)  # warm: indexed and parsed
+    query = ContextQuery("main.py", prefix, "", "python")
+    ctx.snippets = 0  # definitions only: what they leave each other
+    capped = await ctx.gather(query, 80, count)
+    assert capped is not None and count(capped.text) <= 80
+    assert capped.used[:2] == ["lib/big.py:Session", "lib/small.py:retry_later"]
+    assert "def retry_later(seconds: float)" in capped.text and "    ..." in capped.text
+    ctx.definition_share = 1.0
+    whole = await ctx.gather(query, 80, count)
+    assert whole is not None and "lib/small.py:retry_later" not in whole.used

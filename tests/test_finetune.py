@@ -300,10 +300,18 @@ def test_a_warm_start_from_a_shipped_adapter(fim_model: Path, repo: Path,
     first = tmp_path / "first"
     assert finetune(fim_model, repo, first, "--max-tokens", "3000").returncode == 0
     (first / "checkpoint").rename(tmp_path / "elsewhere")  # shipped: no optimizer state
+    # The way the shipped adapter learns repository context: a warm start whose
+    # examples carry the server's context blocks (tests/test_finetune_context.py).
     again = finetune(fim_model, repo, tmp_path / "again", "--max-tokens", "3000",
-                     "--init-adapter", str(first))
+                     "--init-adapter", str(first), "--cross-file-rate", "0.5",
+                     "--context-rate", "1", "--context-tokens", "200")
     assert again.returncode == 0, again.stderr[-1500:]
     assert f"starting from the weights of {first}" in again.stderr
+    assert "repository context: 50% cross-file cursors, 100% of the rest with context, " \
+        "<= 200 tokens; 1 packages" in again.stderr
+    fim = json.loads(again.stdout)["data"]["training"]["config"]["fim"]
+    assert (fim["cross_file_rate"], fim["context_rate"], fim["max_context_tokens"]) == (
+        0.5, 1.0, 200)
     missing = finetune(fim_model, repo, tmp_path / "x", "--max-tokens", "3000",
                        "--init-adapter", str(tmp_path / "nothing"))
     assert missing.returncode == 1 and "no adapter_config.json" in missing.stdout
@@ -316,8 +324,12 @@ def test_a_warm_start_from_a_shipped_adapter(fim_model: Path, repo: Path,
         ([], "give a budget"),
         (["--max-tokens", "100", "--targets", "nope_proj"], "not in the model"),
         (["--max-tokens", "100", "--spm-rate", "2"], "--spm-rate"),
+        (["--max-tokens", "100", "--cross-file-rate", "-0.1"], "--cross-file-rate"),
+        (["--max-tokens", "100", "--context-rate", "1.5"], "--context-rate"),
+        (["--max-tokens", "100", "--context-tokens", "0"], "--context-tokens"),
     ],
-    ids=["missing-path", "no-budget", "bad-target", "bad-rate"],
+    ids=["missing-path", "no-budget", "bad-target", "bad-rate", "bad-cross-rate",
+         "bad-context-rate", "bad-context-tokens"],
 )
 def test_bad_runs_are_clear_errors(fim_model: Path, repo: Path, tmp_path: Path, args,
                                    message) -> None:

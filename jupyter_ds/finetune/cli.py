@@ -50,6 +50,13 @@ def add_parser(sub: Any) -> None:
                    help=".gitignore-style patterns to leave out")
     p.add_argument("--max-prefix-tokens", type=int, default=FimSettings.max_prefix_tokens)
     p.add_argument("--max-suffix-tokens", type=int, default=FimSettings.max_suffix_tokens)
+    p.add_argument("--cross-file-rate", type=float, default=FimSettings.cross_file_rate,
+                   help="share of examples at a cursor before a name another file defines, "
+                        "with repository context")
+    p.add_argument("--context-rate", type=float, default=FimSettings.context_rate,
+                   help="share of the other examples with repository context")
+    p.add_argument("--context-tokens", type=int, default=FimSettings.max_context_tokens,
+                   help="repository context budget in tokens")
     p.add_argument("--eval-every", type=int, default=150_000, help="training tokens")
     p.add_argument("--eval-cursors", type=int, default=48)
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
@@ -79,6 +86,11 @@ def config_from_args(args: argparse.Namespace) -> Any:
         (not targets, "--targets names no module", "targets"),
         (args.rank < 1, "--rank must be >= 1", "rank"),
         (not 0 <= args.spm_rate <= 1, "--spm-rate must be within 0..1", "spm_rate"),
+        (not 0 <= args.cross_file_rate <= 1, "--cross-file-rate must be within 0..1",
+         "cross_file_rate"),
+        (not 0 <= args.context_rate <= 1, "--context-rate must be within 0..1",
+         "context_rate"),
+        (args.context_tokens < 1, "--context-tokens must be >= 1", "context_tokens"),
         (not 0 <= args.heldout_share < 1, "--heldout-share must be within 0..1", "heldout_share"),
         (args.batch_size < 1, "--batch-size must be >= 1", "batch_size"),
         (not 0 < args.lr < 1, "--lr must be within 0..1", "lr"),
@@ -97,7 +109,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
         spm_rate=args.spm_rate, heldout_share=args.heldout_share, heldout=tuple(args.heldout),
         exclude=tuple(args.exclude),
         fim=FimSettings(max_prefix_tokens=args.max_prefix_tokens,
-                        max_suffix_tokens=args.max_suffix_tokens),
+                        max_suffix_tokens=args.max_suffix_tokens,
+                        cross_file_rate=args.cross_file_rate,
+                        context_rate=args.context_rate,
+                        max_context_tokens=args.context_tokens),
         eval_every=args.eval_every, eval_cursors=args.eval_cursors,
         checkpoint_minutes=args.checkpoint_minutes, log_seconds=args.log_seconds,
         threads=args.threads, nice=args.nice,

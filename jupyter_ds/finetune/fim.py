@@ -23,9 +23,12 @@ import bisect
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ds_engine.templates import FimFormat
+
+if TYPE_CHECKING:
+    from jupyter_ds.finetune.context import TrainingContext
 
 IGNORE_INDEX = -100
 
@@ -50,6 +53,12 @@ class FimSettings:
     suffix_lines: int = 20
     spm_rate: float = 0.5  # share of SPM examples (the rest PSM)
     filename_rate: float = 0.3  # share of prefixes that start with "<filename>path\n"
+    # Repository context (finetune/context.py): the share of examples at a cross-file
+    # cursor (always with context), the share of the others that get a context block,
+    # and the block's budget (the completion service's at its defaults).
+    cross_file_rate: float = 0.0
+    context_rate: float = 0.0
+    max_context_tokens: int = 338
 
 
 @dataclass
@@ -202,9 +211,14 @@ class ExampleBuilder:
         return self.tokenizer(self.escape(text), add_special_tokens=False)["input_ids"]
 
     def build(
-        self, path: str, text: str, start: int, end: int, kind: str, rng: random.Random
+        self, path: str, text: str, start: int, end: int, kind: str, rng: random.Random,
+        context: str = "",
     ) -> Example | None:
-        """The example with ``text[start:end]`` as middle, or None if it does not fit."""
+        """The example with ``text[start:end]`` as middle, or None if it does not fit.
+
+        ``context`` (commented repository context) goes between the filename line and
+        the prefix, where :meth:`ds_engine.templates.PromptTemplate.completion_prompt`
+        puts it."""
         s = self.settings
         middle = text[start:end]
         middle_ids = self.encode(middle)
@@ -216,18 +230,20 @@ class ExampleBuilder:
         after = text[end:]
         stop = _nth(after, "\n", s.suffix_lines + 1)
         suffix_ids = self.encode(after[:stop])[: s.max_suffix_tokens]
+        if context:
+            prefix_ids = [*self.encode(context)[: s.max_context_tokens], *prefix_ids]
         if self.filename_id is not None and rng.random() < s.filename_rate:
             prefix_ids = [self.filename_id, *self.encode(path + "\n"), *prefix_ids]
         order = "spm" if rng.random() < s.spm_rate else "psm"
         ids = self.ids
         if order == "spm":
-            context = [ids["pre"], ids["suf"], *suffix_ids, ids["mid"], *prefix_ids]
+            layout = [ids["pre"], ids["suf"], *suffix_ids, ids["mid"], *prefix_ids]
         else:
-            context = [ids["pre"], *prefix_ids, ids["suf"], *suffix_ids, ids["mid"]]
+            layout = [ids["pre"], *prefix_ids, ids["suf"], *suffix_ids, ids["mid"]]
         target = [*middle_ids, ids["end"]]
         return Example(
-            input_ids=context + target,
-            labels=[IGNORE_INDEX] * len(context) + target,
+            input_ids=layout + target,
+            labels=[IGNORE_INDEX] * len(layout) + target,
             kind=kind,
             order=order,
             path=path,
@@ -269,6 +285,7 @@ class ExampleStream:
         builder: ExampleBuilder,
         seed: int = 0,
         weights: dict[str, float] | None = None,
+        context: TrainingContext | None = None,
     ) -> None:
         if not files:
             raise ValueError("no files to draw examples from")
@@ -284,6 +301,7 @@ class ExampleStream:
             total += size
             self.cumulative.append(total)
         self.samplers: dict[int, SpanSampler] = {}
+        self.context = context
 
     def _sampler(self, index: int) -> SpanSampler:
         sampler = self.samplers.get(index)
@@ -294,14 +312,26 @@ class ExampleStream:
         return sampler
 
     def next(self) -> Example:
+        s = self.builder.settings
         for _ in range(1000):
             index = bisect.bisect_right(self.cumulative, self.rng.randrange(self.cumulative[-1]))
-            kind = self.rng.choices(self.kinds, self.kind_weights)[0]
-            span = self._sampler(index).draw(kind, self.rng)
-            if span is None:
-                continue
             f = self.files[index]
-            example = self.builder.build(f.path, f.text, span[0], span[1], kind, self.rng)
+            span, kind, with_context = None, "cross_file", False
+            if self.context is not None and self.rng.random() < s.cross_file_rate:
+                span = self.context.cross_file_cursor(
+                    f.path, f.text, self._sampler(index).line_starts, self.rng)
+                with_context = span is not None
+            if span is None:
+                kind = self.rng.choices(self.kinds, self.kind_weights)[0]
+                span = self._sampler(index).draw(kind, self.rng)
+                if span is None:
+                    continue
+                with_context = self.context is not None and self.rng.random() < s.context_rate
+            context = ""
+            if with_context:
+                context = self.context.block(f.path, f.text[: span[0]], f.text[span[1] :])
+            example = self.builder.build(f.path, f.text, span[0], span[1], kind, self.rng,
+                                         context=context)
             if example is not None:
                 return example
         raise ValueError("could not draw an example from these files (all too short or long)")

@@ -483,7 +483,21 @@ class Trainer:
             optimizer.load_state_dict(optim_state)
         builder = ExampleBuilder(self.tokenizer, self.fim, self.template.escape, self.end_token,
                                  _fim_settings(cfg), filename_token=self.template.filename_token)
-        stream = ExampleStream(corpus.train, builder, seed=cfg.seed)
+        context = None
+        fim_cfg = builder.settings
+        if fim_cfg.cross_file_rate > 0 or fim_cfg.context_rate > 0:
+            from jupyter_ds.finetune.context import TrainingContext
+
+            tokenizer = self.tokenizer
+            context = TrainingContext(
+                corpus.train,
+                lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
+                budget_tokens=fim_cfg.max_context_tokens)
+            self.log(f"repository context: {fim_cfg.cross_file_rate:.0%} cross-file "
+                     f"cursors, {fim_cfg.context_rate:.0%} of the rest with context, "
+                     f"<= {fim_cfg.max_context_tokens} tokens; {len(context.packages)} "
+                     f"packages")
+        stream = ExampleStream(corpus.train, builder, seed=cfg.seed, context=context)
         if state.stream is not None:
             stream.restore(state.stream)
         cursors = sample_cursors(corpus.heldout, cfg.eval_cursors, seed=cfg.seed)
@@ -526,6 +540,8 @@ class Trainer:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if context is not None:
+                context.close()
         self._checkpoint(model, optimizer, stream, state, corpus)
         interrupted = self.stop_requested
         if cursors and (not state.curve or state.curve[-1]["tokens"] != state.tokens) \
