@@ -160,6 +160,34 @@ class DecodeBatch:
             self.model, inputs, self._cache, attention_mask=self._mask, position_ids=positions
         )
 
+    def can_speculate(self) -> bool:
+        """Whether :meth:`step_draft` may run: one live row and nothing else, in a cache
+        that can be cut back. A batch of several rows decodes one token a step: its rows
+        would accept drafts of different lengths, and the padding that evens them out
+        costs more than drafts save on a weight-bound CPU step."""
+        return (len(self._rows) == 1 and self._rows[0] is not None
+                and callable(getattr(self._cache, "crop", None))
+                and self._layers() is not None)
+
+    def step_draft(self, draft: list[int]) -> torch.Tensor:
+        """Feed the one row its last token and ``draft``; the logits after each of them,
+        ``[len(draft) + 1, vocab]``. :meth:`rewind` then drops what was not accepted."""
+        assert self.can_speculate() and self._mask is not None and draft
+        seq = self._rows[0]
+        assert seq is not None
+        inputs = torch.tensor([[seq.next_token, *draft]], dtype=torch.long,
+                              device=self.device)
+        self._mask = torch.nn.functional.pad(self._mask, (0, len(draft) + 1), value=1)
+        return forward(self.model, inputs, self._cache, keep=len(draft) + 1)[0]
+
+    def rewind(self, tokens: int) -> None:
+        """Forget the last ``tokens`` positions (drafted tokens the model did not keep)."""
+        if tokens <= 0:
+            return
+        assert self._mask is not None and tokens < self._mask.shape[1]
+        self._cache.crop(-tokens)
+        self._mask = self._mask[:, :-tokens]
+
     def _trim(self) -> None:
         """Cut the leading padding columns that no live row attends to (see TRIM_COLUMNS)."""
         mask = self._mask

@@ -356,15 +356,17 @@ def forward(
     *,
     attention_mask: torch.Tensor | None = None,
     position_ids: torch.Tensor | None = None,
+    keep: int = 1,
 ) -> torch.Tensor:
-    """One forward through ``cache``; the last position's logits, ``[batch, vocab]``."""
+    """One forward through ``cache``; the last position's logits, ``[batch, vocab]``,
+    or with ``keep`` > 1 the last ``keep`` positions', ``[batch, keep, vocab]``."""
     kwargs: dict[str, Any] = {_cache_kwarg(model): cache}
     if attention_mask is not None:
         kwargs["attention_mask"] = attention_mask
     if position_ids is not None:
         kwargs["position_ids"] = position_ids
-    out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **kwargs)
-    return out.logits[:, -1]
+    out = model(input_ids=input_ids, use_cache=True, logits_to_keep=keep, **kwargs)
+    return out.logits[:, -1] if keep == 1 else out.logits[:, -keep:]
 
 
 def start_prefill(

@@ -77,6 +77,7 @@ class LocalEngine:
         default_adapter: str | None = "auto",
         max_queued: int = 64,
         load_shedding: bool = True,
+        speculative_tokens: int = 0,
     ) -> None:
         """``prefix_cache_entries`` recent prompts (default: 16, or two per batch slot if more, so
         that each concurrent typist keeps one) keep their KV cache for reuse by the next
@@ -92,7 +93,9 @@ class LocalEngine:
         requests of each priority wait for a slot (0: no bound); past that, or when a
         request could not start before its start deadline, it is shed at once with
         :class:`EngineOverloaded` (see :class:`ds_engine.scheduler.Admission`);
-        ``load_shedding=False`` turns that off (requests then wait until their deadline)."""
+        ``load_shedding=False`` turns that off (requests then wait until their deadline).
+        ``speculative_tokens`` tokens drafted from the context are verified per decode
+        step of a lone greedy request (:mod:`ds_engine.speculative`; 0: off)."""
         self.model_path = model_path
         self.device = device
         self.dtype = dtype
@@ -103,6 +106,7 @@ class LocalEngine:
         self.default_adapter = default_adapter
         self.max_batch_size = max(1, max_batch_size)
         self.prefill_chunk = max(1, prefill_chunk)
+        self.speculative_tokens = max(0, speculative_tokens)
         self.warmup = warmup
         self._model = ModelState(
             model_path=model_path, device=device, dtype=dtype, cache_dir=cache_dir,
@@ -189,7 +193,7 @@ class LocalEngine:
         runner = ModelRunner(
             loaded, eos=eos, adapters=adapters, model_lock=self._model_lock,
             prefix_cache=self._prefix_cache, results=self._results,
-            prefill_chunk=self.prefill_chunk,
+            prefill_chunk=self.prefill_chunk, speculative_tokens=self.speculative_tokens,
         )
         with self._lock:
             self._adapters = adapters

@@ -34,6 +34,7 @@ from ds_engine.interface import FinishReason, GenerationRequest, GenerationResul
 from ds_engine.loader import LoadedModel
 from ds_engine.prefix_cache import PrefixCache
 from ds_engine.scheduler import RequestState, RunnerOutput, SchedulerOutput
+from ds_engine.speculative import DraftStats, draft
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,7 @@ class ModelRunner:
         prefix_cache: PrefixCache | None,
         results: ResultCache,
         prefill_chunk: int,
+        speculative_tokens: int = 0,
     ) -> None:
         self.loaded = loaded
         self.eos = eos
@@ -155,6 +157,10 @@ class ModelRunner:
         self.results = results
         self.prefill_chunk = max(1, prefill_chunk)
         self.batch = DecodeBatch(loaded.model)
+        # Tokens drafted from the context per decode step of a lone greedy request
+        # (ds_engine.speculative); 0: none.
+        self.speculative_tokens = max(0, speculative_tokens)
+        self.drafts = DraftStats()
         self._prefilling: dict[str, _Slot] = {}  # admitted, prompt not all forwarded
         self._held: dict[str, _Slot] = {}  # prefilled, kept out of the batch
         self._decoding: dict[str, RequestState] = {}  # in the batch
@@ -303,10 +309,13 @@ class ModelRunner:
         batch.remove(done)
         if batch:
             size = len(batch)
+            proposal: list[int] = []
             try:
                 with self.model_lock:
                     self.adapters.activate(batch.seqs[0].request.adapter)
-                    logits = batch.step()
+                    if batch.can_speculate():
+                        proposal = self._draft(batch.seqs[0])
+                    logits = batch.step_draft(proposal) if proposal else batch.step()
             except Exception as exc:
                 log.exception("a decode step failed; failing its %d requests", size)
                 for seq in batch.seqs:
@@ -314,13 +323,45 @@ class ModelRunner:
                 batch.clear()
             else:
                 out.batch_size = size
-                finished = [s for s, row in batch.live_logits(logits) if s.accept(row)]
+                if proposal:
+                    finished = self._accept_draft(batch.seqs[0], logits, proposal)
+                else:
+                    finished = [s for s, row in batch.live_logits(logits) if s.accept(row)]
                 batch.remove(finished)
                 done += finished
         for seq in done:
             state = self._decoding[seq.request.request_id]
             self._guard(state, out, lambda s=state, q=seq: self._finish(s, q, out))
         return out
+
+    def _draft(self, seq: SequenceState) -> list[int]:
+        """Tokens drafted from ``seq``'s own context for one forward; [] when it samples
+        (a draft is verified against the greedy choice) or has no room left."""
+        room = seq.max_new - len(seq.output_ids) - 1  # a step yields up to k + 1 tokens
+        k = min(self.speculative_tokens, room)
+        if k <= 0 or seq.request.temperature > 0.0:
+            return []
+        return draft(seq.prompt_ids + seq.output_ids, k)
+
+    def _accept_draft(self, seq: SequenceState, logits: torch.Tensor,
+                      proposal: list[int]) -> list[SequenceState]:
+        """Accept the model's own choices after the last token and each drafted one, up
+        to the first that differs from the draft (that choice, a correction, is kept
+        too); forget the drafted positions past it. Returns ``[seq]`` if it finished."""
+        accepted = 0
+        finished = False
+        for i in range(len(proposal) + 1):
+            if seq.accept(logits[i]):
+                finished = True
+                break
+            if i == len(proposal) or seq.next_token != proposal[i]:
+                break
+            accepted += 1
+        self.batch.rewind(len(proposal) - accepted)
+        self.drafts.steps += 1
+        self.drafts.drafted += len(proposal)
+        self.drafts.accepted += accepted
+        return [seq] if finished else []
 
     # ---------------------------------------------------------------- helpers
 
