@@ -504,6 +504,11 @@ ENGINE_COUNTERS: dict[str, tuple[str, str]] = {
         "Generations answered from the result cache (identical greedy requests).",
     ),
     "batch_steps_total": ("batch_steps", "Decode steps of the batching scheduler."),
+    "draft_steps_total": ("spec_decode_num_drafts",
+                          "Decode steps that verified tokens drafted from the prompt."),
+    "draft_tokens_total": ("spec_decode_num_draft_tokens", "Tokens drafted from the prompt."),
+    "draft_tokens_accepted_total": ("spec_decode_num_accepted_tokens",
+                                    "Drafted tokens the model kept."),
 }
 ENGINE_GAUGES: dict[str, tuple[str, str]] = {
     "active_requests": ("num_requests_running", "Generations running in the engine now."),

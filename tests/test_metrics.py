@@ -352,6 +352,9 @@ LOCAL_INFO = {
     "result_cache_hits": 7,
     "result_cache_entries": 8,
     "mean_batch_size": None,
+    "draft_steps_total": 11,
+    "draft_tokens_total": 44,
+    "draft_tokens_accepted_total": 13,
 }
 
 
@@ -369,6 +372,9 @@ def test_engine_collector_reads_info_at_scrape_time():
         assert value("jupyter_ds_engine_requests_total") == 9
         assert value("jupyter_ds_prefix_cache_reused_tokens_total") == 40
         assert value("jupyter_ds_prefix_cache_queried_tokens_total") == 100
+        assert value("jupyter_ds_spec_decode_num_drafts_total") == 11
+        assert value("jupyter_ds_spec_decode_num_draft_tokens_total") == 44
+        assert value("jupyter_ds_spec_decode_num_accepted_tokens_total") == 13
         assert value("jupyter_ds_model_load_seconds") == 1.25
         assert value("jupyter_ds_model_state", state="ready") == 1
         assert value("jupyter_ds_model_state", state="loading") == 0

@@ -194,6 +194,11 @@ class EngineCounters:
     prompt_tokens_reused_total: int = 0
     result_cache_hits: int = 0
     result_cache_entries: int = 0
+    # Speculative decoding from the prompt (ds_engine.speculative): forwards that carried
+    # a draft, tokens drafted, drafted tokens the model kept.
+    draft_steps_total: int = 0
+    draft_tokens_total: int = 0
+    draft_tokens_accepted_total: int = 0
 
 
 @dataclass

@@ -562,6 +562,9 @@ class LocalEngine:
                 prompt_tokens_reused_total=runner.prompt_tokens_reused_total if runner else 0,
                 result_cache_hits=self._results.hits,
                 result_cache_entries=len(self._results),
+                draft_steps_total=runner.drafts.steps if runner else 0,
+                draft_tokens_total=runner.drafts.drafted if runner else 0,
+                draft_tokens_accepted_total=runner.drafts.accepted if runner else 0,
             )
             attached = len(self._adapters.adapters) if self._adapters else 0
         stage = model.stage

@@ -58,10 +58,13 @@ class _EngineCollector:
             kv = min(1.0, running / slots) if slots > 0 else 0.0
             queries = counters.prompt_tokens_total
             hits = counters.prompt_tokens_reused_total
+            drafts = (counters.draft_steps_total, counters.draft_tokens_total,
+                      counters.draft_tokens_accepted_total)
         else:
             # An engine without counters: the requests this server has in flight are
             # all it knows (each is waiting or running in the engine).
             running, waiting, kv, queries, hits = self.in_flight(), 0, 0.0, 0, 0
+            drafts = (0, 0, 0)
         for name, doc, value in (
             ("vllm:num_requests_running", "Requests running in the engine's batch.", running),
             ("vllm:num_requests_waiting", "Requests waiting for a batch slot.", waiting),
@@ -76,6 +79,12 @@ class _EngineCollector:
             ("vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
              queries),
             ("vllm:prefix_cache_hits", "Prompt tokens reused from the prefix cache.", hits),
+            ("vllm:spec_decode_num_drafts",
+             "Decode steps that verified tokens drafted from the prompt.", drafts[0]),
+            ("vllm:spec_decode_num_draft_tokens", "Tokens drafted from the prompt.",
+             drafts[1]),
+            ("vllm:spec_decode_num_accepted_tokens", "Drafted tokens the model kept.",
+             drafts[2]),
         ):
             counter = CounterMetricFamily(name, doc, labels=["model_name"])
             counter.add_metric(labels, value)

@@ -66,7 +66,8 @@ INFO_KEYS = {
     "max_batch_size", "batch_steps_total", "mean_batch_size", "max_batch_size_seen",
     "prefix_cache_hits", "prefix_cache_misses", "prefix_cache_entries",
     "prompt_tokens_total", "prompt_tokens_reused_total", "result_cache_hits",
-    "result_cache_entries",
+    "result_cache_entries", "draft_steps_total", "draft_tokens_total",
+    "draft_tokens_accepted_total",
 }
 
 

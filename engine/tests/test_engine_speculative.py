@@ -81,6 +81,21 @@ async def test_greedy_outputs_equal_plain_decoding_token_for_token(engines) -> N
     # Drafts were made and verified, and some were right: fewer forwards than tokens.
     assert stats.steps > 0 and 0 < stats.accepted <= stats.drafted
     assert plain._runner.drafts.steps == 0
+    # What the API's engine info and the metrics read.
+    counters = speculative.info().counters
+    assert (counters.draft_steps_total, counters.draft_tokens_total,
+            counters.draft_tokens_accepted_total) == (stats.steps, stats.drafted,
+                                                      stats.accepted)
+    assert plain.info().to_dict()["draft_tokens_total"] == 0
+
+
+def test_the_server_turns_it_on_through_engine_options(tiny_model_path: Path) -> None:
+    from ds_engine.interface import EngineConfig
+
+    engine = LocalEngine.from_config(EngineConfig(
+        model_path=str(tiny_model_path), options={"speculative_tokens": 6}))
+    assert engine.speculative_tokens == 6
+    assert LocalEngine(model_path=str(tiny_model_path)).speculative_tokens == 0
 
 
 async def test_streams_and_stops_are_those_of_plain_decoding(engines) -> None:

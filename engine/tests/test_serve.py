@@ -622,6 +622,9 @@ def test_metrics_use_vllm_names(tiny: ServerThread) -> None:
     assert value("vllm:generation_tokens_total") >= 8
     queries, hits = value("vllm:prefix_cache_queries_total"), value("vllm:prefix_cache_hits_total")
     assert 0 < hits <= queries
+    # Drafting is off by default: the counters are there, at zero.
+    assert value("vllm:spec_decode_num_drafts_total") == 0
+    assert value("vllm:spec_decode_num_accepted_tokens_total") == 0
     for histogram in ("vllm:time_to_first_token_seconds", "vllm:e2e_request_latency_seconds"):
         count = value(f"{histogram}_count")
         assert count >= 2 and 0 < value(f"{histogram}_sum") < 60 * count
