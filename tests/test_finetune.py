@@ -19,9 +19,10 @@ from ds_engine.templates import fim_format, neutralize
 from ds_engine.testing import make_tiny_model, make_tiny_tokenizer
 from gitrepos import write_files
 
-from jupyter_ds.finetune.data import CorpusError, GitIgnore, build_corpus
+from jupyter_ds.finetune.data import CorpusError, build_corpus
 from jupyter_ds.finetune.evaluate import candidate_lines, cursor_at, sample_cursors
 from jupyter_ds.finetune.fim import IGNORE_INDEX, ExampleBuilder, ExampleStream, SpanSampler
+from jupyter_ds.gitignore import GitIgnore
 
 SPM = fim_format("jupyter-ds-spm")
 SOURCE = '''import os

@@ -6,7 +6,7 @@ that is a git working tree (the root, or any folder below it) is listed with
 safe set-up (:class:`jupyter_ds.git.runner.Runner`: no hooks, no fsmonitor, discovery
 stopped at the root), so nothing a repository's config names runs. Anything else is
 walked, with every ``.gitignore`` met on the way applied by the fine-tuning corpus's
-matcher (:class:`jupyter_ds.finetune.data.GitIgnore`).
+matcher (:class:`jupyter_ds.gitignore.GitIgnore`).
 
 Whatever the listing, the same rules apply to what it gives:
 
@@ -31,7 +31,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jupyter_ds.finetune.data import SKIP_DIRS, GitIgnore
+from jupyter_ds.gitignore import SKIP_DIRS, GitIgnore
 from jupyter_ds.paths import is_within
 
 log = logging.getLogger(__name__)

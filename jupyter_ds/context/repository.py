@@ -637,10 +637,10 @@ class RepositoryContext:
 
         In the first pass one definition takes at most ``definition_share`` of the
         budget (48 tokens at least), cut to its leading lines: the signature and the
-        docstring's head of several names help more than one whole class. On the cross-file cursors of
-        the standard library's packages (a development set, not the benchmark's
-        packages), the typed name's definition is in the block at 82.6 % of them,
-        against 64.0 % with whole definitions and 0.6 for definitions
+        docstring's head of several names help more than one whole class. On the
+        cross-file cursors of the standard library's packages (a development set, not
+        the benchmark's packages), the typed name's definition is in the block at
+        82.6 % of them, against 64.0 % with whole definitions and 0.6 for definitions
         (``make bench-context-retrieval``, benchmarks/results/context_retrieval.md)."""
         chosen: dict[str, _Piece] = {}  # what it is (``used``) -> piece, in order taken
         headers: set[str] = set()
