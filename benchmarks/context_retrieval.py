@@ -31,9 +31,9 @@ from results_io import publish
 from sampling import percent, quantile
 
 from jupyter_ds.context import IDENTIFIER, ContextQuery
-from jupyter_ds.finetune.context import TrainingContext, package_of
+from jupyter_ds.finetune.context import DEFAULT_CONTEXT_TOKENS, TrainingContext, package_of
 from jupyter_ds.finetune.data import build_corpus
-from jupyter_ds.finetune.fim import DEFAULT_CONTEXT_TOKENS, SpanSampler
+from jupyter_ds.finetune.fim import SpanSampler
 
 # As `make finetune-default` reads the standard library.
 EXCLUDE = ("test/", "**/test/", "**/tests/", "**/idle_test/", "idlelib/", "lib2to3/",

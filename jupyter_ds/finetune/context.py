@@ -36,10 +36,12 @@ from jupyter_ds.context.repository import (
     RepositoryContext,
     RepositoryIndex,
 )
-from jupyter_ds.finetune.fim import DEFAULT_CONTEXT_TOKENS
 
 log = logging.getLogger(__name__)
 
+# What the completion service gives repository context at its default settings:
+# min(context_tokens=384, (max_prompt_tokens=1024 - 8) // 3).
+DEFAULT_CONTEXT_TOKENS = 338
 # Lines that start like these are not cursors for a name defined elsewhere.
 _NOT_A_USE = ("import ", "from ", "def ", "class ", "async def ", "@", "#", '"', "'")
 
@@ -92,17 +94,13 @@ class TrainingContext:
         self._sources[package] = source
         return source
 
-    def _source_for(self, path: str) -> RepositoryContext | None:
-        """The context source of a Python file's package; None for other files."""
-        return self._source(package_of(path)) if path.endswith(".py") else None
-
     def _query(self, path: str, prefix: str, suffix: str) -> ContextQuery:
         return ContextQuery(path=path, prefix=prefix, suffix=suffix, language="python")
 
     def block(self, path: str, prefix: str, suffix: str) -> str:
         """The commented block the completion service puts before this cursor's prefix,
         or "" when the repository has nothing for it."""
-        source = self._source_for(path)
+        source = self._source(package_of(path)) if path.endswith(".py") else None
         if source is None:
             return ""
         found = source.collect(self._query(path, prefix, suffix), self.budget_tokens,
@@ -115,7 +113,7 @@ class TrainingContext:
                           rng: random.Random, tries: int = 32) -> tuple[int, int] | None:
         """``(start, end)``: the rest of a line from its first name that another file
         defines (as this file's imports reach it), or None after ``tries`` lines."""
-        source = self._source_for(path)
+        source = self._source(package_of(path)) if path.endswith(".py") else None
         if source is None or not line_starts:
             return None
         for _ in range(tries):

@@ -31,9 +31,6 @@ if TYPE_CHECKING:
     from jupyter_ds.finetune.context import TrainingContext
 
 IGNORE_INDEX = -100
-# The tokens the completion service gives repository context at its default settings:
-# min(context_tokens=384, (max_prompt_tokens=1024 - 8) // 3).
-DEFAULT_CONTEXT_TOKENS = 338
 
 SPAN_WEIGHTS: dict[str, float] = {
     "line_rest": 0.45,  # cursor at a line's indentation, the rest of the line
@@ -61,7 +58,7 @@ class FimSettings:
     # and the block's budget (the completion service's at its defaults).
     cross_file_rate: float = 0.0
     context_rate: float = 0.0
-    max_context_tokens: int = DEFAULT_CONTEXT_TOKENS
+    max_context_tokens: int = 338
 
 
 @dataclass
