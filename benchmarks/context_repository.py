@@ -26,10 +26,12 @@ Arms: one engine as the server builds it by default (``LocalEngine``, dtype and
 quantization ``auto``, the ``auto`` adapter: the embedded SmolLM2-135M with its shipped
 FIM adapter, INT8 on CPU; the result cache off so that no arm is answered from the
 other's identical prompt), behind the server's ``CompletionService`` with its default
-settings, greedy, ``--max-tokens`` tokens: ``none`` (no context source) and
-``repository`` (``ContextGatherer([RepositoryContext.for_root(root)])`` with the server's
-default limits and 50 ms budget, fully indexed and every module's symbols parsed before
-the run: warm). Both arms answer the same cursors with the same path, interleaved cursor
+settings, greedy, ``--max-tokens`` tokens: ``none`` (no context source), ``repository``
+(``ContextGatherer([RepositoryContext.for_root(root)])`` with the server's default limits
+and 50 ms budget, fully indexed and every module's symbols parsed before the run: warm;
+the service's default ``context_start_bias``, or ``--start-bias``) and
+``repository_prompt`` (the same block in the prompt, ``context_start_bias`` 0: what the
+prompt alone does). The arms answer the same cursors with the same path, interleaved cursor
 by cursor, their order alternating; one warm-up completion per arm first.
 
 Metrics per arm, per package and in total: exact match and edit similarity of the first
@@ -49,6 +51,7 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
+import dataclasses
 import hashlib
 import io
 import json
@@ -81,7 +84,7 @@ PACKAGES = (
     "requests==2.32.3",
     "flask==3.0.3",
 )
-ARMS = ("none", "repository")
+ARMS = ("none", "repository_prompt", "repository")
 MIN_TARGET = 4  # characters of the hidden rest of the line, stripped
 SOURCE = "repository"
 TARGET_GAIN_PERCENT = 30.0  # EM, relative, repository vs none
@@ -442,8 +445,8 @@ def warm_source(source: Any, timeout: float = 600.0) -> dict[str, Any]:
 async def run_package(engine: Any, package: Package, cursors: list[Cursor],
                       args: argparse.Namespace, done: list[int], total: int,
                       started: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Both arms at every cursor of one package (their order alternating)."""
-    from jupyter_ds.completion.service import CompletionService, CompletionSettings
+    """Every arm at every cursor of one package (their order alternating)."""
+    from jupyter_ds.completion.service import CompletionService
     from jupyter_ds.context import ContextGatherer
     from jupyter_ds.context.repository import RepositoryContext
 
@@ -451,10 +454,13 @@ async def run_package(engine: Any, package: Package, cursors: list[Cursor],
     assert source is not None
     try:
         warm = warm_source(source)
+        settings = _settings(args.start_bias)
         services = {
-            "none": CompletionService(engine, CompletionSettings(), ContextGatherer([])),
-            "repository": CompletionService(engine, CompletionSettings(),
-                                            ContextGatherer([source])),
+            "none": CompletionService(engine, settings, ContextGatherer([])),
+            "repository_prompt": CompletionService(
+                engine, dataclasses.replace(settings, context_start_bias=0.0),
+                ContextGatherer([source])),
+            "repository": CompletionService(engine, settings, ContextGatherer([source])),
         }
         rows = []
         for k, cursor in enumerate(cursors):
@@ -514,8 +520,8 @@ def summarize_source(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def gain(summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    base, with_repo = summaries["none"], summaries["repository"]
+def gain(summaries: dict[str, dict[str, Any]], arm: str = "repository") -> dict[str, Any]:
+    base, with_repo = summaries["none"], summaries[arm]
     em0, em1 = base["exact_match"], with_repo["exact_match"]
     es0, es1 = base["edit_similarity"], with_repo["edit_similarity"]
     return {
@@ -528,7 +534,8 @@ def gain(summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     arms = {arm: summarize_arm([r[arm] for r in rows]) for arm in ARMS}
-    return {**arms, "gain": gain(arms), "source": summarize_source(rows) if rows else None}
+    return {**arms, "gain": gain(arms), "gain_prompt": gain(arms, "repository_prompt"),
+            "source": summarize_source(rows) if rows else None}
 
 
 def verdict(total: dict[str, Any]) -> dict[str, Any]:
@@ -622,8 +629,10 @@ async def run(args: argparse.Namespace, engine: Any | None = None) -> dict[str, 
         "method": (
             "Cross-file cursors in real PyPI packages (before the first name on a code line "
             "that another file of the package defines); the same engine, greedy, answers "
-            "each cursor with no context and with the warm repository context; the first "
-            "line of the final output is scored against the rest of the line."),
+            "each cursor with no context, with the warm repository context in the prompt "
+            "only, and with the server's default (the block, and the first token nudged "
+            "toward the names it shows); the first line of the final output is scored "
+            "against the rest of the line."),
         "model": info.get("name"),
         "adapter": info.get("adapter"),
         "engine": {"args": engine_args(args) if own else None,
@@ -632,7 +641,8 @@ async def run(args: argparse.Namespace, engine: Any | None = None) -> dict[str, 
                    "load_s": load_s},
         "settings": {"max_tokens": args.max_tokens, "cursors_per_package":
                      args.cursors_per_package, "min_target_chars": MIN_TARGET,
-                     "completion": asdict(_settings()), "source": "RepositoryContext.for_root "
+                     "completion": asdict(_settings(args.start_bias)),
+                     "source": "RepositoryContext.for_root "
                      "defaults (timeout 0.05 s, refresh 5 s, 5000 files, 10 MB)"},
         "adapter_manifest": {**manifest, "overlapping_files": sum(
             len(m["in_adapter_manifest"]) for m in meta.values())},
@@ -647,10 +657,14 @@ async def run(args: argparse.Namespace, engine: Any | None = None) -> dict[str, 
     }
 
 
-def _settings() -> Any:
+def _settings(start_bias: float | None = None) -> Any:
+    """The server's completion settings (``context_start_bias`` overridden if given)."""
     from jupyter_ds.completion.service import CompletionSettings
 
-    return CompletionSettings()
+    settings = CompletionSettings()
+    if start_bias is not None:
+        settings = dataclasses.replace(settings, context_start_bias=start_bias)
+    return settings
 
 
 def cell(value: Any) -> str:
@@ -666,23 +680,32 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         report["method"],
         "",
-        "| package | cursors | EM none | EM repo | EM gain (rel.) | ES none | ES repo "
-        "| offered none / repo | latency p50/p95 none ms | latency p50/p95 repo ms "
+        "Arms: `none` (no context), `prompt` (the repository block in the prompt only, "
+        "`context_start_bias` 0) and `repo` (the server's default: the block, and "
+        f"`context_start_bias` {report['settings']['completion']['context_start_bias']:g} "
+        "on the first token toward the names it shows where a name starts).",
+        "",
+        "| package | cursors | EM none | EM prompt | EM repo | EM gain repo (rel.) "
+        "| ES none / prompt / repo | offered none / prompt / repo "
+        "| latency p50/p95 none ms | latency p50/p95 repo ms "
         "| source p50/p95 ms | used/empty/timeout | source tokens (mean) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     versions = {p["name"]: p["version"] for p in report["packages"]}
     for key in [*versions, "total"]:
         s = res[key]
-        none, repo, g, src = s["none"], s["repository"], s["gain"], s["source"] or {}
+        none, prompt, repo, g = s["none"], s["repository_prompt"], s["repository"], s["gain"]
+        src = s["source"] or {}
         states = src.get("states", {})
         label = f"{key} {versions[key]}" if key in versions else "**total**"
         out.append(
             f"| {label} | {none['cursors']} | {cell(none['exact_match'])} "
-            f"| {cell(repo['exact_match'])} | {cell(g['exact_match_points'])} pts "
-            f"({cell(g['exact_match_relative_percent'])}%) | {cell(none['edit_similarity'])} "
-            f"| {cell(repo['edit_similarity'])} | {cell(none['offered'])} / "
-            f"{cell(repo['offered'])} | {cell(none['p50_ms'])} / {cell(none['p95_ms'])} "
+            f"| {cell(prompt['exact_match'])} | {cell(repo['exact_match'])} "
+            f"| {cell(g['exact_match_points'])} pts "
+            f"({cell(g['exact_match_relative_percent'])}%) | {cell(none['edit_similarity'])} / "
+            f"{cell(prompt['edit_similarity'])} / {cell(repo['edit_similarity'])} "
+            f"| {cell(none['offered'])} / {cell(prompt['offered'])} / {cell(repo['offered'])} "
+            f"| {cell(none['p50_ms'])} / {cell(none['p95_ms'])} "
             f"| {cell(repo['p50_ms'])} / {cell(repo['p95_ms'])} | {cell(src.get('ms_p50'))} / "
             f"{cell(src.get('ms_p95'))} | {states.get('used', 0)}/{states.get('empty', 0)}/"
             f"{states.get('timeout', 0)} | {cell(src.get('tokens_mean'))} |")
@@ -725,6 +748,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--quantization", default="auto")
     parser.add_argument("--work", type=Path, default=WORK, help="wheels and extracted repos")
+    parser.add_argument("--start-bias", type=float, default=None,
+                        help="the repository arm's context_start_bias (default: the "
+                        "server's)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
     if args.cursors_per_package < 1 or args.max_tokens < 1:

@@ -8,6 +8,7 @@ from typing import Any
 
 from ds_engine import Engine, EngineConfig
 from ds_engine.factory import DEFAULT_ENGINE_CLASS, engine_class, make_engine
+from ds_engine.openai_api import MAX_BIAS
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import (
     Bool,
@@ -23,7 +24,11 @@ from traitlets import (
 )
 
 from jupyter_ds import metrics
-from jupyter_ds.completion.service import CompletionService, CompletionSettings
+from jupyter_ds.completion.service import (
+    DEFAULT_START_BIAS,
+    CompletionService,
+    CompletionSettings,
+)
 from jupyter_ds.context import ContextGatherer
 from jupyter_ds.context.kernel import KernelContext
 from jupyter_ds.context.repository import RepositoryContext
@@ -334,6 +339,12 @@ class JupyterDsApp(ExtensionApp):
         5.0, config=True,
         help="Seconds between re-scans of the server root for changed files (only while "
         "completions ask).")
+    context_start_bias = Float(
+        DEFAULT_START_BIAS, config=True,
+        help="Where a name starts (after an operator, a bracket, a comma, `return`, the "
+        "indentation...), add this to the first token's logits for each name whose "
+        "definition the repository context shows; 0 turns it off. The rest of the "
+        "suggestion is the model's own. At most 100.")
     context_tokens = Int(
         384, config=True,
         help="Prompt tokens that kernel and repository context may take at most (never "
@@ -493,6 +504,14 @@ class JupyterDsApp(ExtensionApp):
         except ValueError as exc:
             raise TraitError(f"JupyterDsApp.{exc}") from None
         return proposal.value
+
+    @validate("context_start_bias")
+    def _valid_start_bias(self, proposal: Any) -> Any:
+        value = proposal.value
+        if not 0.0 <= value <= MAX_BIAS:
+            raise TraitError(f"JupyterDsApp.context_start_bias must be between 0 and "
+                             f"{MAX_BIAS:g}, got {value}")
+        return value
 
     @validate("max_concurrent_per_user")
     def _valid_max_concurrent(self, proposal: Any) -> Any:
@@ -671,6 +690,7 @@ class JupyterDsApp(ExtensionApp):
                     folder_adapters=dict(self.folder_adapters),
                     context_tokens=self.context_tokens,
                     kernel_grounding=self.kernel_grounding,
+                    context_start_bias=self.context_start_bias,
                 ),
                 contexts,
             ),

@@ -489,3 +489,27 @@ def test_missing_body_indent(prefix: str, suffix: str, expected: str) -> None:
     from jupyter_ds.completion.rules import missing_body_indent
 
     assert missing_body_indent(CompletionContext(prefix, suffix)) == expected
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("x = ", True), ("    ", True), ("", True), ("foo(", True), ("y = f(a, ", True),
+    ("a = [", True), ("x = mod.", True), ("return ", True), ("raise ", True),
+    ("if x in ", True), ("from .core import ", True), ("s = 'a' + ", True),
+    ('x = "#" + ', True), ("await ", True),
+    # Mid-word, after a finished operand, or where a new name is bound: not a name's start.
+    ("foo", False), ("x ", False), ("foo) ", False), ("def ", False), ("class ", False),
+    ("with open(f) as ", False), ("for ", False), ("lambda ", False), ("x = 1.", False),
+    # In a string or a comment.
+    ("s = 'abc ", False), ("# see ", False), ("x = 1  # see ", False),
+])
+def test_at_name_start(line: str, expected: bool) -> None:
+    from jupyter_ds.completion.rules import at_name_start
+
+    assert at_name_start("import os\n\n" + line) is expected
+
+
+def test_at_name_start_is_false_in_a_docstring() -> None:
+    from jupyter_ds.completion.rules import at_name_start
+
+    assert not at_name_start('def f():\n    """Return the\n    ')
+    assert at_name_start('def f():\n    """Return the."""\n    ')

@@ -113,3 +113,7 @@ async def test_the_server_adds_repository_context_and_reports_it(ds_ready, jp_ro
         await asyncio.sleep(0.1)
     assert entry["state"] == "used", entry
     assert any("to_celsius" in u for u in entry["used"]) and entry["tokens"] > 0, entry["used"]
+    # ``t = |`` is where a name starts: the server's default nudges toward it.
+    from jupyter_ds.completion.service import DEFAULT_START_BIAS
+
+    assert entry.get("nudged") == (1 if DEFAULT_START_BIAS > 0 else None), entry

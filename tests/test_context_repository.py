@@ -516,3 +516,49 @@ async def test_one_big_definition_does_not_crowd_out_the_others(tmp_path, ctx_cl
     ctx.definition_share = 1.0
     whole = await ctx.gather(query, 80, count)
     assert whole is not None and "lib/small.py:retry_later" not in whole.used
+
+
+async def test_the_names_shown_are_nudged_at_a_name_start_only(tmp_path, ctx_close):
+    """The block's definitions become the first token's bias (``context_start_bias``)
+    where a name starts, and never mid-word, in a string, or with the setting off."""
+    root = make_tree(tmp_path / "root")
+    ctx = source(root)
+    ctx_close(ctx)
+    block = await gather(ctx, "app/main.py", "from pkg.util import helper, Thing\n\nvalue = ")
+    assert block is not None and set(block.starts) == {"helper", "Thing"}
+    assert all(u.endswith(tuple(":" + n for n in block.starts)) for u in block.used
+               if ":L" not in u)
+
+    engine = ScriptedEngine(["helper(1)"])
+    on = CompletionService(engine, CompletionSettings(context_tokens=300,
+                                                      context_start_bias=3.0),
+                           ContextGatherer([ctx]))
+    off = CompletionService(engine, CompletionSettings(context_tokens=300),
+                            ContextGatherer([ctx]))
+    head = "from pkg.util import helper, Thing\n\n"
+    for prefix, service, expected in [
+        (head + "value = ", on, {"helper": 3.0, "Thing": 3.0}),
+        (head + "value = hel", on, {}),  # mid-word: the model's own continuation
+        (head + "value = 'a ", on, {}),  # in a string
+        (head + "def ", on, {}),  # a new name
+        (head + "value = ", off, {}),  # the default: off
+    ]:
+        answer = await service.complete(CompleteRequest(prefix=prefix, suffix="\n",
+                                                        path="app/main.py"))
+        assert engine.requests[-1].first_token_bias == expected, prefix
+        [report] = answer["context"]
+        assert report.get("nudged") == (len(expected) or None), prefix
+    # A file with no context gets no bias either.
+    await on.complete(CompleteRequest(prefix="value = ", suffix="\n", path="app/other.txt"))
+    assert engine.requests[-1].first_token_bias == {}
+
+
+@pytest.mark.parametrize("bad", [-0.5, 100.5, float("nan")])
+def test_a_bad_start_bias_is_a_clear_error_at_startup(bad):
+    from traitlets import TraitError
+
+    from jupyter_ds.app import JupyterDsApp
+
+    with pytest.raises(TraitError, match="JupyterDsApp.context_start_bias must be between"):
+        JupyterDsApp(context_start_bias=bad)
+    assert JupyterDsApp(context_start_bias=2.5).context_start_bias == 2.5

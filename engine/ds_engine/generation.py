@@ -197,6 +197,12 @@ class SequenceState:
             single = (tokenizer(s, add_special_tokens=False)["input_ids"] for s in self.stops)
             self.ending = sorted(self.eos | {ids[0] for ids in single if len(ids) == 1})
 
+        # The bias of each text's first token (the larger where two texts share one).
+        self.first_bias: dict[int, float] = {}
+        for text, bias in request.first_token_bias.items():
+            starts = tokenizer(text, add_special_tokens=False)["input_ids"][:1] if text else []
+            for token in starts:
+                self.first_bias[token] = max(bias, self.first_bias.get(token, bias))
         ids = tokenizer(request.prompt, add_special_tokens=False)["input_ids"]
         if not ids:  # an empty prompt still needs one position to condition on
             start_id = getattr(tokenizer, "bos_token_id", None)
@@ -273,6 +279,11 @@ class SequenceState:
         if self.ending and len(self.output_ids) < request.min_tokens:
             logits = logits.clone()
             logits[self.ending] = float("-inf")
+        if self.first_bias and not self.output_ids:
+            logits = logits.clone()
+            tokens = [t for t in self.first_bias if 0 <= t < logits.shape[-1]]
+            logits[tokens] += torch.tensor([self.first_bias[t] for t in tokens],
+                                           dtype=logits.dtype, device=logits.device)
         token = _choose(logits, request.temperature, request.top_p, self.generator)
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()

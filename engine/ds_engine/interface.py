@@ -113,6 +113,12 @@ class GenerationRequest:
     # "<|endoftext|>") may end the output: a fresh line of code wants a suggestion, even
     # where the model would rather offer nothing.
     min_tokens: int = 0
+    # Text -> logit bias added to the first token of that text, at the first generated
+    # token only: where the caller knows the likely starts (the names whose definitions
+    # the prompt shows, at a cursor where a name begins) and a small model, shown them
+    # hundreds of tokens back, would not reach for them on its own. Later tokens are
+    # the model's own.
+    first_token_bias: dict[str, float] = field(default_factory=dict)
     # Seconds the request may wait for the model before it is shed (EngineOverloaded)
     # rather than started late: a completion that starts after the user typed on is
     # stale. None: it may wait until its deadline.

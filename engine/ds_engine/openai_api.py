@@ -106,6 +106,7 @@ class SamplingRequest:
     min_tokens: int = 0
     timeout_s: float | None = None
     queue_timeout_s: float | None = None
+    first_token_bias: dict[str, float] = field(default_factory=dict)
     prompt: str | None = None  # completions: the rendered prompt
     messages: list[dict[str, str]] | None = None  # chat: role and text content
 
@@ -235,6 +236,7 @@ def _sampling(body: dict[str, Any], default_priority: Priority,
         min_tokens=_integer(body, "min_tokens", 0, low=0),
         timeout_s=_number(body, "timeout_s", None, low=0.0, low_open=True),
         queue_timeout_s=_number(body, "queue_timeout_s", None, low=0.0, low_open=True),
+        first_token_bias=_text_bias(body, "first_token_bias"),
     )
 
 
@@ -259,20 +261,53 @@ def _integer(body: dict[str, Any], name: str, default: Any, *, low: int | None =
     return value
 
 
-def _number(body: dict[str, Any], name: str, default: Any, *, low: float,
-            high: float | None = None, low_open: bool = False) -> Any:
-    value = body.get(name)
+def _number(body: dict[str, Any], key: str, default: Any, *, low: float,
+            high: float | None = None, low_open: bool = False, name: str | None = None
+            ) -> Any:
+    """``body[key]`` checked as a number; errors name ``name`` (the field, when ``body``
+    is an object inside it), else ``key``."""
+    name = name or key
+    shown = key if name == key else f"{name}[{key!r}]"
+    value = body.get(key)
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
         value
     ):
-        raise invalid(name, f"'{name}' must be a number")
+        raise invalid(name, f"'{shown}' must be a number")
     if value < low or (low_open and value == low) or (high is not None and value > high):
         bound = f"> {low}" if low_open else f">= {low}"
         upper = f" and <= {high}" if high is not None else ""
-        raise invalid(name, f"'{name}' must be {bound}{upper}")
+        raise invalid(name, f"'{shown}' must be {bound}{upper}")
     return float(value)
+
+
+#: Bounds of the ``first_token_bias`` extension: OpenAI's ``logit_bias`` range, and
+#: as many texts as a completion's context shows names, with room to spare.
+MAX_BIAS = 100.0
+MAX_BIAS_TEXTS = 256
+MAX_BIAS_TEXT_CHARS = 200
+
+
+def _text_bias(body: dict[str, Any], name: str) -> dict[str, float]:
+    """An object of text -> number in [-100, 100] (ds-engine's extension: a bias on the
+    first token of each text, at the first generated token)."""
+    value = body.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise invalid(name, f"'{name}' must be an object of text -> number")
+    if len(value) > MAX_BIAS_TEXTS:
+        raise invalid(name, f"'{name}' holds at most {MAX_BIAS_TEXTS} texts")
+    out: dict[str, float] = {}
+    for text, bias in value.items():
+        if not text or len(text) > MAX_BIAS_TEXT_CHARS:
+            raise invalid(name, f"each text of '{name}' must have 1 to "
+                          f"{MAX_BIAS_TEXT_CHARS} characters")
+        if bias is None:
+            raise invalid(name, f"'{name}[{text!r}]' must be a number")
+        out[text] = _number(value, text, 0.0, low=-MAX_BIAS, high=MAX_BIAS, name=name)
+    return out
 
 
 # ----------------------------------------------------------------- responses

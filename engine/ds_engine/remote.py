@@ -799,6 +799,9 @@ class RemoteEngine:
                               ("timeout_s", request.deadline)):
                 if at is not None:
                     body[field] = round(max(0.001, at - now), 3)
+            if request.first_token_bias:  # no other server takes it (vLLM's logit_bias
+                # holds for every token, not the first)
+                body["first_token_bias"] = dict(request.first_token_bias)
         for name in self._dropped:
             body.pop(name, None)
         return body

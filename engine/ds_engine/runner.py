@@ -69,7 +69,8 @@ class ResultCache:
             return None
         material = json.dumps(
             [model, request.prompt, request.max_tokens, list(request.stop),
-             request.temperature, request.adapter, adapter_digest]
+             request.temperature, request.adapter, adapter_digest, request.min_tokens,
+             sorted(request.first_token_bias.items())]
         )
         return hashlib.sha256(material.encode("utf-8")).hexdigest()
 

@@ -454,6 +454,7 @@ class _GenerateHandler(_Base):
             top_p=req.top_p, stop=stop, timeout_s=req.timeout_s, seed=req.seed,
             priority=req.priority, adapter=adapter, min_tokens=req.min_tokens,
             queue_timeout_s=req.queue_timeout_s, user=req.user,
+            first_token_bias=req.first_token_bias,
         )
         engine.check_admission(request)  # sheds before the prompt is tokenized
         window = engine.context_window()

@@ -306,3 +306,42 @@ def test_min_tokens_masks_ending_tokens_at_the_start(tiny_loaded) -> None:
     assert run(0, marker) == ("", FinishReason.STOP)  # "<file_sep>" is cut at once
     assert run(1, eos) == (x, FinishReason.STOP)  # one token, then the end may come
     assert run(2, marker) == (x + x, FinishReason.STOP)
+
+
+def test_first_token_bias_moves_the_first_token_only(tiny_loaded) -> None:
+    """The bias lifts the first token of each text at the first step, and no later."""
+    from ds_engine.generation import SequenceState
+
+    tok = tiny_loaded.tokenizer
+    word = tok.encode("x", add_special_tokens=False)[0]
+    name = tok.encode("Request", add_special_tokens=False)[0]
+
+    def run(bias: dict[str, float]) -> list[int]:
+        seq = SequenceState(GenerationRequest(PROMPT, max_tokens=3, first_token_bias=bias),
+                            tok, context_window=2048, stop_token_ids={tok.eos_token_id})
+        for _ in range(3):
+            logits = torch.zeros(len(tok))
+            logits[word], logits[name] = 3.0, 1.0  # "x" wins unless "Request" is lifted
+            if seq.accept(logits):
+                break
+        return seq.output_ids
+
+    assert run({}) == [word, word, word]
+    assert run({"Request": 1.5}) == [word, word, word]  # 2.5 < 3: not enough
+    assert run({"Request": 2.5}) == [name, word, word]  # the first step only
+    assert run({"Request": 2.5, "": 9.0}) == [name, word, word]  # an empty text is no token
+
+
+def test_first_token_bias_changes_a_real_greedy_start(tiny_loaded) -> None:
+    """On the tiny model the biased first token is the named text's, and the rest of the
+    sequence is decoded as usual from there."""
+    tok = tiny_loaded.tokenizer
+    plain = greedy_ids(tiny_loaded, PROMPT, 4)
+    target = tok.encode("zebra", add_special_tokens=False)[0]
+    assert plain[0] != target
+    ids: list[int] = []
+    generate(tiny_loaded, GenerationRequest(PROMPT, max_tokens=4,
+                                            first_token_bias={"zebra": 100.0}),
+             on_token=ids.append)
+    assert ids[0] == target
+    assert len(ids) == 4

@@ -202,6 +202,11 @@ async def test_result_cache_returns_the_same_result_and_counts(fresh_engine: Loc
     # Any difference in the request is a miss; sampling is never cached.
     await fresh_engine.generate(GenerationRequest(BASE, max_tokens=7, stop=["\n\n"]))
     await fresh_engine.generate(GenerationRequest(BASE, max_tokens=7, stop=["\n"]))
+    # min_tokens and the first token's bias change the output: they are part of the key.
+    await fresh_engine.generate(GenerationRequest(BASE, max_tokens=7, stop=["\n"],
+                                                  min_tokens=1))
+    await fresh_engine.generate(GenerationRequest(BASE, max_tokens=7, stop=["\n"],
+                                                  first_token_bias={"zebra": 9.0}))
     for _ in range(2):
         await fresh_engine.generate(GenerationRequest(BASE, max_tokens=8, temperature=0.7))
     assert fresh_engine.info().counters.result_cache_hits == before.counters.result_cache_hits + 2

@@ -546,6 +546,11 @@ async def test_ds_engine_serve_gets_the_deadlines_and_a_long_queue_is_not_a_fail
             assert len(sent) == 1  # not retried
             assert 0.5 < sent[0]["queue_timeout_s"] <= 1.0
             assert 4.5 < sent[0]["timeout_s"] <= 5.0
+            assert "first_token_bias" not in sent[0]  # none asked
+            srv.script = late_start(0, ["c"])
+            await asyncio.wait_for(engine.generate(
+                GenerationRequest("p", timeout_s=5, first_token_bias={"helper": 3.0})), 10)
+            assert srv.completions()[-1]["first_token_bias"] == {"helper": 3.0}
             counters = engine.info().counters
             assert counters.shed_total == 0 and engine.failures_total == 0
             assert engine.state is EngineState.READY
@@ -578,10 +583,12 @@ async def test_a_generic_server_gets_no_deadline_fields_and_late_headers_are_ret
     async with ready(server, timeout_s=0.3, retries=1) as engine:
         with pytest.raises(BackendError, match="no answer"):
             await asyncio.wait_for(engine.generate(
-                GenerationRequest("p", timeout_s=5, queue_timeout_s=2.0)), 10)
+                GenerationRequest("p", timeout_s=5, queue_timeout_s=2.0,
+                                  first_token_bias={"helper": 3.0})), 10)
         sent = server.completions()
         assert len(sent) == 2
         assert "queue_timeout_s" not in sent[0] and "timeout_s" not in sent[0]
+        assert "first_token_bias" not in sent[0]
 
 
 @pytest.mark.parametrize("reason", [FinishReason.CANCELLED, FinishReason.STOP])

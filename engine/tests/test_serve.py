@@ -351,6 +351,7 @@ def test_chat_is_rendered_with_the_template_and_fields_reach_the_engine(
         "max_tokens": 50, "temperature": 0.5, "top_p": 0.9, "seed": 7, "stop": "##",
         "user": "alice", "priority": 2, "min_tokens": 3, "queue_timeout_s": 1.5,
         "unknown_field": {"ignored": True}, "logit_bias": None,
+        "first_token_bias": {"helper": 3, "Box": -1.5},
     })
     assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["message"]["content"] == "print('hello')"
@@ -364,6 +365,7 @@ def test_chat_is_rendered_with_the_template_and_fields_reach_the_engine(
         50, 0.5, 0.9, 7)
     assert request.user == "alice" and request.priority is Priority.BATCH
     assert request.min_tokens == 3 and request.queue_timeout_s == 1.5
+    assert request.first_token_bias == {"helper": 3.0, "Box": -1.5}
     assert request.adapter is None
 
     # Completions: the prompt is taken as rendered; vLLM's priority 0 is interactive.
@@ -428,6 +430,19 @@ BAD_REQUESTS = [
     ("/v1/completions", {"prompt": "x", "model": 5}, 400, "model"),
     ("/v1/completions", {"prompt": "x", "max_tokens": 4, "min_tokens": 5}, 400, "min_tokens"),
     ("/v1/completions", {"prompt": "x", "stream_options": []}, 400, "stream_options"),
+    ("/v1/completions", {"prompt": "x", "first_token_bias": ["a"]}, 400, "first_token_bias"),
+    ("/v1/completions", {"prompt": "x", "first_token_bias": {"a": "high"}}, 400,
+     "first_token_bias"),
+    ("/v1/completions", {"prompt": "x", "first_token_bias": {"a": 101}}, 400,
+     "first_token_bias"),
+    ("/v1/completions", {"prompt": "x", "first_token_bias": {"a": None}}, 400,
+     "first_token_bias"),
+    ("/v1/completions", {"prompt": "x", "first_token_bias": {"": 1}}, 400,
+     "first_token_bias"),
+    ("/v1/completions", {"prompt": "x", "first_token_bias": {"a" * 201: 1}}, 400,
+     "first_token_bias"),
+    ("/v1/completions", {"prompt": "x", "first_token_bias": {
+        f"n{i}": 1 for i in range(257)}}, 400, "first_token_bias"),
     ("/v1/completions", {"prompt": "x", "model": "gpt-4"}, 404, "model"),
     ("/v1/chat/completions", {"messages": []}, 400, "messages"),
     ("/v1/chat/completions", {"messages": "hi"}, 400, "messages"),

@@ -209,6 +209,51 @@ def _is_comment(line: str) -> bool:
     return line.lstrip().startswith("#")
 
 
+_NEW_NAME = re.compile(r"(\b(def|class|as|for|global|nonlocal|lambda)|[\w)\]}'\"])[ \t]+$")
+_NAME_STARTS_AFTER = frozenset(" \t([{,=:.+-*/%<>!&|^~@;")
+
+
+def at_name_start(prefix: str) -> bool:
+    """Whether the next characters are the start of an existing name: the cursor stands
+    in code (not a string or a comment) after an operator, a bracket, a comma or the
+    indentation, and not where a new name is bound (``def |``, ``as |``, ``for |``) or
+    after a finished operand (``x |``: an operator or a keyword comes next)."""
+    if open_triple_quote(prefix) is not None:
+        return False
+    line = prefix.rsplit("\n", 1)[-1]
+    if line and line[-1] not in _NAME_STARTS_AFTER:
+        return False
+    if re.search(r"(^|[^\w.])\d[\w.]*\.$", line):
+        return False  # ``1.``: a number goes on
+    quote: str | None = None
+    i = 0
+    while i < len(line):
+        ch = line[i]
+        if quote is not None:
+            if ch == "\\":
+                i += 1
+            elif line.startswith(quote, i):
+                i += len(quote) - 1
+                quote = None
+        elif ch == "#":
+            return False
+        elif ch in "\"'":
+            quote = line[i:i + 3] if line[i:i + 3] in ('"""', "'''") else ch
+            i += len(quote) - 1
+        i += 1
+    if quote is not None:
+        return False
+    keyword = re.search(r"([A-Za-z_]\w*)[ \t]+$", line)
+    if keyword is not None and keyword.group(1) in _EXPRESSION_KEYWORDS:
+        return True  # ``return |``, ``if |``, ``in |``: an expression comes next
+    return _NEW_NAME.search(line) is None
+
+
+_EXPRESSION_KEYWORDS = frozenset((
+    "return", "yield", "if", "elif", "while", "in", "not", "and", "or", "is", "else",
+    "assert", "raise", "await", "del", "with", "from", "import", "print"))
+
+
 def open_triple_quote(prefix: str) -> str | None:
     """The triple quote left open before the cursor's line (the cursor is in a docstring
     or another multi-line string), else None."""

@@ -35,15 +35,25 @@ from jupyter_ds.completion.requests import (
 )
 from jupyter_ds.completion.rules import (
     CompletionContext,
+    at_name_start,
     block_complete,
     missing_body_indent,
     postprocess,
 )
 from jupyter_ds.completion.validate import longest_valid
-from jupyter_ds.context import ContextGatherer, ContextQuery, Gathered, as_comments
+from jupyter_ds.context import (
+    PYTHON_LANGUAGES,
+    ContextGatherer,
+    ContextQuery,
+    Gathered,
+    as_comments,
+)
 from jupyter_ds.context.grounding import ground
 from jupyter_ds.engine_calls import engine_errors, ensure_ready
 from jupyter_ds.errors import timed_out
+
+#: ``context_start_bias``'s default (see :meth:`CompletionService._start_bias`).
+DEFAULT_START_BIAS = 0.0
 
 
 @dataclass
@@ -73,6 +83,9 @@ class CompletionSettings:
     context_tokens: int = 384
     # Check suggestions against the kernel's names and columns (context/grounding.py).
     kernel_grounding: bool = True
+    # Logit bias toward the first token of the names whose definitions the context shows,
+    # at a cursor where a name starts (rules.at_name_start); 0 turns it off.
+    context_start_bias: float = DEFAULT_START_BIAS
 
 
 def on_blank_line(prefix: str, suffix: str) -> bool:
@@ -229,10 +242,29 @@ class CompletionService:
             # On a blank line the user waits for code: "nothing" is never the answer there
             # (an FIM model learns to end at once where a line is already complete).
             min_tokens=1 if on_blank_line(req.prefix, req.suffix) else 0,
+            first_token_bias=self._start_bias(req, extra),
         )
         if request_id:
             gen.request_id = request_id
         return gen
+
+    def _start_bias(self, req: CompleteRequest, extra: Gathered | None) -> dict[str, float]:
+        """The names the context shows, nudged at a cursor where a name starts.
+
+        A small model shown a definition hundreds of tokens back seldom reaches for it: on
+        cross-file cursors it began with the typed name as often with the definition in
+        its prompt as without (26 against 27 of 73 cursors). A bias on the first token
+        only leaves the rest of the suggestion to the model."""
+        bias = self.settings.context_start_bias
+        if bias <= 0 or extra is None or req.language.lower() not in PYTHON_LANGUAGES:
+            return {}
+        names = extra.starts()
+        if not names or not at_name_start(req.prefix):
+            return {}
+        for block in extra.blocks:
+            if block.starts:
+                extra.note(block.source, nudged=len(block.starts))
+        return {name: bias for name in names}
 
     def _admit(self) -> None:
         """Shed an overloaded completion now, before its prompt is tokenized: under a

@@ -56,6 +56,9 @@ class ContextBlock:
     # What certainly exists where the code runs (the kernel's names and columns), for
     # checking the suggestion (:mod:`jupyter_ds.context.grounding`); None: not known.
     known: Any = None
+    # Names a suggestion at a name's start may well begin with (the definitions this
+    # block shows): the completion service nudges the first token toward them.
+    starts: list[str] = field(default_factory=list)
 
 
 class ContextSource(Protocol):
@@ -82,6 +85,10 @@ class Gathered:
     def known(self) -> tuple[str, Any] | None:
         """The first block's ``known`` names, with its source's name; None if none."""
         return next(((b.source, b.known) for b in self.blocks if b.known is not None), None)
+
+    def starts(self) -> list[str]:
+        """Every block's :attr:`ContextBlock.starts`, once each, in block order."""
+        return list(dict.fromkeys(n for b in self.blocks for n in b.starts))
 
     def note(self, source: str, **facts: Any) -> None:
         """Add ``facts`` to ``source``'s entry of the report (what it changed)."""

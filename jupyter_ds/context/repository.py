@@ -461,7 +461,9 @@ class RepositoryContext:
         text, used = self._fit(definitions, snippets, budget_tokens, count)
         if not text:
             return None
-        return ContextBlock(self.name, text, used=used, skipped=dict(self.index.skipped))
+        shown = {p.used: p.used.rsplit(":", 1)[1] for p in definitions}
+        return ContextBlock(self.name, text, used=used, skipped=dict(self.index.skipped),
+                            starts=[shown[u] for u in used if u in shown])
 
     def defined_names(self, query: ContextQuery) -> set[str]:
         """The names whose definitions in other files this cursor's imports reach (what
