@@ -30,8 +30,8 @@ from typing import Any
 from results_io import publish
 from sampling import percent, quantile
 
-from jupyter_ds.context import IDENTIFIER, ContextQuery
-from jupyter_ds.finetune.context import DEFAULT_CONTEXT_TOKENS, TrainingContext, package_of
+from jupyter_ds.context import DEFAULT_CONTEXT_TOKENS, IDENTIFIER, ContextQuery
+from jupyter_ds.finetune.context import TrainingContext, package_of
 from jupyter_ds.finetune.data import build_corpus
 from jupyter_ds.finetune.fim import SpanSampler
 

@@ -11,7 +11,13 @@ from ds_engine.testing import ScriptedEngine
 
 from jupyter_ds.completion.requests import CompleteRequest
 from jupyter_ds.completion.service import CompletionService, CompletionSettings
-from jupyter_ds.context import ContextBlock, ContextGatherer, ContextQuery, as_comments
+from jupyter_ds.context import (
+    DEFAULT_CONTEXT_TOKENS,
+    ContextBlock,
+    ContextGatherer,
+    ContextQuery,
+    as_comments,
+)
 
 
 class Source:
@@ -55,6 +61,8 @@ async def test_sources_go_before_the_code_in_order_and_are_reported():
     query, budget = kernel.queries[-1]
     assert (query.path, query.prefix, query.language) == ("nb.py", "y = ", "python")
     assert 0 < budget <= 384
+    # The budget fine-tuning builds its blocks within is this one (at the defaults).
+    assert budget == DEFAULT_CONTEXT_TOKENS
 
 
 async def test_a_slow_or_failing_source_adds_nothing_and_does_not_delay():

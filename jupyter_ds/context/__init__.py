@@ -30,6 +30,9 @@ CountTokens = Callable[[str], int]
 # Kernel languages whose names the kernel source describes and grounding checks.
 PYTHON_LANGUAGES = frozenset(("python", "ipython", "python3"))
 IDENTIFIER = re.compile(r"[^\W\d]\w*")  # a Python identifier, Unicode letters included
+# What the completion service gives context at its default settings, min(context_tokens
+# 384, (max_prompt_tokens 1024 - 8) // 3): fine-tuning builds its blocks within it.
+DEFAULT_CONTEXT_TOKENS = 338
 
 
 @dataclass(frozen=True)

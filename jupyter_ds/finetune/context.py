@@ -29,7 +29,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from jupyter_ds.context import IDENTIFIER, ContextQuery, as_comments
+from jupyter_ds.context import (
+    DEFAULT_CONTEXT_TOKENS,
+    IDENTIFIER,
+    ContextQuery,
+    as_comments,
+)
 from jupyter_ds.context.repository import (
     IndexLimits,
     InlineWorker,
@@ -39,9 +44,6 @@ from jupyter_ds.context.repository import (
 
 log = logging.getLogger(__name__)
 
-# What the completion service gives repository context at its default settings:
-# min(context_tokens=384, (max_prompt_tokens=1024 - 8) // 3).
-DEFAULT_CONTEXT_TOKENS = 338
 # Lines that start like these are not cursors for a name defined elsewhere.
 _NOT_A_USE = ("import ", "from ", "def ", "class ", "async def ", "@", "#", '"', "'")
 

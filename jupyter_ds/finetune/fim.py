@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from ds_engine.templates import FimFormat
 
+from jupyter_ds.context import DEFAULT_CONTEXT_TOKENS
+
 if TYPE_CHECKING:
     from jupyter_ds.finetune.context import TrainingContext
 
@@ -58,7 +60,7 @@ class FimSettings:
     # and the block's budget (the completion service's at its defaults).
     cross_file_rate: float = 0.0
     context_rate: float = 0.0
-    max_context_tokens: int = 338
+    max_context_tokens: int = DEFAULT_CONTEXT_TOKENS
 
 
 @dataclass
