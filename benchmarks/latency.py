@@ -12,6 +12,10 @@ completion prompt, ``CompletionService._prompt``) by each of
 - ``engine_prefix_cache``: the same with the KV-prefix cache;
 - ``engine_prefix_cache_int8``: the same with the KV-prefix cache and INT8 linear layers
   (weight-only int8, the rest of the model in bfloat16);
+- ``engine_prefix_cache_int8_spec``: the INT8 engine with speculative decoding from the
+  prompt (``--speculative-tokens`` drafted tokens verified per forward,
+  :mod:`ds_engine.speculative`); its outputs are compared with the INT8 engine's, which
+  they must equal (greedy), and the share of drafted tokens the model kept is reported;
 - ``llama_cpp``: llama-cpp-python on the same GGUF file the engine loads, one ``Llama``
   object for the whole run, so that it reuses the KV of the common prompt prefix of
   consecutive calls as the engine's prefix cache does (only the ``bench`` extra has it;
@@ -78,13 +82,16 @@ LABELS = {
     "engine_no_cache": "engine, no optimisation",
     "engine_prefix_cache": "engine + KV-prefix cache",
     "engine_prefix_cache_int8": "engine + KV-prefix cache + INT8",
+    "engine_prefix_cache_int8_spec": "engine + KV-prefix cache + INT8 + speculative decoding "
+    "from the prompt",
     "llama_cpp": "llama.cpp (llama-cpp-python, same GGUF, one `Llama`: prefix KV reuse)",
     "engine_product_path": "engine + KV-prefix cache, server path (cut at line/block end)",
     "engine_product_path_int8": "engine + KV-prefix cache + INT8, server path",
 }
 PRODUCT_PATHS = ("engine_product_path", "engine_product_path_int8")
 COMPARED = ["naive", "engine_no_cache", "engine_prefix_cache", "engine_prefix_cache_int8",
-            "llama_cpp"]
+            "engine_prefix_cache_int8_spec", "llama_cpp"]
+JUDGED = ("engine_prefix_cache", "engine_prefix_cache_int8", "engine_prefix_cache_int8_spec")
 
 
 def log(message: str) -> None:
@@ -267,6 +274,11 @@ def engine_info(engine: LocalEngine) -> Callable[[], dict[str, Any]]:
             ),
             "model_memory_mb": round(data["model_memory_bytes"] / 2**20, 1),
             "quantization": data["quantization"],
+            **({"draft_steps": data["draft_steps_total"],
+                "draft_tokens": data["draft_tokens_total"],
+                "draft_accepted_share": round(data["draft_tokens_accepted_total"]
+                                              / data["draft_tokens_total"], 3)}
+               if data.get("draft_tokens_total") else {}),
         }
 
     return info
@@ -401,6 +413,11 @@ async def typing_run(args: argparse.Namespace, cache: str | None) -> dict[str, A
             cache_dir=cache, result_cache_entries=0, quantization="int8"
         ),
     }
+    if args.speculative_tokens > 0:
+        engines["engine_prefix_cache_int8_spec"] = LocalEngine(
+            cache_dir=cache, result_cache_entries=0, quantization="int8",
+            speculative_tokens=args.speculative_tokens,
+        )
     if not args.no_product_path:
         engines["engine_product_path"] = LocalEngine(cache_dir=cache, result_cache_entries=0)
         engines["engine_product_path_int8"] = LocalEngine(
@@ -503,9 +520,12 @@ async def typing_run(args: argparse.Namespace, cache: str | None) -> dict[str, A
         }
 
     targets: dict[str, Any] = {}
-    best = min(
-        ("engine_prefix_cache", "engine_prefix_cache_int8"), key=lambda n: rows[n]["full_p50_ms"]
-    )
+    if "engine_prefix_cache_int8_spec" in rows:
+        spec = variants["engine_prefix_cache_int8_spec"].samples
+        plain = variants["engine_prefix_cache_int8"].samples
+        rows["engine_prefix_cache_int8_spec"]["output_equals_int8"] = round(
+            sum(a.text == b.text for a, b in zip(spec, plain, strict=True)) / len(spec), 3)
+    best = min((n for n in JUDGED if n in rows), key=lambda n: rows[n]["full_p50_ms"])
     ours = rows[best]
     targets["judged_variant"] = best
     targets["prefix_cache_full_speedup_vs_naive"] = ours["full_speedup_vs_naive"]
@@ -653,6 +673,14 @@ def markdown(report: dict[str, Any]) -> str:
             if row.get("decode_ms_per_token_p50") is not None
         ) + f"; building the engine's prompt: {r['prompt_build_p50_ms']} ms (p50)."
     )
+    spec = report["variants"].get("engine_prefix_cache_int8_spec")
+    if spec is not None:
+        lines.append(
+            f"- Speculative decoding from the prompt: {spec.get('draft_tokens', 0)} tokens "
+            f"drafted in {spec.get('draft_steps', 0)} forwards, "
+            f"{spec.get('draft_accepted_share', 0):.1%} kept; output equal to the INT8 "
+            f"engine's: {spec['output_equals_int8']:.0%}."
+        )
     load = report["load"]
     lines.append(
         f"- Model load: {load['first_s']} s first start"
@@ -676,6 +704,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lines", type=int, default=8,
                         help="how many lines to type (default 8: 38 keystrokes)")
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--speculative-tokens", type=int, default=4,
+                        help="drafted tokens per forward of the speculative variant (0: "
+                        "leave the variant out)")
     parser.add_argument("--n-ctx", type=int, default=2048, help="llama.cpp context size")
     parser.add_argument("--no-llama-cpp", action="store_true", help="skip llama.cpp")
     parser.add_argument("--no-product-path", action="store_true",

@@ -65,6 +65,34 @@ async def test_sources_go_before_the_code_in_order_and_are_reported():
     assert budget == DEFAULT_CONTEXT_TOKENS
 
 
+async def test_context_comes_on_top_of_the_cursors_own_text():
+    """The block is added to the prompt: the file keeps all of ``max_prompt_tokens``
+    (as fine-tuning builds its examples), and only the context window bounds the sum."""
+    prefix = "".join(f"value_{i} = compute({i})\n" for i in range(400)) + "y = "
+    block = "".join(f"def helper_{i}(x: int) -> int\n" for i in range(40))
+
+    async def prompt(*sources: Source, window: int | None = None) -> str:
+        engine = ScriptedEngine(["x"])
+        if window is not None:
+            engine.context_window = lambda: window  # type: ignore[method-assign]
+        svc = CompletionService(engine, CompletionSettings(max_prompt_tokens=600),
+                                ContextGatherer(sources))
+        await svc.complete(CompleteRequest(prefix=prefix, path="a.py"))
+        return engine.prompts[-1]
+
+    plain = await prompt()
+    with_block = await prompt(Source("repository", block))
+    start = plain.index("value_")
+    own = plain[start:]
+    assert own in with_block and "# def helper_0(x: int) -> int" in with_block
+    assert len(own) < len(prefix) - 1000  # the file was trimmed to its budget
+    # A window too small for both: the file gives way, the whole prompt still fits it.
+    tight = await prompt(Source("repository", block), window=700)
+    assert "# def helper_0(x: int) -> int" in tight
+    kept = tight[tight.index("value_"):]
+    assert len(kept) < len(own) and own.endswith(kept)
+
+
 async def test_a_slow_or_failing_source_adds_nothing_and_does_not_delay():
     slow = Source("kernel", "never shown", delay=5.0, timeout_s=0.1)
     broken = Source("repository", "never shown either", fail=True)

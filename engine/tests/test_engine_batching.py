@@ -309,3 +309,47 @@ def test_waiting_queue_order_and_reserved_slot() -> None:
     assert queue.pop_admissible([reqs["e1"]], 1) is None  # full
     assert queue.pop_admissible([], 1) == "t1"  # a single slot is not reserved
     assert queue.remove_where(lambda name: name == "t2") == ["t2"] and len(queue) == 0
+
+
+async def test_a_long_prefill_delays_a_running_decode_by_one_chunk_at_most(
+        tiny_model_path: Path, monkeypatch) -> None:
+    """A fresh cursor's long prompt is forwarded one chunk per engine step, each followed
+    by a decode step of the running batch: the user already being answered waits at most
+    one chunk per token, never the whole prompt."""
+    import ds_engine.runner as runner_module
+
+    events: list[str] = []
+    real_prefill, real_step = runner_module.prefill_step, DecodeBatch.step
+
+    def prefill(seq, *args, **kwargs):
+        events.append(f"P{seq.request.request_id}")
+        return real_prefill(seq, *args, **kwargs)
+
+    def step(self):
+        events.append("D" + ",".join(s.request.request_id for s in self.seqs))
+        return real_step(self)
+
+    monkeypatch.setattr(runner_module, "prefill_step", prefill)
+    monkeypatch.setattr(DecodeBatch, "step", step)
+    engine = LocalEngine(model_path=tiny_model_path, device="cpu", dtype="float32",
+                         prefill_chunk=8, result_cache_entries=0, prefix_cache_entries=0,
+                         warmup=False)
+    engine.load()
+    try:
+        running = GenerationRequest(PROMPTS[1], max_tokens=LONG)
+        running.request_id = "run"
+        task = asyncio.create_task(engine.generate(running))
+        await _until(lambda: engine.info().counters.tokens_generated_total >= 5)
+        fresh = GenerationRequest("value = compute(x)\n" * 60, max_tokens=4)
+        fresh.request_id = "new"
+        answer = await engine.generate(fresh)
+        assert answer.token_count == 4
+        assert engine.cancel("run")
+        await task
+    finally:
+        engine.close()
+    chunks = [i for i, e in enumerate(events) if e == "Pnew"]
+    assert len(chunks) >= 40  # about 480 prompt tokens, 8 at a time
+    # Between two chunks of the new prompt, the running request decoded a token.
+    for a, b in zip(chunks, chunks[1:], strict=False):
+        assert any(e.startswith("D") and "run" in e for e in events[a + 1:b]), events[a:b + 1]
