@@ -347,8 +347,8 @@ class JupyterDsApp(ExtensionApp):
         "suggestion is the model's own. At most 100.")
     context_tokens = Int(
         384, config=True,
-        help="Prompt tokens that kernel and repository context may take at most (never "
-        "more than a third of the prompt).")
+        help="Tokens that kernel and repository context may add to the prompt at most "
+        "(never more than a third of max_prompt_tokens), on top of the cursor's own text.")
     git_exclude = List(
         Unicode(),
         default_value=list(DEFAULT_EXCLUDE),

@@ -526,6 +526,9 @@ async def test_the_names_shown_are_nudged_at_a_name_start_only(tmp_path, ctx_clo
     ctx_close(ctx)
     block = await gather(ctx, "app/main.py", "from pkg.util import helper, Thing\n\nvalue = ")
     assert block is not None and set(block.starts) == {"helper", "Thing"}
+    # A name imported under another one starts as the file writes it.
+    aliased = await gather(ctx, "app/main.py", "from pkg.util import helper as h\n\nv = ")
+    assert aliased is not None and aliased.starts == ["h"]
     assert all(u.endswith(tuple(":" + n for n in block.starts)) for u in block.used
                if ":L" not in u)
 
@@ -541,6 +544,8 @@ async def test_the_names_shown_are_nudged_at_a_name_start_only(tmp_path, ctx_clo
         (head + "value = hel", on, {}),  # mid-word: the model's own continuation
         (head + "value = 'a ", on, {}),  # in a string
         (head + "def ", on, {}),  # a new name
+        (head + "    ", on, {}),  # a statement's start: keywords and locals come there too
+        (head + "value = helper.", on, {}),  # an attribute
         (head + "value = ", off, {}),  # the default: off
     ]:
         answer = await service.complete(CompleteRequest(prefix=prefix, suffix="\n",
@@ -559,6 +564,6 @@ def test_a_bad_start_bias_is_a_clear_error_at_startup(bad):
 
     from jupyter_ds.app import JupyterDsApp
 
-    with pytest.raises(TraitError, match="JupyterDsApp.context_start_bias must be between"):
+    with pytest.raises(TraitError, match=r"JupyterDsApp\.context_start_bias must be between"):
         JupyterDsApp(context_start_bias=bad)
     assert JupyterDsApp(context_start_bias=2.5).context_start_bias == 2.5

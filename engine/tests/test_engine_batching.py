@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from pathlib import Path
 
@@ -351,5 +352,5 @@ async def test_a_long_prefill_delays_a_running_decode_by_one_chunk_at_most(
     chunks = [i for i, e in enumerate(events) if e == "Pnew"]
     assert len(chunks) >= 40  # about 480 prompt tokens, 8 at a time
     # Between two chunks of the new prompt, the running request decoded a token.
-    for a, b in zip(chunks, chunks[1:], strict=False):
+    for a, b in itertools.pairwise(chunks):
         assert any(e.startswith("D") and "run" in e for e in events[a + 1:b]), events[a:b + 1]

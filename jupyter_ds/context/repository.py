@@ -363,6 +363,7 @@ class _Piece:
     text: str
     used: str
     header: str
+    name: str = ""  # a symbol's name where the cursor's file uses it (its import alias)
 
 
 class RepositoryContext:
@@ -461,7 +462,7 @@ class RepositoryContext:
         text, used = self._fit(definitions, snippets, budget_tokens, count)
         if not text:
             return None
-        shown = {p.used: p.used.rsplit(":", 1)[1] for p in definitions}
+        shown = {p.used: p.name for p in definitions if p.name}
         return ContextBlock(self.name, text, used=used, skipped=dict(self.index.skipped),
                             starts=[shown[u] for u in used if u in shown])
 
@@ -549,6 +550,7 @@ class RepositoryContext:
             if piece is None or (piece.path, piece.used) in seen:
                 continue
             seen.add((piece.path, piece.used))
+            piece.name = local
             use = last_use.get(local)
             ranked.append((-(use if use is not None else -1), order, piece))
         ranked.sort(key=lambda r: (r[0], r[1]))
@@ -629,7 +631,7 @@ class RepositoryContext:
                 high = mid - 1
         if best is None:
             return None, 0
-        return _Piece(piece.path, best[0], piece.used, piece.header), best[1]
+        return _Piece(piece.path, best[0], piece.used, piece.header, piece.name), best[1]
 
     def _fit(self, definitions: list[_Piece], snippets: list[_Piece], budget: int,
              count: CountTokens) -> tuple[str, list[str]]:
