@@ -29,10 +29,11 @@ other's identical prompt), behind the server's ``CompletionService`` with its de
 settings, greedy, ``--max-tokens`` tokens: ``none`` (no context source), ``repository``
 (``ContextGatherer([RepositoryContext.for_root(root)])`` with the server's default limits
 and 50 ms budget, fully indexed and every module's symbols parsed before the run: warm;
-the service's default ``context_start_bias``, or ``--start-bias``) and
-``repository_prompt`` (the same block in the prompt, ``context_start_bias`` 0: what the
-prompt alone does). The arms answer the same cursors with the same path, interleaved cursor
-by cursor, their order alternating; one warm-up completion per arm first.
+the service's default settings) and ``repository_nudged`` (the same, with
+``context_start_bias`` ``--start-bias``, 4 by default: the first token biased toward the
+names the block shows, mid-line; off in the server by default). The arms answer the same
+cursors with the same path, interleaved cursor by cursor, their order alternating; one
+warm-up completion per arm first.
 
 Metrics per arm, per package and in total: exact match and edit similarity of the first
 line of the service's final output against the target, both stripped
@@ -84,7 +85,8 @@ PACKAGES = (
     "requests==2.32.3",
     "flask==3.0.3",
 )
-ARMS = ("none", "repository_prompt", "repository")
+ARMS = ("none", "repository", "repository_nudged")
+START_BIAS = 4.0  # the nudged arm's context_start_bias
 MIN_TARGET = 4  # characters of the hidden rest of the line, stripped
 SOURCE = "repository"
 TARGET_GAIN_PERCENT = 30.0  # EM, relative, repository vs none
@@ -454,13 +456,13 @@ async def run_package(engine: Any, package: Package, cursors: list[Cursor],
     assert source is not None
     try:
         warm = warm_source(source)
-        settings = _settings(args.start_bias)
+        settings = _settings()
         services = {
             "none": CompletionService(engine, settings, ContextGatherer([])),
-            "repository_prompt": CompletionService(
-                engine, dataclasses.replace(settings, context_start_bias=0.0),
-                ContextGatherer([source])),
             "repository": CompletionService(engine, settings, ContextGatherer([source])),
+            "repository_nudged": CompletionService(
+                engine, dataclasses.replace(settings, context_start_bias=args.start_bias),
+                ContextGatherer([source])),
         }
         rows = []
         for k, cursor in enumerate(cursors):
@@ -534,7 +536,7 @@ def gain(summaries: dict[str, dict[str, Any]], arm: str = "repository") -> dict[
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     arms = {arm: summarize_arm([r[arm] for r in rows]) for arm in ARMS}
-    return {**arms, "gain": gain(arms), "gain_prompt": gain(arms, "repository_prompt"),
+    return {**arms, "gain": gain(arms), "gain_nudged": gain(arms, "repository_nudged"),
             "source": summarize_source(rows) if rows else None}
 
 
@@ -629,10 +631,9 @@ async def run(args: argparse.Namespace, engine: Any | None = None) -> dict[str, 
         "method": (
             "Cross-file cursors in real PyPI packages (before the first name on a code line "
             "that another file of the package defines); the same engine, greedy, answers "
-            "each cursor with no context, with the warm repository context in the prompt "
-            "only, and with the server's default (the block, and the first token nudged "
-            "toward the names it shows); the first line of the final output is scored "
-            "against the rest of the line."),
+            "each cursor with no context, with the warm repository context (the server's "
+            "default), and with it and the first token nudged toward the names it shows; "
+            "the first line of the final output is scored against the rest of the line."),
         "model": info.get("name"),
         "adapter": info.get("adapter"),
         "engine": {"args": engine_args(args) if own else None,
@@ -641,7 +642,7 @@ async def run(args: argparse.Namespace, engine: Any | None = None) -> dict[str, 
                    "load_s": load_s},
         "settings": {"max_tokens": args.max_tokens, "cursors_per_package":
                      args.cursors_per_package, "min_target_chars": MIN_TARGET,
-                     "completion": asdict(_settings(args.start_bias)),
+                     "completion": asdict(_settings()), "nudged_start_bias": args.start_bias,
                      "source": "RepositoryContext.for_root "
                      "defaults (timeout 0.05 s, refresh 5 s, 5000 files, 10 MB)"},
         "adapter_manifest": {**manifest, "overlapping_files": sum(
@@ -657,14 +658,10 @@ async def run(args: argparse.Namespace, engine: Any | None = None) -> dict[str, 
     }
 
 
-def _settings(start_bias: float | None = None) -> Any:
-    """The server's completion settings (``context_start_bias`` overridden if given)."""
+def _settings() -> Any:
     from jupyter_ds.completion.service import CompletionSettings
 
-    settings = CompletionSettings()
-    if start_bias is not None:
-        settings = dataclasses.replace(settings, context_start_bias=start_bias)
-    return settings
+    return CompletionSettings()
 
 
 def cell(value: Any) -> str:
@@ -680,31 +677,35 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         report["method"],
         "",
-        "Arms: `none` (no context), `prompt` (the repository block in the prompt only, "
-        "`context_start_bias` 0) and `repo` (the server's default: the block, and "
-        f"`context_start_bias` {report['settings']['completion']['context_start_bias']:g} "
-        "on the first token toward the names it shows where a name starts).",
+        "Arms: `none` (no context), `repo` (the server's default: the repository block "
+        "before the code, on top of the file's own prompt budget) and `nudged` (the same, "
+        f"with `context_start_bias` {report['settings']['nudged_start_bias']:g}: the first "
+        "token biased toward the names the block shows, at mid-line cursors where a name "
+        "starts; an option, off by default).",
         "",
-        "| package | cursors | EM none | EM prompt | EM repo | EM gain repo (rel.) "
-        "| ES none / prompt / repo | offered none / prompt / repo "
+        "| package | cursors | EM none | EM repo | EM gain repo (rel.) | EM nudged "
+        "| EM gain nudged (rel.) | ES none / repo / nudged | offered none / repo / nudged "
         "| latency p50/p95 none ms | latency p50/p95 repo ms "
         "| source p50/p95 ms | used/empty/timeout | source tokens (mean) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
+        "| --- |",
     ]
     versions = {p["name"]: p["version"] for p in report["packages"]}
     for key in [*versions, "total"]:
         s = res[key]
-        none, prompt, repo, g = s["none"], s["repository_prompt"], s["repository"], s["gain"]
+        none, repo, nudged = s["none"], s["repository"], s["repository_nudged"]
+        g, gn = s["gain"], s["gain_nudged"]
         src = s["source"] or {}
         states = src.get("states", {})
         label = f"{key} {versions[key]}" if key in versions else "**total**"
         out.append(
             f"| {label} | {none['cursors']} | {cell(none['exact_match'])} "
-            f"| {cell(prompt['exact_match'])} | {cell(repo['exact_match'])} "
-            f"| {cell(g['exact_match_points'])} pts "
-            f"({cell(g['exact_match_relative_percent'])}%) | {cell(none['edit_similarity'])} / "
-            f"{cell(prompt['edit_similarity'])} / {cell(repo['edit_similarity'])} "
-            f"| {cell(none['offered'])} / {cell(prompt['offered'])} / {cell(repo['offered'])} "
+            f"| {cell(repo['exact_match'])} | {cell(g['exact_match_points'])} pts "
+            f"({cell(g['exact_match_relative_percent'])}%) | {cell(nudged['exact_match'])} "
+            f"| {cell(gn['exact_match_points'])} pts "
+            f"({cell(gn['exact_match_relative_percent'])}%) | {cell(none['edit_similarity'])} / "
+            f"{cell(repo['edit_similarity'])} / {cell(nudged['edit_similarity'])} "
+            f"| {cell(none['offered'])} / {cell(repo['offered'])} / {cell(nudged['offered'])} "
             f"| {cell(none['p50_ms'])} / {cell(none['p95_ms'])} "
             f"| {cell(repo['p50_ms'])} / {cell(repo['p95_ms'])} | {cell(src.get('ms_p50'))} / "
             f"{cell(src.get('ms_p95'))} | {states.get('used', 0)}/{states.get('empty', 0)}/"
@@ -748,9 +749,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--quantization", default="auto")
     parser.add_argument("--work", type=Path, default=WORK, help="wheels and extracted repos")
-    parser.add_argument("--start-bias", type=float, default=None,
-                        help="the repository arm's context_start_bias (default: the "
-                        "server's)")
+    parser.add_argument("--start-bias", type=float, default=START_BIAS,
+                        help="the nudged arm's context_start_bias (default: %(default)s)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
     if args.cursors_per_package < 1 or args.max_tokens < 1:

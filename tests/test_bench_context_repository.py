@@ -153,6 +153,9 @@ def test_the_pinned_packages_are_not_the_stdlib(cr):
         cr.split_spec("click")
 
 
+ARMS = ("none", "repository", "repository_nudged")
+
+
 def test_a_short_run_of_every_arm(cr, repo, tmp_path, tiny_model_dir):
     out = tmp_path / "out"
     report = cr.main(["--local", str(repo), "--model", str(tiny_model_dir), "--adapter",
@@ -162,16 +165,16 @@ def test_a_short_run_of_every_arm(cr, repo, tmp_path, tiny_model_dir):
     table = (out / "context_repository.md").read_text()
     assert "| **total** | 5 |" in table and "| mypkg local | 5 |" in table
 
-    assert report["arms"] == ["none", "repository_prompt", "repository"]
-    assert report["settings"]["completion"]["context_start_bias"] == 4.0
+    assert report["arms"] == ["none", "repository", "repository_nudged"]
+    assert report["settings"]["nudged_start_bias"] == 4.0
     assert report["packages"][0]["candidates"] == 5
     assert report["packages"][0]["in_adapter_manifest"] == []
     assert report["packages"][0]["index"]["files"] == 4
     assert set(report["results"]) == {"total", "mypkg"}
     rows = report["per_cursor"]
     assert [(r["path"], r["line"]) for r in rows] == [(e[0], e[1]) for e in EXPECTED]
-    assert [r["order"] for r in rows[:2]] == [["none", "repository_prompt", "repository"],
-                                              ["repository", "repository_prompt", "none"]]
+    assert [r["order"] for r in rows[:2]] == [["none", "repository", "repository_nudged"],
+                                              ["repository_nudged", "repository", "none"]]
     for row in rows:
         assert row["none"]["context"] is None  # no source asked
         ctx = row["repository"]["context"]
@@ -179,16 +182,16 @@ def test_a_short_run_of_every_arm(cr, repo, tmp_path, tiny_model_dir):
         assert ctx["tokens"] > 0 and ctx["ms"] >= 0
         if row["name"] == "scale":
             assert "mypkg/helpers.py:scale" in ctx["used"]
-        # Every cursor stands where a name starts: the default arm nudges (not after
-        # ``helpers.``: an attribute), the prompt-only arm never.
-        assert (ctx.get("nudged", 0) >= 1) is (row["kind"] == "import"), row
-        prompt_ctx = row["repository_prompt"]["context"]
-        assert prompt_ctx["used"] == ctx["used"] and "nudged" not in prompt_ctx
-        for arm in ("none", "repository_prompt", "repository"):
+        # Every cursor stands where a name starts: the nudged arm nudges (not after
+        # ``helpers.``: an attribute), the server's default never.
+        nudged = row["repository_nudged"]["context"]
+        assert (nudged.get("nudged", 0) >= 1) is (row["kind"] == "import"), row
+        assert nudged["used"] == ctx["used"] and "nudged" not in ctx
+        for arm in ARMS:
             assert "error" not in row[arm], row[arm]
             assert 0.0 <= row[arm]["edit_similarity"] <= 1.0 and row[arm]["ms"] > 0
     total = report["results"]["total"]
-    for arm in ("none", "repository_prompt", "repository"):
+    for arm in ARMS:
         s = total[arm]
         assert s["cursors"] == 5 and s["errors"] == 0
         for metric in ("exact_match", "edit_similarity", "offered"):
