@@ -90,7 +90,9 @@ class SamplingRequest:
     prompt. The ds-engine extensions ``timeout_s`` and ``queue_timeout_s`` carry
     :class:`ds_engine.interface.GenerationRequest`'s deadlines across the wire, so a
     stale inline completion is shed on the GPU box rather than started late; vLLM
-    ignores them.
+    ignores them. ``first_token_bias`` (text -> bias in [-100, 100], at most 256 texts)
+    carries :attr:`GenerationRequest.first_token_bias`: unlike OpenAI's ``logit_bias``,
+    which holds for every token, it moves the first generated token only.
     """
 
     model: str | None
