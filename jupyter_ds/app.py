@@ -341,10 +341,10 @@ class JupyterDsApp(ExtensionApp):
         "completions ask).")
     context_start_bias = Float(
         DEFAULT_START_BIAS, config=True,
-        help="Where a name starts (after an operator, a bracket, a comma, `return`, the "
-        "indentation...), add this to the first token's logits for each name whose "
-        "definition the repository context shows; 0 turns it off. The rest of the "
-        "suggestion is the model's own. At most 100.")
+        help="At a mid-line cursor where a name starts (after an operator, a bracket, a "
+        "comma, `return`...; not at a statement's start, not after a dot), add this to the "
+        "first token's logits for each name whose definition the repository context "
+        "shows; 0 turns it off. The rest of the suggestion is the model's own. At most 100.")
     context_tokens = Int(
         384, config=True,
         help="Tokens that kernel and repository context may add to the prompt at most "

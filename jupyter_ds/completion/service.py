@@ -85,7 +85,7 @@ class CompletionSettings:
     # Check suggestions against the kernel's names and columns (context/grounding.py).
     kernel_grounding: bool = True
     # Logit bias toward the first token of the names whose definitions the context shows,
-    # at a cursor where a name starts (rules.at_name_start); 0 turns it off.
+    # at a mid-line cursor where a name starts (_start_bias); 0 turns it off.
     context_start_bias: float = DEFAULT_START_BIAS
 
 
