@@ -499,6 +499,8 @@ def test_missing_body_indent(prefix: str, suffix: str, expected: str) -> None:
     # Mid-word, after a finished operand, or where a new name is bound: not a name's start.
     ("foo", False), ("x ", False), ("foo) ", False), ("def ", False), ("class ", False),
     ("with open(f) as ", False), ("for ", False), ("lambda ", False), ("x = 1.", False),
+    ("def f(a, ", False), ("async def f(", False), ("def f(a: ", True), ("def f() -> ", True),
+    ("class C(", True),
     # In a string or a comment.
     ("s = 'abc ", False), ("# see ", False), ("x = 1  # see ", False),
 ])

@@ -243,6 +243,8 @@ def at_name_start(prefix: str) -> bool:
         i += 1
     if quote is not None:
         return False
+    if re.match(r"[ \t]*(async[ \t]+)?def\b", line) and not re.search(r"(:|->)[ \t]*$", line):
+        return False  # ``def f(a, |``: a parameter, a new name (not after ``:``/``->``)
     keyword = re.search(r"([A-Za-z_]\w*)[ \t]+$", line)
     if keyword is not None and keyword.group(1) in _EXPRESSION_KEYWORDS:
         return True  # ``return |``, ``if |``, ``in |``: an expression comes next
