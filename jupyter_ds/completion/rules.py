@@ -131,11 +131,9 @@ _COLON_END = re.compile(r":[ \t]*(#.*)?$")
 _DEF = re.compile(r"(async[ \t]+)?(def|class)\b")
 
 
-def _scan(line: str, depth: int, quote: str | None) -> tuple[int, str | None]:
-    """Bracket depth and open triple quote after ``line``, starting from ``depth``/``quote``.
-
-    Skips strings and comments. A single-quoted string ends with its line.
-    """
+def _walk(line: str, depth: int, quote: str | None) -> tuple[int, str | None, bool]:
+    """Bracket depth, the quote still open and whether a comment ends ``line``, starting
+    from ``depth``/``quote``; strings and comments are skipped."""
     i, n = 0, len(line)
     while i < n:
         ch = line[i]
@@ -149,7 +147,7 @@ def _scan(line: str, depth: int, quote: str | None) -> tuple[int, str | None]:
                 i += 1
             continue
         if ch == "#":
-            break
+            return depth, None, True
         if ch in "\"'":
             quote = line[i : i + 3] if line[i : i + 3] in ('"""', "'''") else ch
             i += len(quote)
@@ -159,6 +157,15 @@ def _scan(line: str, depth: int, quote: str | None) -> tuple[int, str | None]:
         elif ch in _CLOSERS:
             depth = max(depth - 1, 0)
         i += 1
+    return depth, quote, False
+
+
+def _scan(line: str, depth: int, quote: str | None) -> tuple[int, str | None]:
+    """Bracket depth and open triple quote after ``line``, starting from ``depth``/``quote``.
+
+    Skips strings and comments. A single-quoted string ends with its line.
+    """
+    depth, quote, _ = _walk(line, depth, quote)
     if quote is not None and len(quote) == 1:
         quote = None
     return depth, quote
@@ -211,6 +218,9 @@ def _is_comment(line: str) -> bool:
 
 _NEW_NAME = re.compile(r"(\b(def|class|as|for|global|nonlocal|lambda)|[\w)\]}'\"])[ \t]+$")
 _NAME_STARTS_AFTER = frozenset(" \t([{,=:.+-*/%<>!&|^~@;")
+_EXPRESSION_KEYWORDS = frozenset((
+    "return", "yield", "if", "elif", "while", "in", "not", "and", "or", "is", "else",
+    "assert", "raise", "await", "del", "with", "from", "import", "print"))
 
 
 def at_name_start(prefix: str) -> bool:
@@ -225,35 +235,15 @@ def at_name_start(prefix: str) -> bool:
         return False
     if re.search(r"(^|[^\w.])\d[\w.]*\.$", line):
         return False  # ``1.``: a number goes on
-    quote: str | None = None
-    i = 0
-    while i < len(line):
-        ch = line[i]
-        if quote is not None:
-            if ch == "\\":
-                i += 1
-            elif line.startswith(quote, i):
-                i += len(quote) - 1
-                quote = None
-        elif ch == "#":
-            return False
-        elif ch in "\"'":
-            quote = line[i:i + 3] if line[i:i + 3] in ('"""', "'''") else ch
-            i += len(quote) - 1
-        i += 1
-    if quote is not None:
-        return False
+    _, quote, comment = _walk(line, 0, None)
+    if quote is not None or comment:
+        return False  # in a string or a comment
     if re.match(r"[ \t]*(async[ \t]+)?def\b", line) and not re.search(r"(:|->)[ \t]*$", line):
         return False  # ``def f(a, |``: a parameter, a new name (not after ``:``/``->``)
     keyword = re.search(r"([A-Za-z_]\w*)[ \t]+$", line)
     if keyword is not None and keyword.group(1) in _EXPRESSION_KEYWORDS:
         return True  # ``return |``, ``if |``, ``in |``: an expression comes next
     return _NEW_NAME.search(line) is None
-
-
-_EXPRESSION_KEYWORDS = frozenset((
-    "return", "yield", "if", "elif", "while", "in", "not", "and", "or", "is", "else",
-    "assert", "raise", "await", "del", "with", "from", "import", "print"))
 
 
 def open_triple_quote(prefix: str) -> str | None:
