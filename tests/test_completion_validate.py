@@ -7,7 +7,7 @@ import time
 import pytest
 
 from jupyter_ds.completion.rules import CompletionContext, postprocess
-from jupyter_ds.completion.validate import longest_valid, mask_ipython, parses
+from jupyter_ds.completion.validate import longest_valid, mask_ipython, needs_code, parses
 
 PARSES = [
     pytest.param("x = 1\n", True, id="simple"),
@@ -88,6 +88,14 @@ LONGEST = [
           "class A:\n    ", "\n", "def f(self):\n        return 1"),
     valid("decorated-function-window", "return 'hi'", "@app.route('/')\ndef index():\n    ",
           "\n", "return 'hi'"),
+    valid("top-level-decorator-before-def", "property", "import os\n\n\n@",
+          "\ndef f():\n    return 1\n\n\ndef g():\n    pass\n", "property"),
+    valid("top-level-decorator-before-decorated-class", "attrs(slots=True)", "x = 1\n\n\n@",
+          "\n@other\n# why\nclass A:\n    pass\n\ny = 2\n", "attrs(slots=True)"),
+    valid("top-level-decorator-line-written-whole", "@pytest.fixture", "import pytest\n\n\n",
+          "\ndef db():\n    return 1\n", "@pytest.fixture"),
+    valid("top-level-decorator-before-no-def", "property", "x = 1\n\n\n@", "\ny = 2\n",
+          None),
     valid("nested-block-dangling-else", "if x:\n            yield x\n        else:",
           "def f(xs):\n    for x in xs:\n        ", "\n", "if x:\n            yield x"),
     valid("suffix-else-kept-in-window", "a = 1", "if x:\n    ", "\nelse:\n    pass\n", "a = 1"),
@@ -268,6 +276,31 @@ def test_large_file_is_fast() -> None:
     assert elapsed < 1.0, f"validation took {elapsed * 1000:.0f} ms"
 
 
+NEEDS_CODE = [
+    pytest.param("x = ", "\n", True, "python", id="assignment"),
+    pytest.param("x = 1", "\n", False, "python", id="finished-line"),
+    pytest.param("import os\n\n\n@", "\ndef f():\n    pass\n", True, "python", id="decorator"),
+    pytest.param("try:\n    pass\nexcept ", "\n    pass\n", True, "python", id="except"),
+    pytest.param("foo(a, ", "\n", True, "python", id="open-call"),
+    pytest.param("foo(a, ", ")\n", False, "python", id="call-closed-after-cursor"),
+    pytest.param("def f():\n    return ", "\n", False, "python", id="bare-return"),
+    pytest.param("def f():\n    x = ", "\n    return x\n", True, "python", id="in-a-function"),
+    pytest.param("x = ", "\n", False, "javascript", id="no-validator"),
+    pytest.param("%%bash\nls ", "\n", False, "python", id="bash-cell"),
+    pytest.param("def broken(:\n    pass\n\n\nx = 1", "\n", False, "python",
+                 id="error-above"),
+    # compile reports the first error only: one above hides the cursor's (no min token).
+    pytest.param("def broken(:\n    pass\n\n\nx = ", "\n", False, "python",
+                 id="error-above-hides-the-cursors"),
+    pytest.param("lf = ", "\n    value, mode)\n", True, "python", id="continuation-below"),
+]
+
+
+@pytest.mark.parametrize(("prefix", "suffix", "expected", "language"), NEEDS_CODE)
+def test_needs_code(prefix: str, suffix: str, expected: bool, language: str) -> None:
+    assert needs_code(prefix, suffix, language) is expected
+
+
 @pytest.mark.parametrize(
     ("prefix", "suffix", "wanted"),
     [
@@ -276,11 +309,15 @@ def test_large_file_is_fast() -> None:
         ("", "", 1),  # an empty document
         ("def f(x):\n    return ", "\n", 0),  # inside a line: ending at once is an answer
         ("def f(x):\n    ", "x = 1\n", 0),  # text right of the cursor
+        ("def f(x):\n    y = ", "\n    return y\n", 1),  # unfinished without an answer
+        ("@", "\ndef f(x):\n    return x\n", 1),  # a decorator being typed
     ],
-    ids=["blank-indented", "after-header", "empty", "mid-line", "text-after"],
+    ids=["blank-indented", "after-header", "empty", "mid-line", "text-after", "unfinished",
+         "decorator"],
 )
-async def test_a_blank_line_always_gets_a_suggestion(prefix, suffix, wanted):
-    """The service asks the engine for at least one token where the line is blank."""
+async def test_a_blank_or_unfinished_line_always_gets_a_suggestion(prefix, suffix, wanted):
+    """The service asks the engine for at least one token where the line is blank or the
+    code cannot stand without one."""
     from ds_engine.testing import ScriptedEngine
 
     from jupyter_ds.completion.requests import CompleteRequest

@@ -40,7 +40,7 @@ from jupyter_ds.completion.rules import (
     missing_body_indent,
     postprocess,
 )
-from jupyter_ds.completion.validate import longest_valid
+from jupyter_ds.completion.validate import longest_valid, needs_code
 from jupyter_ds.context import (
     PYTHON_LANGUAGES,
     ContextGatherer,
@@ -246,9 +246,11 @@ class CompletionService:
             affinity_key=req.path or None,  # the same file, the same replica's KV cache
             seed=index,
             adapter=adapter,
-            # On a blank line the user waits for code: "nothing" is never the answer there
-            # (an FIM model learns to end at once where a line is already complete).
-            min_tokens=1 if on_blank_line(req.prefix, req.suffix) else 0,
+            # On a blank line, or where the code is unfinished without it (``x = |``,
+            # ``@|``), the user waits for code: "nothing" is never the answer there (an FIM
+            # model learns to end at once where a line is already complete).
+            min_tokens=1 if on_blank_line(req.prefix, req.suffix)
+            or needs_code(req.prefix, req.suffix, req.language) else 0,
             first_token_bias=self._start_bias(req, extra),
         )
         if request_id:

@@ -33,7 +33,7 @@ from jupyter_ds.completion.rules import (
     first_logical_line_count,
 )
 
-__all__ = ["PYTHON_BODY_CELL_MAGICS", "longest_valid", "mask_ipython", "parses"]
+__all__ = ["PYTHON_BODY_CELL_MAGICS", "longest_valid", "mask_ipython", "needs_code", "parses"]
 
 #: Cell magics whose body is Python: the ``%%`` line is masked and the body validated. Any
 #: other cell that starts with ``%%`` (``%%bash``, ``%%sql``, ...) is not Python: accepted.
@@ -131,14 +131,20 @@ def _statement_starts(lines: list[str]) -> list[int]:
     return starts
 
 
-def _head_ok(head: str) -> bool:
+def _syntax_error(code: str) -> BaseException | None:
+    """The error that parsing ``code`` to an AST raises (its ``lineno`` says where), or
+    None when it parses."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            compile(head, "<head>", "exec", ast.PyCF_ONLY_AST | _TOP_LEVEL_AWAIT, dont_inherit=True)
-    except _ERRORS:
-        return False
-    return True
+            compile(code, "<code>", "exec", ast.PyCF_ONLY_AST | _TOP_LEVEL_AWAIT, dont_inherit=True)
+    except _ERRORS as exc:
+        return exc
+    return None
+
+
+def _head_ok(head: str) -> bool:
+    return _syntax_error(head) is None
 
 
 # A fragment is most often a function body: ``return`` and ``await`` must stay legal in it.
@@ -191,18 +197,28 @@ def _fragment_start(lines: list[str]) -> tuple[int, int]:
     return 0, 0
 
 
+_DECORATED = re.compile(r"(?:async[ \t]+def|def|class)\b|@")
+
+
 @lru_cache(maxsize=16)
-def _split_suffix(suffix: str) -> tuple[int, int]:
+def _split_suffix(suffix: str, decorating: bool = False) -> tuple[int, int]:
     """Where a window may end in ``suffix``: (checked, nearest); see ``_split_prefix``.
 
     With no top-level line after the cursor's, the window takes the whole suffix, and as the
     fallback the suffix up to its last line that leaves no bracket or triple-quoted string
     open (the suffix may have been trimmed in the middle of a statement).
+
+    ``decorating``: the cursor's line, completed, is a top-level decorator. Then the
+    definition it decorates, the first ``def``/``class``
+    after it with only blank lines, comments and decorators between, is no boundary: a
+    window ending before it would leave ``@property`` with nothing to decorate.
     """
     lines = suffix.split("\n")
     offsets = _line_offsets(lines)
     # Line 0 is the rest of the cursor's line.
     starts = [i + 1 for i in _statement_starts(lines[1:])]
+    if decorating:
+        starts = [i for i in starts if not _decorated_by_cursor(lines, i)]
     if not starts:
         return len(suffix), _last_closed_line_end(lines, offsets)
     nearest = offsets[starts[0]]
@@ -211,6 +227,14 @@ def _split_suffix(suffix: str) -> tuple[int, int]:
         if masked is None or _head_ok(masked):
             return offsets[index], nearest
     return nearest, nearest
+
+
+def _decorated_by_cursor(lines: list[str], index: int) -> bool:
+    """Whether suffix line ``index`` is a definition or decorator with nothing but blank
+    lines, comments and decorators between it and the cursor's line."""
+    return _DECORATED.match(lines[index]) is not None and all(
+        not line.strip() or line.lstrip().startswith(("#", "@")) for line in lines[1:index]
+    )
 
 
 def _last_closed_line_end(lines: list[str], offsets: list[int]) -> int:
@@ -297,22 +321,12 @@ def longest_valid(
         return completion or None
     if not completion.strip():
         return None
-    cell = _CELL_MAGIC.match(prefix.lstrip("\r\n") or completion.lstrip("\r\n"))
-    if cell and cell.group(1) not in PYTHON_BODY_CELL_MAGICS:
+    windows = _windows(completion, prefix, suffix)
+    if windows is None:  # a cell that is not Python
         return completion.rstrip()
-    head, near_head = _split_prefix(prefix)
-    tail, near_tail = _split_suffix(suffix)
-    windows = [(head, tail, False)]
-    if (near_head, near_tail) != (head, tail):
-        # The checked window failing everything may be the fault of an error far away.
-        windows.append((near_head, near_tail, True))
     ctx = CompletionContext(prefix, suffix, language)
     candidates = _candidates(completion, first_logical_line_count(completion, ctx))
-    for (start, header), end, unchecked in windows:
-        before, after = header + prefix[start:], suffix[:end]
-        if start and cell:
-            # The window must not lose the cell magic that decides how the cell is read.
-            before = "%%" + cell.group(1) + "\n" + before
+    for before, after, (start, end, unchecked) in windows:
         for candidate in candidates:
             code = mask_ipython(before + candidate + after)
             if code is not None and not (_compiles(code) and (not strict or _cst_parses(code))):
@@ -323,6 +337,56 @@ def longest_valid(
     return None
 
 
+_Window = tuple[str, str, tuple[int, int, bool]]  # before, after, (start, end, unchecked)
+
+
+def _windows(completion: str, prefix: str, suffix: str) -> list[_Window] | None:
+    """The code around the cursor to compile a completion in: the checked window, then
+    the nearest one (unchecked) where it differs; None for a cell that is not Python."""
+    cell = _CELL_MAGIC.match(prefix.lstrip("\r\n") or completion.lstrip("\r\n"))
+    if cell and cell.group(1) not in PYTHON_BODY_CELL_MAGICS:
+        return None
+    head, near_head = _split_prefix(prefix)
+    # A top-level decorator, typed or suggested, must keep its definition in the window.
+    decorating = (prefix.rpartition("\n")[2] + completion).startswith("@")
+    tail, near_tail = _split_suffix(suffix, decorating)
+    spans = [(head, tail, False)]
+    if (near_head, near_tail) != (head, tail):
+        # The checked window failing everything may be the fault of an error far away.
+        spans.append((near_head, near_tail, True))
+    out = []
+    for (start, header), end, unchecked in spans:
+        before, after = header + prefix[start:], suffix[:end]
+        if start and cell:
+            # The window must not lose the cell magic that decides how the cell is read.
+            before = "%%" + cell.group(1) + "\n" + before
+        out.append((before, after, (start, end, unchecked)))
+    return out
+
+
+def needs_code(prefix: str, suffix: str, language: str = "python") -> bool:
+    """Whether the code around the cursor fails to compile with nothing inserted there
+    (``x = |``, ``@|``, ``except |``, ``foo(a, |``): an empty answer is never right.
+
+    Only the checked window is compiled (its edges parse on their own), and an error
+    found above the cursor's line is someone else's: it does not make every cursor
+    below it look unfinished. False for languages that have no validator and for cells
+    that are not Python.
+    """
+    if language.lower() not in PYTHON_LIKE:
+        return False
+    windows = _windows("", prefix, suffix)
+    if windows is None:
+        return False
+    before, after, _ = windows[0]
+    code = mask_ipython(before + after)
+    error = None if code is None else _syntax_error(code)
+    if error is None:
+        return False
+    line = getattr(error, "lineno", None)
+    return line is None or line > before.count("\n")
+
+
 def _error_elsewhere(prefix: str, candidate: str, suffix: str, start: int, end: int) -> bool:
     """Whether the whole file parses, or fails only outside the window (start, end).
 
@@ -330,17 +394,12 @@ def _error_elsewhere(prefix: str, candidate: str, suffix: str, start: int, end: 
     window does not see (one ``compile`` of the file; libcst is too slow for that).
     """
     code = mask_ipython(prefix + candidate + suffix)
-    if code is None:
+    error = None if code is None else _syntax_error(code)
+    if error is None:
         return True
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            compile(code, "<file>", "exec", ast.PyCF_ONLY_AST | _TOP_LEVEL_AWAIT, dont_inherit=True)
-    except _ERRORS as exc:
-        line = getattr(exc, "lineno", None)
-        if not line:
-            return False
-        first = prefix.count("\n", 0, start) + 1
-        last = first + (prefix[start:] + candidate + suffix[:end]).count("\n")
-        return not first <= line <= last
-    return True
+    line = getattr(error, "lineno", None)
+    if not line:
+        return False
+    first = prefix.count("\n", 0, start) + 1
+    last = first + (prefix[start:] + candidate + suffix[:end]).count("\n")
+    return not first <= line <= last
