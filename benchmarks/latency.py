@@ -3,7 +3,10 @@
 Replays a person typing through a real file that this project did not write (the standard
 library's ``textwrap``): at every word end inside a line and at every line end of a block
 of consecutive lines, a 16-token greedy completion of the same prompt (the engine's own
-completion prompt, ``CompletionService._prompt``) by each of
+completion prompt, ``CompletionService._prompt``). The lines are being written: the
+suffix is what follows the line, the same at each of its keystrokes
+(``--through-existing``: the cursor moves through the existing lines instead, and the
+suffix holds the rest of each line). The prompt is answered by each of
 
 - ``naive``: plain ``transformers.generate`` on the whole prompt every time (the engine's
   fp32 model, 16 new tokens forced);
@@ -111,17 +114,27 @@ class Point:
     line: int  # 0-based line number in the file
 
 
-def typing_points(source: str, start_line: int, lines: int) -> list[Point]:
-    """Every word end inside, and the end of, each of ``lines`` consecutive lines."""
+def typing_points(source: str, start_line: int, lines: int, *, writing: bool = True
+                  ) -> list[Point]:
+    """Every word end inside, and the end of, each of ``lines`` consecutive lines.
+
+    ``writing``: the lines are being written, so the rest of the line is not there yet:
+    the suffix is what follows the line (its line break on), the same at every keystroke
+    of it, as when a person writes new code. Off: the cursor moves through the existing
+    line and the suffix holds the rest of it, which changes at each point (with a
+    suffix-first FIM template that costs the whole KV-prefix cache at every keystroke).
+    """
     rows = source.splitlines(keepends=True)
     offset = sum(len(x) for x in rows[:start_line])
     points = []
     for number, row in enumerate(rows[start_line : start_line + lines], start_line):
         body = row.rstrip("\r\n")
+        after = source[offset + len(body):]
         for i in range(1, len(body)):
             if _word(body[i - 1]) and not _word(body[i]):
                 at = offset + i
-                points.append(Point(source[:at], source[at:], "mid_line", number))
+                points.append(Point(source[:at], after if writing else source[at:],
+                                    "mid_line", number))
         if body.strip():
             at = offset + len(body)
             points.append(Point(source[:at], source[at:], "line_end", number))
@@ -397,7 +410,8 @@ def measure_load(cache: str | None) -> dict[str, Any]:
 
 async def typing_run(args: argparse.Namespace, cache: str | None) -> dict[str, Any]:
     source = inspect.getsource(textwrap)
-    points = typing_points(source, args.start_line, args.lines)[: args.requests or None]
+    points = typing_points(source, args.start_line, args.lines,
+                           writing=not args.through_existing)[: args.requests or None]
     if not points:
         raise SystemExit("no typing points: check --start-line / --lines")
     max_tokens = args.max_tokens
@@ -550,6 +564,8 @@ async def typing_run(args: argparse.Namespace, cache: str | None) -> dict[str, A
             "file": f"{SOURCE_FILE} (Python {platform.python_version()} standard library)",
             "lines": f"{args.start_line + 1}-{args.start_line + args.lines} (1-based)",
             "keystrokes": len(points),
+            "suffix": "the rest of the file from the cursor (moving through existing lines)"
+            if args.through_existing else "what follows the line being written",
             "mid_line": kinds.count("mid_line"),
             "line_end": kinds.count("line_end"),
             "max_tokens": max_tokens,
@@ -625,7 +641,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"{report['model']}, {m['cpus']} CPUs ({m['torch_threads']} threads), "
         f"{r['keystrokes']} keystrokes ({r['mid_line']} mid-line word ends, {r['line_end']} "
-        f"line ends) through {r['file']}, lines {r['lines']}; {r['max_tokens']} tokens, "
+        f"line ends) through {r['file']}, lines {r['lines']}; suffix: "
+        f"{r.get('suffix', 'the rest of the file from the cursor')}; {r['max_tokens']} tokens, "
         f"greedy, the same prompt for all (p50 {r['prompt_tokens_p50']} tokens). Times in ms; "
         "×naive is the naive full-completion p50 over the variant's.",
         "",
@@ -703,6 +720,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="0-based first line of textwrap.py to type (default 250)")
     parser.add_argument("--lines", type=int, default=8,
                         help="how many lines to type (default 8: 38 keystrokes)")
+    parser.add_argument("--through-existing", action="store_true",
+                        help="the cursor moves through the existing lines, so the suffix "
+                        "holds the rest of each line (default: the lines are being written, "
+                        "the suffix is what follows them)")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--speculative-tokens", type=int, default=4,
                         help="drafted tokens per forward of the speculative variant (0: "
