@@ -515,3 +515,16 @@ def test_at_name_start_is_false_in_a_docstring() -> None:
 
     assert not at_name_start('def f():\n    """Return the\n    ')
     assert at_name_start('def f():\n    """Return the."""\n    ')
+
+
+def test_a_docstring_longer_than_the_scan_window_is_not_read_inside_out() -> None:
+    """The scan of the lines above starts at a definition, never inside a long string:
+    started inside this 70-line docstring, it took the closing quotes for opening ones
+    and the code after them for text."""
+    from jupyter_ds.completion.rules import at_name_start, open_triple_quote
+
+    doc = 'def f():\n    """Doc.\n' + "".join(f"    line {i} of it.\n" for i in range(70))
+    after = doc + '    """\n    x = 1\n    return '
+    assert open_triple_quote(after) is None
+    assert at_name_start(after)
+    assert open_triple_quote(doc + "    more ") == '"""'  # still inside it

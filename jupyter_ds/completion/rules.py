@@ -179,11 +179,29 @@ class _Cursor(NamedTuple):
 
 
 _SCAN_LINES = 60  # how far back the prefix is scanned for open brackets and strings
+_SCAN_MAX_LINES = 400  # ... at most, to start at a definition (see _scan_start)
+_ANCHOR = re.compile(r"[ \t]*(async[ \t]+)?(def|class)[ \t]+\w")
+
+
+def _scan_start(lines: list[str]) -> int:
+    """Where the scan of ``lines`` starts: the last ``def``/``class`` header at or before
+    the last :data:`_SCAN_LINES` lines (up to :data:`_SCAN_MAX_LINES` back), else there.
+
+    A scan must start outside any string: one that starts inside a long docstring reads
+    its closing quotes as opening ones, and everything after as text (seen in tomlkit's
+    parser, where a docstring line was taken for code). A definition's header is code.
+    """
+    start = max(len(lines) - _SCAN_LINES, 0)
+    for i in range(start, max(len(lines) - _SCAN_MAX_LINES, 0) - 1, -1):
+        if _ANCHOR.match(lines[i]):
+            return i
+    return start
 
 
 @lru_cache(maxsize=8)
 def _cursor(prefix: str) -> _Cursor:
-    lines = prefix.split("\n")[-_SCAN_LINES:]
+    lines = prefix.split("\n")
+    lines = lines[_scan_start(lines):]
     depth, quote = 0, None
     stmt_indent = 0  # indentation of the line that began the current logical line
     colon_indent: int | None = None  # set when the last logical line ends with ':'
