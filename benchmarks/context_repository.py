@@ -20,7 +20,11 @@ the line (for ``mod.attr``: right after ``mod.``); the prefix is the file up to 
 the suffix the rest of the file from that line's break, the hidden target the rest of
 the line (skipped when shorter than :data:`MIN_TARGET` characters stripped). At most
 ``--cursors-per-package`` per package, spread evenly over the candidates sorted by
-(path, line).
+(path, line). ``--cursors mid-line`` takes the other set instead (:func:`midline_cursors`:
+the first place after ``= ``, ``(``, ``return `` or ``, `` on each code line of the files
+that import from another file of the package), which shows what a context option costs
+where the typed name is mostly not another file's; it is written to
+``context_repository_midline.{json,md}``.
 
 Arms: one engine as the server builds it by default (``LocalEngine``, dtype and
 quantization ``auto``, the ``auto`` adapter: the embedded SmolLM2-135M with its shipped
@@ -44,7 +48,8 @@ its tokens (mean), its states (used/empty/timeout/error), and how often the curs
 name was among the definitions it used.
 
     .venv/bin/python benchmarks/context_repository.py [--packages click==8.1.7 ...]
-        [--cursors-per-package 20] [--max-tokens 48] [--out benchmarks/results]
+        [--cursors cross-file|mid-line] [--cursors-per-package 20] [--max-tokens 48]
+        [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -370,18 +375,60 @@ def file_cursors(package: str, rel: str, text: str, modules: dict[str, str]) -> 
     return out
 
 
+MID_LINE = re.compile(r"= |\(|return |, ")  # where a mid-line cursor may stand
+
+
+def midline_cursors(package: str, rel: str, text: str, modules: dict[str, str]
+                    ) -> list[Cursor]:
+    """The other kind of cursor, for what a context option costs where the typed name is
+    not another file's: in a file that imports from another file of the package (so the
+    block is there), on each code line (the lines :func:`file_cursors` leaves out are left
+    out here too) the first place after ``= ``, ``(``, ``return `` or ``, `` whose rest of
+    the line is at least :data:`MIN_TARGET` characters; kind ``mid-line``, no name."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return []
+    names, mods = cross_file_bindings(tree, rel, modules)
+    if not names and not mods:
+        return []
+    skip = excluded_lines(tree)
+    comments = comment_columns(text)
+    out = []
+    offset = 0
+    for row, line in enumerate(text.split("\n"), 1):
+        start = offset
+        offset += len(line) + 1
+        if row in skip or row in comments or not line.strip():
+            continue
+        for match in MID_LINE.finditer(line):
+            col = match.end()
+            if len(line[col:].strip()) >= MIN_TARGET:
+                out.append(Cursor(package, rel, row, col, "", "", "mid-line",
+                                  prefix=text[:start + col], target=line[col:],
+                                  suffix=text[start + len(line):]))
+                break
+    return out
+
+
+CURSOR_SETS = {"cross-file": file_cursors, "mid-line": midline_cursors}
+
+
 def package_cursors(package: str, root: Path, per_package: int,
-                    leave_out: Iterable[str] = ()) -> tuple[list[Cursor], int]:
-    """(the sampled cursors, how many candidates there were) of the package at ``root``."""
+                    leave_out: Iterable[str] = (), kind: str = "cross-file"
+                    ) -> tuple[list[Cursor], int]:
+    """(the sampled cursors, how many candidates there were) of the package at ``root``;
+    ``kind`` names the set (:data:`CURSOR_SETS`)."""
     files = python_files(root)
     modules = module_names(files)
     skip = set(leave_out)
+    find = CURSOR_SETS[kind]
     candidates: list[Cursor] = []
     for rel in files:
         text = read_text(root / rel)
         if text is None or rel in skip:
             continue
-        candidates.extend(file_cursors(package, rel, text, modules))
+        candidates.extend(find(package, rel, text, modules))
     candidates.sort(key=lambda c: (c.path, c.line))
     return spread(candidates, per_package), len(candidates)
 
@@ -607,7 +654,8 @@ async def run(args: argparse.Namespace, engine: Any | None = None) -> dict[str, 
             files = python_files(package.root)
             overlap = in_manifest(package.root, files, digests)
             cursors, candidates = package_cursors(package.name, package.root,
-                                                  args.cursors_per_package, overlap)
+                                                  args.cursors_per_package, overlap,
+                                                  args.cursors)
             chosen[package.name] = cursors
             meta[package.name] = {
                 "name": package.name, "version": package.version, "wheel": package.wheel,
@@ -620,7 +668,7 @@ async def run(args: argparse.Namespace, engine: Any | None = None) -> dict[str, 
                 f"candidate cursors, {len(cursors)} chosen, {len(overlap)} in the manifest")
         total = sum(len(c) for c in chosen.values())
         if not total:
-            raise SystemExit("no cross-file cursors")
+            raise SystemExit(f"no {args.cursors} cursors")
         # One warm-up completion per arm (first-call costs), not counted.
         first = next(c[0] for c in chosen.values() if c)
         first_pkg = next(p for p in packages if p.name == first.package)
@@ -644,12 +692,12 @@ async def run(args: argparse.Namespace, engine: Any | None = None) -> dict[str, 
         results[package.name] = summarize([r for r in rows if r["package"] == package.name])
     return {
         "benchmark": "context_repository",
-        "method": (
-            "Cross-file cursors in real PyPI packages (before the first name on a code line "
-            "that another file of the package defines); the same engine, greedy, answers "
-            "each cursor with no context, with the warm repository context (the server's "
-            "default), and with it and the first token nudged toward the names it shows; "
-            "the first line of the final output is scored against the rest of the line."),
+        "method": METHODS[args.cursors] + (
+            "; the same engine, greedy, answers each cursor with no context, with the warm "
+            "repository context (the server's default), and with it and the first token "
+            "nudged toward the names it shows; the first line of the final output is scored "
+            "against the rest of the line."),
+        "cursor_set": args.cursors,
         "model": info.get("name"),
         "adapter": info.get("adapter"),
         "engine": {"args": engine_args(args) if own else None,
@@ -674,6 +722,16 @@ async def run(args: argparse.Namespace, engine: Any | None = None) -> dict[str, 
     }
 
 
+METHODS = {
+    "cross-file": "Cross-file cursors in real PyPI packages (before the first name on a "
+    "code line that another file of the package defines)",
+    "mid-line": "Mid-line cursors in real PyPI packages (on code lines of files that import "
+    "from another file of the package, the first place after `= `, `(`, `return ` or `, `; "
+    "mostly not before another file's name: what a context option costs elsewhere)",
+}
+OUTPUTS = {"cross-file": "context_repository", "mid-line": "context_repository_midline"}
+
+
 def _settings() -> Any:
     from jupyter_ds.completion.service import CompletionSettings
 
@@ -687,7 +745,8 @@ def cell(value: Any) -> str:
 def markdown(report: dict[str, Any]) -> str:
     res = report["results"]
     out = [
-        f"# Repository context: cross-file completion ({report['model']}, adapter "
+        f"# Repository context: {report.get('cursor_set', 'cross-file')} completion "
+        f"({report['model']}, adapter "
         f"{report['adapter'] or 'none'}, {report['engine']['quantization']}, greedy, max "
         f"{report['settings']['max_tokens']} tokens)",
         "",
@@ -729,19 +788,25 @@ def markdown(report: dict[str, Any]) -> str:
     tgt = report["target"]
     src = res["total"]["source"] or {}
     man = report["adapter_manifest"]
-    out += [
-        "",
+    targets = (
         f"Targets: EM +{tgt['exact_match_gain']['target_relative_percent']:g}% relative with "
         f"repository context: {cell(tgt['exact_match_gain']['got'])}% "
-        f"({'met' if tgt['exact_match_gain']['met'] else 'not met'}); source p50 <= "
+        f"({'met' if tgt['exact_match_gain']['met'] else 'not met'}); "
+        if report.get("cursor_set", "cross-file") == "cross-file" else
+        "Not the target's cursor set (the EM target is on cross-file cursors): this one "
+        "shows what each arm costs or gains elsewhere. Target: ")
+    out += [
+        "",
+        targets + "source p50 <= "
         f"{tgt['source_latency']['target_p50_ms']:g} ms warm: "
         f"{cell(tgt['source_latency']['got_p50_ms'])} ms "
         f"({'met' if tgt['source_latency']['met'] else 'not met'}). Completion latency "
         f"added by the context (per cursor, repo − none): p50 "
         f"{cell(src.get('completion_added_ms_p50'))} ms, p95 "
-        f"{cell(src.get('completion_added_ms_p95'))} ms. The cursor's own name was among the "
-        f"definitions used at {src.get('cursor_name_defined', 0)} of "
-        f"{res['total']['none']['cursors']} cursors.",
+        f"{cell(src.get('completion_added_ms_p95'))} ms."
+        + (f" The cursor's own name was among the definitions used at "
+           f"{src.get('cursor_name_defined', 0)} of {res['total']['none']['cursors']} cursors."
+           if report.get("cursor_set", "cross-file") == "cross-file" else ""),
         "",
         "The two context arms send the same prompt, so the second to run finds it all in "
         "the engine's KV-prefix cache: their latencies count only the cursors where they "
@@ -761,6 +826,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="pinned NAME==VERSION wheels from PyPI (default: %(default)s)")
     parser.add_argument("--local", nargs="+", metavar="DIR",
                         help="repository roots on disk instead of --packages (tests)")
+    parser.add_argument("--cursors", choices=sorted(CURSOR_SETS), default="cross-file",
+                        help="the cursor set (default: %(default)s; mid-line: what the "
+                        "options cost elsewhere, written to context_repository_midline)")
     parser.add_argument("--cursors-per-package", type=int, default=20)
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--model", help="a model folder (default: the embedded model)")
@@ -786,7 +854,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     report = asyncio.run(run(args))
-    publish(report, markdown(report), args.out, "context_repository")
+    publish(report, markdown(report), args.out, OUTPUTS[args.cursors])
     return report
 
 

@@ -129,6 +129,25 @@ def test_cursors_are_cross_file_uses_only(cr, repo):
     assert cr.spread([1, 2], 5) == [1, 2]
 
 
+def test_mid_line_cursors_stand_after_an_operator_in_files_with_cross_file_imports(cr, repo):
+    """The set that shows what a context option costs where the typed name is mostly not
+    another file's: one cursor per code line, after ``= ``, ``(``, ``return `` or ``, ``."""
+    cursors, candidates = cr.package_cursors("mypkg", repo, 40, kind="mid-line")
+    assert candidates == len(cursors) == 11
+    got = [(c.path, c.line, c.prefix.rsplit("\n", 1)[-1], c.target) for c in cursors]
+    assert got[:3] == [("mypkg/__init__.py", 3, "__all__ = ", '["scale"]'),
+                       ("mypkg/core.py", 9, "    return ", "x * 3"),
+                       ("mypkg/core.py", 15, "    total = ", "scale(value, 2) + local(value)")]
+    for c in cursors:
+        assert c.kind == "mid-line" and not c.name
+        assert c.prefix + c.target + c.suffix == FILES[c.path]
+    # Not chosen: helpers.py (it imports from no other file), import lines, the def header
+    # (12), the docstring (13), the comment line (14), a short target (19: "L") and a line
+    # with a comment after the cursor (20).
+    assert "mypkg/helpers.py" not in {c.path for c in cursors}
+    assert not {12, 13, 14, 19, 20} & {c.line for c in cursors if c.path == "mypkg/core.py"}
+
+
 def test_manifest_overlap_is_found_and_left_out(cr, repo, tmp_path):
     files = cr.python_files(repo)
     assert files == sorted(FILES)
@@ -208,3 +227,19 @@ def test_a_short_run_of_every_arm(cr, repo, tmp_path, tiny_model_dir):
     assert set(report["target"]) == {"exact_match_gain", "source_latency"}
     assert report["target"]["source_latency"]["met"] in (True, False)
     assert report["adapter"] is None and report["adapter_manifest"]["files"] == 0
+
+
+def test_a_short_run_on_the_mid_line_set(cr, repo, tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    report = cr.main(["--local", str(repo), "--model", str(tiny_model_dir), "--adapter",
+                      "none", "--quantization", "none", "--dtype", "float32",
+                      "--max-tokens", "4", "--cursors", "mid-line", "--cursors-per-package",
+                      "4", "--out", str(out)])
+    assert report["cursor_set"] == "mid-line" and report["cursors"] == 4
+    assert report["method"].startswith("Mid-line cursors")
+    assert not (out / "context_repository.json").exists()
+    saved = json.loads((out / "context_repository_midline.json").read_text())
+    assert [r["kind"] for r in saved["per_cursor"]] == ["mid-line"] * 4
+    table = (out / "context_repository_midline.md").read_text()
+    assert table.startswith("# Repository context: mid-line completion")
+    assert "Not the target's cursor set" in table and "| **total** | 4 |" in table
