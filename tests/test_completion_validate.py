@@ -88,6 +88,18 @@ LONGEST = [
           "class A:\n    ", "\n", "def f(self):\n        return 1"),
     valid("decorated-function-window", "return 'hi'", "@app.route('/')\ndef index():\n    ",
           "\n", "return 'hi'"),
+    valid("column-0-lines-of-a-docstring-above", "from __future__ import annotations",
+          '"""A server.\n' + "".join(f"line {i} of the docstring\n" for i in range(8))
+          + '.. code-block:: python\n\n    run()\n"""\n\n', "\n\nimport os\n",
+          "from __future__ import annotations"),
+    valid("column-0-lines-of-a-template-below", "total = a + b",
+          "class A:\n    def f(self, a, b):\n        ", "\n        return total\n\n"
+          '    def g(self):\n        return f"""\\\n' + "".join(f"--line {i}\\r\n"
+                                                         for i in range(8))
+          + '"""\n', "total = a + b"),
+    valid("cursor-in-a-docstring-above-column-0-text", "Return the total.",
+          'def f(a, b):\n    """', '\n    """\n    return a + b\n\n\nT = """\n'
+          + "".join(f"text {i}\n" for i in range(8)) + '"""\n', "Return the total."),
     valid("top-level-decorator-before-def", "property", "import os\n\n\n@",
           "\ndef f():\n    return 1\n\n\ndef g():\n    pass\n", "property"),
     valid("top-level-decorator-before-decorated-class", "attrs(slots=True)", "x = 1\n\n\n@",

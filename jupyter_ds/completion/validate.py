@@ -20,6 +20,7 @@ Only Python (and IPython/notebook cells) has a validator; for other languages
 from __future__ import annotations
 
 import ast
+import bisect
 import re
 import warnings
 from functools import lru_cache
@@ -118,11 +119,46 @@ _CONTINUATION = re.compile(r"(else|elif|except|finally|case)\b|[)\]}]")
 _TRIES = 6  # boundaries tried on each side before the window is used unchecked
 
 
-def _statement_starts(lines: list[str]) -> list[int]:
-    """Indices of lines that may begin a top-level statement (column 0, not a continuation)."""
+# A comment or a whole string literal (an unclosed one runs to the end): matched left to
+# right, so quotes in comments and ``#`` in strings are skipped. Only the spans of triple-
+# quoted strings are used: lines that begin inside one are text, not statements.
+_STRING_OR_COMMENT = re.compile(
+    r"""\#[^\n]*"""
+    r"""|(\"\"\"|\'\'\')(?:\\.|(?!\1)[^\\])*(?:\1|\Z)"""
+    r"""|\"(?:\\.|[^\\"\n])*\"?|\'(?:\\.|[^\\'\n])*\'?""",
+    re.DOTALL,
+)
+
+
+def _lines_in_strings(text: str, lines: list[str]) -> tuple[set[int], str]:
+    """(indices of ``lines``, ``text`` split at line breaks, that begin inside a
+    triple-quoted string, the quote left open at the end of ``text`` or "").
+
+    Those lines are the body of a docstring or of a multi-line template: their column-0
+    lines are no statement starts (a window cut there leaves a string open)."""
+    inside: set[int] = set()
+    offsets = _line_offsets(lines)
+    open_quote = ""
+    for match in _STRING_OR_COMMENT.finditer(text):
+        quote = match.group(1)
+        if quote is None:
+            continue
+        text_ = match.group()
+        open_quote = quote if len(text_) < 6 or not text_.endswith(quote) else ""
+        if "\n" in text_:
+            first = bisect.bisect_right(offsets, match.start())  # first line starting in it
+            last = bisect.bisect_right(offsets, match.end() - 1)  # ... to its last character
+            inside.update(range(first, last))
+    return inside, open_quote
+
+
+def _statement_starts(lines: list[str], skip: set[int] | frozenset[int] = frozenset()
+                      ) -> list[int]:
+    """Indices of lines that may begin a top-level statement (column 0, not a continuation,
+    not in ``skip``: the lines that begin inside a string)."""
     starts = []
     for i, line in enumerate(lines):
-        if not line or line[0] in " \t\r#" or _CONTINUATION.match(line):
+        if not line or line[0] in " \t\r#" or _CONTINUATION.match(line) or i in skip:
             continue
         # A decorated definition starts at its first decorator.
         if i > 0 and lines[i - 1].startswith("@"):
@@ -164,7 +200,7 @@ def _split_prefix(prefix: str) -> tuple[_Start, _Start]:
     """
     lines = prefix.split("\n")
     # The cursor's line is never a boundary: the completion continues it.
-    starts = _statement_starts(lines[:-1])
+    starts = _statement_starts(lines[:-1], _prefix_strings(prefix)[0])
     offsets = _line_offsets(lines)
     if not starts:
         index, width = _fragment_start(lines[:-1])
@@ -176,6 +212,12 @@ def _split_prefix(prefix: str) -> tuple[_Start, _Start]:
         if index == 0 or masked is None or _head_ok(masked):
             return (offsets[index], ""), nearest
     return nearest, nearest
+
+
+@lru_cache(maxsize=16)
+def _prefix_strings(prefix: str) -> tuple[set[int], str]:
+    """:func:`_lines_in_strings` of ``prefix`` (once per prefix: both splits need it)."""
+    return _lines_in_strings(prefix, prefix.split("\n"))
 
 
 def _fragment_start(lines: list[str]) -> tuple[int, int]:
@@ -201,12 +243,15 @@ _DECORATED = re.compile(r"(?:async[ \t]+def|def|class)\b|@")
 
 
 @lru_cache(maxsize=16)
-def _split_suffix(suffix: str, decorating: bool = False) -> tuple[int, int]:
+def _split_suffix(suffix: str, decorating: bool = False, quote: str = "") -> tuple[int, int]:
     """Where a window may end in ``suffix``: (checked, nearest); see ``_split_prefix``.
 
     With no top-level line after the cursor's, the window takes the whole suffix, and as the
     fallback the suffix up to its last line that leaves no bracket or triple-quoted string
     open (the suffix may have been trimmed in the middle of a statement).
+
+    ``quote``: the triple quote the prefix leaves open (the cursor is in a docstring), so
+    that the suffix's strings are read the right way round.
 
     ``decorating``: the cursor's line, completed, is a top-level decorator. Then the
     definition it decorates, the first ``def``/``class``
@@ -216,7 +261,8 @@ def _split_suffix(suffix: str, decorating: bool = False) -> tuple[int, int]:
     lines = suffix.split("\n")
     offsets = _line_offsets(lines)
     # Line 0 is the rest of the cursor's line.
-    starts = [i + 1 for i in _statement_starts(lines[1:])]
+    in_strings = _lines_in_strings(quote + suffix, [quote + lines[0], *lines[1:]])[0]
+    starts = [i + 1 for i in _statement_starts(lines[1:], {i - 1 for i in in_strings})]
     if decorating:
         starts = [i for i in starts if not _decorated_by_cursor(lines, i)]
     if not starts:
@@ -349,7 +395,7 @@ def _windows(completion: str, prefix: str, suffix: str) -> list[_Window] | None:
     head, near_head = _split_prefix(prefix)
     # A top-level decorator, typed or suggested, must keep its definition in the window.
     decorating = (prefix.rpartition("\n")[2] + completion).startswith("@")
-    tail, near_tail = _split_suffix(suffix, decorating)
+    tail, near_tail = _split_suffix(suffix, decorating, _prefix_strings(prefix)[1])
     spans = [(head, tail, False)]
     if (near_head, near_tail) != (head, tail):
         # The checked window failing everything may be the fault of an error far away.
