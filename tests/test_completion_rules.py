@@ -528,3 +528,20 @@ def test_a_docstring_longer_than_the_scan_window_is_not_read_inside_out() -> Non
     assert open_triple_quote(after) is None
     assert at_name_start(after)
     assert open_triple_quote(doc + "    more ") == '"""'  # still inside it
+
+
+def test_text_in_a_docstring_that_opened_before_the_scan_window_is_left_alone() -> None:
+    """A module docstring longer than the 60 lines the rules scan: its sentences are not
+    a chat model's prose to strip, and a line ending with ``:`` is no block header to
+    indent under (werkzeug's routing docs were cut or indented)."""
+    from jupyter_ds.completion.rules import CompletionContext, postprocess
+
+    doc = '"""Routing.\n\n' + "".join(f"Line {i} of the module's docs.\n" for i in range(70))
+    header = doc + "Use it like this:\n\n"
+    assert postprocess(".. code-block:: python", CompletionContext(header, "\n")) == \
+        ".. code-block:: python"
+    sentence = "The host header is overwritten with the value."
+    assert postprocess(sentence, CompletionContext(doc + "    ", "\n")) == sentence
+    # The same sentence where code stands is a chat model's prose, and goes.
+    code = doc + '"""\n\n\ndef f():\n    '
+    assert postprocess(sentence, CompletionContext(code, "\n")) == ""

@@ -30,6 +30,7 @@ Python (to the next multiple of 8) when indentation is compared.
 
 from __future__ import annotations
 
+import bisect
 import keyword
 import re
 from collections.abc import Callable
@@ -178,31 +179,59 @@ class _Cursor(NamedTuple):
     level: int  # indentation of the statement the cursor is in (or stands at)
 
 
+# A comment or a whole string literal (an unclosed one runs to the end): matched left to
+# right, so quotes in comments and ``#`` in strings are skipped. Only the spans of triple-
+# quoted strings are used: lines that begin inside one are text, not code.
+_STRING_OR_COMMENT = re.compile(
+    r"""\#[^\n]*"""
+    r"""|(\"\"\"|\'\'\')(?:\\.|(?!\1)[^\\])*(?:\1|\Z)"""
+    r"""|\"(?:\\.|[^\\"\n])*\"?|\'(?:\\.|[^\\'\n])*\'?""",
+    re.DOTALL,
+)
+
+
+@lru_cache(maxsize=16)
+def _string_lines(text: str) -> tuple[dict[int, str], str]:
+    """(line index -> its triple quote, for the lines of ``text`` that begin inside a
+    triple-quoted string; the triple quote left open at the end of ``text``, or "").
+
+    One regex over the text (8 ms for 300 KB), where scanning it line by line in Python
+    would be too slow for every keystroke. Such lines are a docstring's or a template's:
+    their column-0 lines are no statements, and a scan that starts in one must know it."""
+    inside: dict[int, str] = {}
+    offsets = [0]
+    offsets += [m.end() for m in re.finditer("\n", text)]
+    open_quote = ""
+    for match in _STRING_OR_COMMENT.finditer(text):
+        quote = match.group(1)
+        if quote is None:
+            continue
+        body = match.group()
+        open_quote = quote if len(body) < 6 or not body.endswith(quote) else ""
+        if "\n" in body:
+            first = bisect.bisect_right(offsets, match.start())  # first line starting in it
+            last = bisect.bisect_right(offsets, match.end() - 1)  # ... to its last character
+            inside.update(dict.fromkeys(range(first, last), quote))
+    return inside, open_quote
+
+
 _SCAN_LINES = 60  # how far back the prefix is scanned for open brackets and strings
-_SCAN_MAX_LINES = 400  # ... at most, to start at a definition (see _scan_start)
-_ANCHOR = re.compile(r"[ \t]*(async[ \t]+)?(def|class)[ \t]+\w")
 
 
-def _scan_start(lines: list[str]) -> int:
-    """Where the scan of ``lines`` starts: the last ``def``/``class`` header at or before
-    the last :data:`_SCAN_LINES` lines (up to :data:`_SCAN_MAX_LINES` back), else there.
-
-    A scan must start outside any string: one that starts inside a long docstring reads
-    its closing quotes as opening ones, and everything after as text (seen in tomlkit's
-    parser, where a docstring line was taken for code). A definition's header is code.
-    """
+def _scan_window(prefix: str) -> tuple[list[str], str | None]:
+    """The last :data:`_SCAN_LINES` lines of ``prefix`` and the triple quote open where
+    they start. A scan that starts inside a long docstring must know it, or it reads the
+    closing quotes as opening ones and the code after them as text (seen in tomlkit's
+    parser)."""
+    lines = prefix.split("\n")
     start = max(len(lines) - _SCAN_LINES, 0)
-    for i in range(start, max(len(lines) - _SCAN_MAX_LINES, 0) - 1, -1):
-        if _ANCHOR.match(lines[i]):
-            return i
-    return start
+    return lines[start:], _string_lines(prefix)[0].get(start) if start else None
 
 
 @lru_cache(maxsize=8)
 def _cursor(prefix: str) -> _Cursor:
-    lines = prefix.split("\n")
-    lines = lines[_scan_start(lines):]
-    depth, quote = 0, None
+    lines, quote = _scan_window(prefix)
+    depth = 0
     stmt_indent = 0  # indentation of the line that began the current logical line
     colon_indent: int | None = None  # set when the last logical line ends with ':'
     for line in lines[:-1]:
@@ -543,10 +572,10 @@ def _header_above(prefix: str) -> tuple[str, str] | None:
     header: the last header-to-body step in the scanned prefix (4 spaces or a tab, say); with
     none, a tab if the header is indented with tabs, else 4 spaces.
     """
-    lines = prefix.split("\n")[-_SCAN_LINES:]
-    if lines[-1].strip():
+    if prefix.rpartition("\n")[2].strip():
         return None
-    depth, quote = 0, None
+    lines, quote = _scan_window(prefix)
+    depth = 0
     stmt = ""  # indentation of the line that began the current logical line
     header: str | None = None  # set while the last logical line ends with ':'
     unit: str | None = None

@@ -20,9 +20,9 @@ Only Python (and IPython/notebook cells) has a validator; for other languages
 from __future__ import annotations
 
 import ast
-import bisect
 import re
 import warnings
+from collections.abc import Container
 from functools import lru_cache
 
 import libcst
@@ -31,6 +31,7 @@ from jupyter_ds.completion.rules import (
     PYTHON_LIKE,
     CompletionContext,
     _scan,
+    _string_lines,
     first_logical_line_count,
 )
 
@@ -119,41 +120,7 @@ _CONTINUATION = re.compile(r"(else|elif|except|finally|case)\b|[)\]}]")
 _TRIES = 6  # boundaries tried on each side before the window is used unchecked
 
 
-# A comment or a whole string literal (an unclosed one runs to the end): matched left to
-# right, so quotes in comments and ``#`` in strings are skipped. Only the spans of triple-
-# quoted strings are used: lines that begin inside one are text, not statements.
-_STRING_OR_COMMENT = re.compile(
-    r"""\#[^\n]*"""
-    r"""|(\"\"\"|\'\'\')(?:\\.|(?!\1)[^\\])*(?:\1|\Z)"""
-    r"""|\"(?:\\.|[^\\"\n])*\"?|\'(?:\\.|[^\\'\n])*\'?""",
-    re.DOTALL,
-)
-
-
-def _lines_in_strings(text: str, lines: list[str]) -> tuple[set[int], str]:
-    """(indices of ``lines``, ``text`` split at line breaks, that begin inside a
-    triple-quoted string, the quote left open at the end of ``text`` or "").
-
-    Those lines are the body of a docstring or of a multi-line template: their column-0
-    lines are no statement starts (a window cut there leaves a string open)."""
-    inside: set[int] = set()
-    offsets = _line_offsets(lines)
-    open_quote = ""
-    for match in _STRING_OR_COMMENT.finditer(text):
-        quote = match.group(1)
-        if quote is None:
-            continue
-        text_ = match.group()
-        open_quote = quote if len(text_) < 6 or not text_.endswith(quote) else ""
-        if "\n" in text_:
-            first = bisect.bisect_right(offsets, match.start())  # first line starting in it
-            last = bisect.bisect_right(offsets, match.end() - 1)  # ... to its last character
-            inside.update(range(first, last))
-    return inside, open_quote
-
-
-def _statement_starts(lines: list[str], skip: set[int] | frozenset[int] = frozenset()
-                      ) -> list[int]:
+def _statement_starts(lines: list[str], skip: Container[int] = frozenset()) -> list[int]:
     """Indices of lines that may begin a top-level statement (column 0, not a continuation,
     not in ``skip``: the lines that begin inside a string)."""
     starts = []
@@ -214,10 +181,9 @@ def _split_prefix(prefix: str) -> tuple[_Start, _Start]:
     return nearest, nearest
 
 
-@lru_cache(maxsize=16)
-def _prefix_strings(prefix: str) -> tuple[set[int], str]:
-    """:func:`_lines_in_strings` of ``prefix`` (once per prefix: both splits need it)."""
-    return _lines_in_strings(prefix, prefix.split("\n"))
+def _prefix_strings(prefix: str) -> tuple[dict[int, str], str]:
+    """:func:`~jupyter_ds.completion.rules._string_lines` of ``prefix``."""
+    return _string_lines(prefix)
 
 
 def _fragment_start(lines: list[str]) -> tuple[int, int]:
@@ -261,7 +227,7 @@ def _split_suffix(suffix: str, decorating: bool = False, quote: str = "") -> tup
     lines = suffix.split("\n")
     offsets = _line_offsets(lines)
     # Line 0 is the rest of the cursor's line.
-    in_strings = _lines_in_strings(quote + suffix, [quote + lines[0], *lines[1:]])[0]
+    in_strings = _string_lines(quote + suffix)[0]
     starts = [i + 1 for i in _statement_starts(lines[1:], {i - 1 for i in in_strings})]
     if decorating:
         starts = [i for i in starts if not _decorated_by_cursor(lines, i)]
