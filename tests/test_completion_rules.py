@@ -545,3 +545,17 @@ def test_text_in_a_docstring_that_opened_before_the_scan_window_is_left_alone() 
     # The same sentence where code stands is a chat model's prose, and goes.
     code = doc + '"""\n\n\ndef f():\n    '
     assert postprocess(sentence, CompletionContext(code, "\n")) == ""
+
+
+def test_a_header_continued_with_a_backslash_keeps_its_own_indentation() -> None:
+    """``if a and \\`` / ``   b:``: the body goes under the ``if``, not under the
+    continuation line (mailbox.py's ``raise`` was pushed three columns too deep)."""
+    from jupyter_ds.completion.rules import CompletionContext, missing_body_indent, postprocess
+
+    header = "def f(entry, path):\n    if entry != 'new' and \\\n       os.path.isdir(path):\n"
+    assert missing_body_indent(CompletionContext(header, "\n")) == " " * 8
+    body = "raise ValueError(path)"
+    assert postprocess(body, CompletionContext(header + " " * 8, "\n")) == body
+    # A backslash at the end of a comment joins nothing.
+    commented = "def f(a):  # \\\n    if a:\n"
+    assert missing_body_indent(CompletionContext(commented, "\n")) == " " * 8

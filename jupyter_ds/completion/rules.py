@@ -172,6 +172,12 @@ def _scan(line: str, depth: int, quote: str | None) -> tuple[int, str | None]:
     return depth, quote
 
 
+def _joins_next(line: str, quote: str | None) -> bool:
+    """Whether ``line`` (code, ``quote`` open after it) ends with a backslash that joins
+    the next line to its logical line (``if a and \\`` / ``   b:``)."""
+    return quote is None and line.endswith("\\") and not _walk(line, 0, None)[2]
+
+
 class _Cursor(NamedTuple):
     depth: int  # open brackets before the cursor's line
     quote: str | None  # open triple quote before the cursor's line
@@ -231,19 +237,21 @@ def _scan_window(prefix: str) -> tuple[list[str], str | None]:
 @lru_cache(maxsize=8)
 def _cursor(prefix: str) -> _Cursor:
     lines, quote = _scan_window(prefix)
-    depth = 0
+    depth, joined = 0, False
     stmt_indent = 0  # indentation of the line that began the current logical line
     colon_indent: int | None = None  # set when the last logical line ends with ':'
     for line in lines[:-1]:
-        if depth == 0 and quote is None and line.strip() and not _is_comment(line):
+        if depth == 0 and quote is None and not joined and line.strip() and not _is_comment(
+                line):
             stmt_indent = _indent(line)
         depth, quote = _scan(line, depth, quote)
+        joined = _joins_next(line, quote)
         if line.strip() and not _is_comment(line) and depth == 0 and quote is None:
             colon_indent = stmt_indent if _COLON_END.search(line) else None
     before = (depth, quote)
     cur = lines[-1]
     if cur.strip():
-        if depth == 0 and quote is None:
+        if depth == 0 and quote is None and not joined:
             stmt_indent = _indent(cur)
         depth, quote = _scan(cur, depth, quote)
         if depth == 0 and quote is None and not _is_comment(cur):
@@ -575,17 +583,19 @@ def _header_above(prefix: str) -> tuple[str, str] | None:
     if prefix.rpartition("\n")[2].strip():
         return None
     lines, quote = _scan_window(prefix)
-    depth = 0
+    depth, joined = 0, False
     stmt = ""  # indentation of the line that began the current logical line
     header: str | None = None  # set while the last logical line ends with ':'
     unit: str | None = None
     for line in lines[:-1]:
-        if depth == 0 and quote is None and line.strip() and not _is_comment(line):
+        if depth == 0 and quote is None and not joined and line.strip() and not _is_comment(
+                line):
             stmt = _leading(line)
             step = stmt[len(header) :] if header is not None else ""
             if step and stmt.startswith(header or "") and len(set(step)) == 1:
                 unit = step
         depth, quote = _scan(line, depth, quote)
+        joined = _joins_next(line, quote)
         if line.strip() and not _is_comment(line) and depth == 0 and quote is None:
             header = stmt if _COLON_END.search(line) else None
     if header is None or depth or quote is not None:
