@@ -100,6 +100,10 @@ LONGEST = [
     valid("cursor-in-a-docstring-above-column-0-text", "Return the total.",
           'def f(a, b):\n    """', '\n    """\n    return a + b\n\n\nT = """\n'
           + "".join(f"text {i}\n" for i in range(8)) + '"""\n', "Return the total."),
+    valid("completion-opens-the-module-docstring", '"""', "",
+          '\nA module.\n\nIt does things.\n"""\n\nimport os\n', '"""'),
+    valid("completion-opens-a-template-ending-in-a-backslash", 'X = """\\', "",
+          '\n<html>\n</html>\n"""\n\nY = 1\n', 'X = """\\'),
     valid("top-level-decorator-before-def", "property", "import os\n\n\n@",
           "\ndef f():\n    return 1\n\n\ndef g():\n    pass\n", "property"),
     valid("top-level-decorator-before-decorated-class", "attrs(slots=True)", "x = 1\n\n\n@",

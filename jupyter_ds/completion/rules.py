@@ -190,7 +190,7 @@ class _Cursor(NamedTuple):
 # quoted strings are used: lines that begin inside one are text, not code.
 _STRING_OR_COMMENT = re.compile(
     r"""\#[^\n]*"""
-    r"""|(\"\"\"|\'\'\')(?:\\.|(?!\1)[^\\])*(?:\1|\Z)"""
+    r"""|(\"\"\"|\'\'\')(?:\\(?:.|\Z)|(?!\1)[^\\])*(?:\1|\Z)"""
     r"""|\"(?:\\.|[^\\"\n])*\"?|\'(?:\\.|[^\\'\n])*\'?""",
     re.DOTALL,
 )

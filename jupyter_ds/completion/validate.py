@@ -361,7 +361,10 @@ def _windows(completion: str, prefix: str, suffix: str) -> list[_Window] | None:
     head, near_head = _split_prefix(prefix)
     # A top-level decorator, typed or suggested, must keep its definition in the window.
     decorating = (prefix.rpartition("\n")[2] + completion).startswith("@")
-    tail, near_tail = _split_suffix(suffix, decorating, _prefix_strings(prefix)[1])
+    # The suffix is read from the quote left open after the completion: a cursor in a
+    # docstring, or a completion that opens or closes one itself.
+    quote = _string_lines(_prefix_strings(prefix)[1] + completion)[1]
+    tail, near_tail = _split_suffix(suffix, decorating, quote)
     spans = [(head, tail, False)]
     if (near_head, near_tail) != (head, tail):
         # The checked window failing everything may be the fault of an error far away.
