@@ -162,7 +162,18 @@ CSV_READ = (
 )
 MAIN_GUARD = "def main():\n    run()\n\nif __name__ == '__main__':\n    main()"
 
+TRY_BODY = "def load(paths):\n    for path in paths:\n        try:\n            "
 BLOCKS = [
+    # A try body that the file leaves without a handler keeps the model's handler (cut
+    # before it, the body could not parse and the answer was lost); where the suffix has
+    # the handler, the body alone is the answer.
+    case("try-body-keeps-its-missing-handler",
+         "fp = open(path)\n        except OSError:\n            continue\n        read(fp)",
+         TRY_BODY, "\n        read(fp)\n",
+         "fp = open(path)\n        except OSError:\n            continue"),
+    case("try-body-cut-before-the-suffixs-handler",
+         "fp = open(path)\n        except OSError:\n            continue",
+         TRY_BODY, "\n        except OSError:\n            pass\n", "fp = open(path)"),
     case("runs-into-second-function", "return a + b\n\ndef sub(a, b):\n    return a - b",
          FUNC, "", "return a + b\n"),
     case("after-colon-one-level-deeper", "\n    return 1\n\nprint(f())", "def f():", "",
@@ -464,7 +475,7 @@ def test_block_complete(raw: str, ctx: CompletionContext, expected: bool) -> Non
     assert block_complete(raw, ctx) is expected
 
 
-@pytest.mark.parametrize(("raw", "ctx", "expected"), BLOCKS[:10])
+@pytest.mark.parametrize(("raw", "ctx", "expected"), BLOCKS[:12])
 def test_block_complete_agrees_with_stop_at_block_end(
     raw: str, ctx: CompletionContext, expected: str
 ) -> None:

@@ -709,6 +709,7 @@ def _block_cut(text: str, ctx: CompletionContext) -> int | None:
         ("@", "#", '"', "'")
     )
     header_level: int | None = None
+    block_indent = cursor.block_indent
     for i in range(1, len(lines)):
         line = lines[i]
         if mid_statement and depth == 0 and quote is None:
@@ -719,7 +720,11 @@ def _block_cut(text: str, ctx: CompletionContext) -> int | None:
         if depth == 0 and quote is None and line.strip():
             stripped = line.lstrip(" \t")
             indent = _indent(line)
-            if indent < cursor.block_indent and stripped[0] not in _CLOSERS:
+            if indent < block_indent and stripped[0] not in _CLOSERS:
+                if header_level is None and _try_needs(stripped, indent, ctx.suffix):
+                    block_indent = indent + 1  # the handler and its body are the answer's
+                    depth, quote = _scan(line, depth, quote)
+                    continue
                 return i
             if header_level is not None and indent <= header_level:
                 return i
@@ -732,6 +737,24 @@ def _block_cut(text: str, ctx: CompletionContext) -> int | None:
                     seen_def = True
         depth, quote = _scan(line, depth, quote)
     return None
+
+
+_HANDLER = re.compile(r"(except|finally)\b")
+_CLAUSE = re.compile(r"(except|finally|else)\b")
+
+
+def _try_needs(stripped: str, indent: int, suffix: str) -> bool:
+    """Whether a completion line ``except ...:``/``finally:`` at ``indent`` completes a
+    ``try`` the file leaves without one: the suffix's next line at that level or less is
+    no clause of it. A ``try:`` body cut before its handler cannot parse, and the answer
+    would be lost whole; where the suffix already has the handler, the cut stays."""
+    if _HANDLER.match(stripped) is None:
+        return False
+    for line in suffix.split("\n")[1:]:
+        if not line.strip() or _is_comment(line) or _indent(line) > indent:
+            continue
+        return not (_indent(line) == indent and _CLAUSE.match(line.lstrip(" \t")))
+    return True
 
 
 @_line_based
