@@ -167,7 +167,7 @@ def _split_prefix(prefix: str) -> tuple[_Start, _Start]:
     """
     lines = prefix.split("\n")
     # The cursor's line is never a boundary: the completion continues it.
-    starts = _statement_starts(lines[:-1], _prefix_strings(prefix)[0])
+    starts = _statement_starts(lines[:-1], _string_lines(prefix)[0])
     offsets = _line_offsets(lines)
     if not starts:
         index, width = _fragment_start(lines[:-1])
@@ -179,11 +179,6 @@ def _split_prefix(prefix: str) -> tuple[_Start, _Start]:
         if index == 0 or masked is None or _head_ok(masked):
             return (offsets[index], ""), nearest
     return nearest, nearest
-
-
-def _prefix_strings(prefix: str) -> tuple[dict[int, str], str]:
-    """:func:`~jupyter_ds.completion.rules._string_lines` of ``prefix``."""
-    return _string_lines(prefix)
 
 
 def _fragment_start(lines: list[str]) -> tuple[int, int]:
@@ -216,13 +211,14 @@ def _split_suffix(suffix: str, decorating: bool = False, quote: str = "") -> tup
     fallback the suffix up to its last line that leaves no bracket or triple-quoted string
     open (the suffix may have been trimmed in the middle of a statement).
 
-    ``quote``: the triple quote the prefix leaves open (the cursor is in a docstring), so
-    that the suffix's strings are read the right way round.
+    ``quote``: the triple quote left open after the prefix and the completion (a cursor in
+    a docstring, or an answer that opens one), so that the suffix's strings are read the
+    right way round: lines inside them are no boundaries.
 
     ``decorating``: the cursor's line, completed, is a top-level decorator. Then the
-    definition it decorates, the first ``def``/``class``
-    after it with only blank lines, comments and decorators between, is no boundary: a
-    window ending before it would leave ``@property`` with nothing to decorate.
+    definition it decorates (the first ``def``/``class`` after it, with only blank lines,
+    comments and decorators between) is no boundary: a window ending before it would leave
+    ``@property`` with nothing to decorate.
     """
     lines = suffix.split("\n")
     offsets = _line_offsets(lines)
@@ -363,7 +359,7 @@ def _windows(completion: str, prefix: str, suffix: str) -> list[_Window] | None:
     decorating = (prefix.rpartition("\n")[2] + completion).startswith("@")
     # The suffix is read from the quote left open after the completion: a cursor in a
     # docstring, or a completion that opens or closes one itself.
-    quote = _string_lines(_prefix_strings(prefix)[1] + completion)[1]
+    quote = _string_lines(_string_lines(prefix)[1] + completion)[1]
     tail, near_tail = _split_suffix(suffix, decorating, quote)
     spans = [(head, tail, False)]
     if (near_head, near_tail) != (head, tail):
