@@ -324,15 +324,24 @@ def _char_column(line: str, byte_offset: int) -> int:
     return len(line.encode("utf-8")[:byte_offset].decode("utf-8", errors="replace"))
 
 
-def file_cursors(package: str, rel: str, text: str, modules: dict[str, str]) -> list[Cursor]:
-    """The candidate cursors of one file, by line (one per line, its first use)."""
+def importing_file(text: str, rel: str, modules: dict[str, str]
+                   ) -> tuple[ast.AST, dict[str, str], dict[str, str]] | None:
+    """(tree, names, modules) of :func:`cross_file_bindings` for a file that parses and
+    imports from another file of the package; None for any other file."""
     try:
         tree = ast.parse(text)
     except (SyntaxError, ValueError):
-        return []
+        return None
     names, mods = cross_file_bindings(tree, rel, modules)
-    if not names and not mods:
+    return (tree, names, mods) if names or mods else None
+
+
+def file_cursors(package: str, rel: str, text: str, modules: dict[str, str]) -> list[Cursor]:
+    """The candidate cursors of one file, by line (one per line, its first use)."""
+    found = importing_file(text, rel, modules)
+    if found is None:
         return []
+    tree, names, mods = found
     lines = text.split("\n")
     skip = excluded_lines(tree)
     in_fstring: set[int] = set()
@@ -385,14 +394,10 @@ def midline_cursors(package: str, rel: str, text: str, modules: dict[str, str]
     block is there), on each code line (the lines :func:`file_cursors` leaves out are left
     out here too) the first place after ``= ``, ``(``, ``return `` or ``, `` whose rest of
     the line is at least :data:`MIN_TARGET` characters; kind ``mid-line``, no name."""
-    try:
-        tree = ast.parse(text)
-    except (SyntaxError, ValueError):
+    found = importing_file(text, rel, modules)
+    if found is None:
         return []
-    names, mods = cross_file_bindings(tree, rel, modules)
-    if not names and not mods:
-        return []
-    skip = excluded_lines(tree)
+    skip = excluded_lines(found[0])
     comments = comment_columns(text)
     out = []
     offset = 0
