@@ -196,14 +196,14 @@ _STRING_OR_COMMENT = re.compile(
 )
 
 
-@lru_cache(maxsize=16)
 def _string_lines(text: str) -> tuple[dict[int, str], str]:
     """(line index -> its triple quote, for the lines of ``text`` that begin inside a
     triple-quoted string; the triple quote left open at the end of ``text``, or "").
 
     One regex over the text (8 ms for 300 KB), where scanning it line by line in Python
-    would be too slow for every keystroke. Such lines are a docstring's or a template's:
-    their column-0 lines are no statements, and a scan that starts in one must know it."""
+    would be too slow for every keystroke (prefixes: :data:`_prefix_string_lines`). Such
+    lines are a docstring's or a template's: their column-0 lines are no statements, and a
+    scan that starts in one must know it."""
     inside: dict[int, str] = {}
     offsets = [0]
     offsets += [m.end() for m in re.finditer("\n", text)]
@@ -221,6 +221,12 @@ def _string_lines(text: str) -> tuple[dict[int, str], str]:
     return inside, open_quote
 
 
+#: :func:`_string_lines` of a prefix, which every scan and window of one request reads.
+#: Short or one-off texts (a streamed completion, a suffix whose split is cached) call
+#: the function itself, so that they do not push the prefixes out of this cache.
+_prefix_string_lines = lru_cache(maxsize=16)(_string_lines)
+
+
 _SCAN_LINES = 60  # how far back the prefix is scanned for open brackets and strings
 
 
@@ -231,7 +237,7 @@ def _scan_window(prefix: str) -> tuple[list[str], str | None]:
     parser)."""
     lines = prefix.split("\n")
     start = max(len(lines) - _SCAN_LINES, 0)
-    return lines[start:], _string_lines(prefix)[0].get(start) if start else None
+    return lines[start:], _prefix_string_lines(prefix)[0].get(start) if start else None
 
 
 @lru_cache(maxsize=8)

@@ -30,6 +30,7 @@ import libcst
 from jupyter_ds.completion.rules import (
     PYTHON_LIKE,
     CompletionContext,
+    _prefix_string_lines,
     _scan,
     _string_lines,
     first_logical_line_count,
@@ -167,7 +168,7 @@ def _split_prefix(prefix: str) -> tuple[_Start, _Start]:
     """
     lines = prefix.split("\n")
     # The cursor's line is never a boundary: the completion continues it.
-    starts = _statement_starts(lines[:-1], _string_lines(prefix)[0])
+    starts = _statement_starts(lines[:-1], _prefix_string_lines(prefix)[0])
     offsets = _line_offsets(lines)
     if not starts:
         index, width = _fragment_start(lines[:-1])
@@ -359,7 +360,7 @@ def _windows(completion: str, prefix: str, suffix: str) -> list[_Window] | None:
     decorating = (prefix.rpartition("\n")[2] + completion).startswith("@")
     # The suffix is read from the quote left open after the completion: a cursor in a
     # docstring, or a completion that opens or closes one itself.
-    quote = _string_lines(_string_lines(prefix)[1] + completion)[1]
+    quote = _string_lines(_prefix_string_lines(prefix)[1] + completion)[1]
     tail, near_tail = _split_suffix(suffix, decorating, quote)
     spans = [(head, tail, False)]
     if (near_head, near_tail) != (head, tail):
