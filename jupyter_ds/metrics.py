@@ -509,6 +509,8 @@ ENGINE_COUNTERS: dict[str, tuple[str, str]] = {
     "draft_tokens_total": ("spec_decode_num_draft_tokens", "Tokens drafted from the prompt."),
     "draft_tokens_accepted_total": ("spec_decode_num_accepted_tokens",
                                     "Drafted tokens the model kept."),
+    "compiled_steps_total": ("compiled_decode_steps",
+                             "Decode steps run by the compiled step over a static KV cache."),
 }
 ENGINE_GAUGES: dict[str, tuple[str, str]] = {
     "active_requests": ("num_requests_running", "Generations running in the engine now."),

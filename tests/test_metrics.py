@@ -355,6 +355,7 @@ LOCAL_INFO = {
     "draft_steps_total": 11,
     "draft_tokens_total": 44,
     "draft_tokens_accepted_total": 13,
+    "compiled_steps_total": 21,
 }
 
 
@@ -375,6 +376,7 @@ def test_engine_collector_reads_info_at_scrape_time():
         assert value("jupyter_ds_spec_decode_num_drafts_total") == 11
         assert value("jupyter_ds_spec_decode_num_draft_tokens_total") == 44
         assert value("jupyter_ds_spec_decode_num_accepted_tokens_total") == 13
+        assert value("jupyter_ds_compiled_decode_steps_total") == 21
         assert value("jupyter_ds_model_load_seconds") == 1.25
         assert value("jupyter_ds_model_state", state="ready") == 1
         assert value("jupyter_ds_model_state", state="loading") == 0

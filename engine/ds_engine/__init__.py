@@ -32,6 +32,11 @@ from ds_engine.interface import (
 )
 from ds_engine.templates import PromptTemplate
 
+# Whether the user chose where inductor keeps compiled code: torch itself writes its
+# default into the environment on first use, so this is only known before it runs
+# (see ds_engine.compiled.use_inductor_cache).
+USER_INDUCTOR_CACHE = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+
 __all__ = [
     "BackendError",
     "Engine",

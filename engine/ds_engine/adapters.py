@@ -286,6 +286,12 @@ class AdapterSet:
     def __contains__(self, name: object) -> bool:
         return name in self.adapters
 
+    @property
+    def wrapped(self) -> bool:
+        """Whether attaching has replaced any of the model's layers (for good: a detached
+        adapter leaves its wrappers, inactive, in place)."""
+        return bool(self._layers)
+
     def _wrap(self, module: str) -> LoraLinear:
         layer = self._layers.get(module)
         if layer is None:

@@ -16,6 +16,10 @@ is the cache rebuilt, in one copy that also drops dead rows and padding nobody n
 Joining needs plain full-attention KV tensors (:func:`ds_engine.prefix_cache
 .extract_layers`); for other cache types (sliding window, recurrent) :meth:`can_join`
 says no and the scheduler runs such requests one at a time.
+
+With a :class:`ds_engine.compiled.StaticDecoder`, a batch of one row steps through its
+compiled graph over a static cache instead: the row's KV moves there at its first step
+alone and back to an ordinary cache whenever the batch needs it (:meth:`_layers`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 
 import torch
 
+from ds_engine.compiled import StaticDecoder
 from ds_engine.generation import SequenceState, forward, new_cache
 from ds_engine.prefix_cache import LayerKV, adopt_layers, extract_layers
 
@@ -37,11 +42,12 @@ TRIM_COLUMNS = 32
 class DecodeBatch:
     """Sequences past their prefill, stepped together one token at a time."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, static: StaticDecoder | None = None) -> None:
         self.model = model
         self.device = next(model.parameters()).device
+        self.static = static
         self._rows: list[SequenceState | None] = []  # None: a dead row
-        self._cache: Any = None
+        self._cache: Any = None  # None while the one row's KV is in the static decoder
         self._mask: torch.Tensor | None = None  # [rows, cached positions], 1 = real token
 
     def __len__(self) -> int:
@@ -63,7 +69,34 @@ class DecodeBatch:
         return 0 if self._mask is None else int(self._mask.shape[1])
 
     def _layers(self) -> list[LayerKV] | None:
+        self._leave_static()
         return extract_layers(self._cache, self.length) if self._cache is not None else None
+
+    def _leave_static(self) -> None:
+        """Bring the row's KV back from the static decoder into an ordinary cache."""
+        if self.static is not None and self.static.active and self._cache is None:
+            cache = new_cache(self.model)
+            adopt_layers(cache, self.static.leave())
+            self._cache = cache
+
+    def _static_step(self) -> torch.Tensor | None:
+        """The compiled step of a lone row (entering the static cache first), or None
+        where the eager step must run: several rows, no bucket with room."""
+        static = self.static
+        if static is None or len(self._rows) != 1 or self._rows[0] is None:
+            return None
+        if static.active and static.room == 0:
+            self._leave_static()  # the bucket is full: on to a longer one, if any
+        if not static.active:
+            assert self._mask is not None
+            layers = extract_layers(self._cache, self.length)
+            if layers is None or not bool(self._mask.all()):
+                return None
+            if not static.enter(layers, self.length):
+                return None
+            self._cache = None
+        self._mask = torch.nn.functional.pad(self._mask, (0, 1), value=1)
+        return static.step(self._rows[0].next_token)
 
     def can_join(self, cache: Any, prompt_tokens: int) -> bool:
         """Whether a sequence with this prefill ``cache`` can run in this batch now."""
@@ -131,7 +164,15 @@ class DecodeBatch:
             self.clear()
 
     def clear(self) -> None:
+        if self.static is not None:
+            self.static.abandon()
         self._rows, self._cache, self._mask = [], None, None
+
+    def use_eager(self) -> None:
+        """Step in eager mode from now on (an adapter changed the model's modules, which
+        the compiled graphs do not know)."""
+        self._leave_static()
+        self.static = None
 
     def step(self) -> torch.Tensor:
         """Feed every row its last token; next-token logits, ``[rows, vocab]``.
@@ -139,6 +180,10 @@ class DecodeBatch:
         Row ``i`` of the result belongs to the ``i``-th entry of the row list; use
         :meth:`live_logits` to pair logits with live sequences.
         """
+        static = self._static_step()
+        if static is not None:
+            return static
+        self._leave_static()
         self._trim()
         assert self._mask is not None and self._rows
         rows = self._rows
@@ -164,8 +209,9 @@ class DecodeBatch:
         """Whether :meth:`step_draft` may run: one live row and nothing else, in a cache
         that can be cut back. A batch of several rows decodes one token a step: its rows
         would accept drafts of different lengths, and the padding that evens them out
-        costs more than drafts save on a weight-bound CPU step."""
-        return (len(self._rows) == 1 and self._rows[0] is not None
+        costs more than drafts save on a weight-bound CPU step. A batch with a static
+        decoder decodes one token a step too: its compiled step takes one token."""
+        return (self.static is None and len(self._rows) == 1 and self._rows[0] is not None
                 and callable(getattr(self._cache, "crop", None))
                 and self._layers() is not None)
 

@@ -205,6 +205,8 @@ class EngineCounters:
     draft_steps_total: int = 0
     draft_tokens_total: int = 0
     draft_tokens_accepted_total: int = 0
+    # Decode steps run by the compiled step over a static KV cache (ds_engine.compiled).
+    compiled_steps_total: int = 0
 
 
 @dataclass

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ds_engine.adapters import AdapterError, AdapterSet, check_base, check_name, read_adapter
+from ds_engine.compiled import DEFAULT_BUCKETS
 from ds_engine.interface import (
     EngineConfig,
     EngineCounters,
@@ -78,6 +79,8 @@ class LocalEngine:
         max_queued: int = 64,
         load_shedding: bool = True,
         speculative_tokens: int = 0,
+        compile_decode: bool = False,
+        compile_buckets: tuple[int, ...] | list[int] = DEFAULT_BUCKETS,
     ) -> None:
         """``prefix_cache_entries`` recent prompts (default: 16, or two per batch slot if more, so
         that each concurrent typist keeps one) keep their KV cache for reuse by the next
@@ -95,7 +98,10 @@ class LocalEngine:
         :class:`EngineOverloaded` (see :class:`ds_engine.scheduler.Admission`);
         ``load_shedding=False`` turns that off (requests then wait until their deadline).
         ``speculative_tokens`` tokens drafted from the context are verified per decode
-        step of a lone greedy request (:mod:`ds_engine.speculative`; 0: off)."""
+        step of a lone greedy request (:mod:`ds_engine.speculative`; 0: off).
+        ``compile_decode`` compiles a decode step over a static KV cache of each length
+        in ``compile_buckets`` while loading, for requests that decode alone
+        (:mod:`ds_engine.compiled`; it takes precedence over ``speculative_tokens``)."""
         self.model_path = model_path
         self.device = device
         self.dtype = dtype
@@ -107,12 +113,18 @@ class LocalEngine:
         self.max_batch_size = max(1, max_batch_size)
         self.prefill_chunk = max(1, prefill_chunk)
         self.speculative_tokens = max(0, speculative_tokens)
+        buckets = tuple(compile_buckets)
+        if compile_decode and (not buckets or not all(
+                isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in buckets)):
+            raise ValueError(f"compile_buckets must be positive token counts, not {list(buckets)}")
+        self.compile_buckets = buckets if compile_decode else ()
         self.warmup = warmup
         self._model = ModelState(
             model_path=model_path, device=device, dtype=dtype, cache_dir=cache_dir,
             name=name, num_threads=num_threads, quantization=quantization,
             default_adapter=default_adapter, max_batch_size=self.max_batch_size,
             warmup=warmup, progress=progress, on_ready=self._on_ready,
+            compile_buckets=self.compile_buckets,
         )
         # Attached adapters (ds_engine.adapters); changed and used under _model_lock,
         # which the worker holds for every forward.
@@ -194,6 +206,7 @@ class LocalEngine:
             loaded, eos=eos, adapters=adapters, model_lock=self._model_lock,
             prefix_cache=self._prefix_cache, results=self._results,
             prefill_chunk=self.prefill_chunk, speculative_tokens=self.speculative_tokens,
+            static=self._model.static,
         )
         with self._lock:
             self._adapters = adapters
@@ -565,6 +578,7 @@ class LocalEngine:
                 draft_steps_total=runner.drafts.steps if runner else 0,
                 draft_tokens_total=runner.drafts.drafted if runner else 0,
                 draft_tokens_accepted_total=runner.drafts.accepted if runner else 0,
+                compiled_steps_total=model.static.steps if model.static else 0,
             )
             attached = len(self._adapters.adapters) if self._adapters else 0
         stage = model.stage

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
+from ds_engine.compiled import StaticDecoder, use_inductor_cache
 from ds_engine.generation import eos_token_ids
 from ds_engine.interface import EngineNotReady, EngineState
-from ds_engine.loader import LoadedModel, ProgressCallback, load_model
+from ds_engine.loader import LoadedModel, ProgressCallback, default_cache_dir, load_model
 from ds_engine.runner import warm_up
 from ds_engine.scheduler import available_memory_bytes, batch_size_limit
 
@@ -53,6 +54,7 @@ class ModelState:
         warmup: bool,
         progress: ProgressCallback | None,
         on_ready: ReadyCallback,
+        compile_buckets: tuple[int, ...] = (),
     ) -> None:
         self._load_args = dict(
             device=device, dtype=dtype, cache_dir=cache_dir, name=name,
@@ -64,6 +66,10 @@ class ModelState:
         self.warmup = warmup
         self.progress = progress
         self._on_ready = on_ready
+        self.compile_buckets = compile_buckets
+        self.cache_dir = cache_dir
+        # The compiled decode step (ds_engine.compiled), once warmed; None: eager only.
+        self.static: StaticDecoder | None = None
         self._lock = threading.Lock()
         self.state = EngineState.UNLOADED
         self.loaded: LoadedModel | None = None
@@ -106,6 +112,9 @@ class ModelState:
                 if not warm_up(loaded):
                     limit = 1  # a KV cache that cannot be padded: one request at a time
                 self.warmup_s = time.monotonic() - started
+            if self.compile_buckets:
+                self.static = self._compile(loaded)
+            if self.warmup or self.static is not None:
                 self._report("ready", 1.0)
             self._on_ready(loaded, eos, limit)
         except Exception as exc:  # every failure must land in FAILED, never in a hang
@@ -121,6 +130,15 @@ class ModelState:
                 self.state = EngineState.READY
         finally:
             self._settled.set()
+
+    def _compile(self, loaded: LoadedModel) -> StaticDecoder:
+        """Compile the decode step of every bucket before READY (minutes on a few cores,
+        seconds from inductor's cache on a restart), reported as a loading stage."""
+        use_inductor_cache(Path(self.cache_dir or default_cache_dir()) / "inductor")
+        static = StaticDecoder(loaded.model, loaded.context_window, self.compile_buckets)
+        self._report("compiling decode", 0.0)
+        static.warm(lambda done, total, _s: self._report("compiling decode", done / total))
+        return static
 
     def start_loading(self) -> None:
         """Load in a background daemon thread; no-op while loading or once ready."""

@@ -29,6 +29,7 @@ import torch
 
 from ds_engine.adapters import AdapterSet
 from ds_engine.batch import DecodeBatch
+from ds_engine.compiled import StaticDecoder
 from ds_engine.generation import SequenceState, prefill_step, start_prefill
 from ds_engine.interface import FinishReason, GenerationRequest, GenerationResult
 from ds_engine.loader import LoadedModel
@@ -149,6 +150,7 @@ class ModelRunner:
         results: ResultCache,
         prefill_chunk: int,
         speculative_tokens: int = 0,
+        static: StaticDecoder | None = None,
     ) -> None:
         self.loaded = loaded
         self.eos = eos
@@ -157,7 +159,8 @@ class ModelRunner:
         self.prefix_cache = prefix_cache
         self.results = results
         self.prefill_chunk = max(1, prefill_chunk)
-        self.batch = DecodeBatch(loaded.model)
+        # A lone request decodes through the compiled step of ``static`` (ds_engine.compiled).
+        self.batch = DecodeBatch(loaded.model, static)
         # Tokens drafted from the context per decode step of a lone greedy request
         # (ds_engine.speculative); 0: none.
         self.speculative_tokens = max(0, speculative_tokens)
@@ -314,6 +317,8 @@ class ModelRunner:
             try:
                 with self.model_lock:
                     self.adapters.activate(batch.seqs[0].request.adapter)
+                    if batch.static is not None and self.adapters.wrapped:
+                        batch.use_eager()  # the graphs were compiled without adapters
                     if batch.can_speculate():
                         proposal = self._draft(batch.seqs[0])
                     logits = batch.step_draft(proposal) if proposal else batch.step()

@@ -67,7 +67,7 @@ INFO_KEYS = {
     "prefix_cache_hits", "prefix_cache_misses", "prefix_cache_entries",
     "prompt_tokens_total", "prompt_tokens_reused_total", "result_cache_hits",
     "result_cache_entries", "draft_steps_total", "draft_tokens_total",
-    "draft_tokens_accepted_total",
+    "draft_tokens_accepted_total", "compiled_steps_total",
 }
 
 
