@@ -9,8 +9,10 @@ runs alone in a child process, as a server would, one after the other, over the 
 keystrokes (``latency.typing_points``: every word end and line end of 8 lines of the
 standard library's ``textwrap``, the lines being written), 16 greedy tokens forced:
 
-- ``engine_int8``: ``LocalEngine`` (KV-prefix cache, INT8) through the ``CompletionService``
-  the server uses, its early cut kept from the engine (as in ``latency.py``);
+- ``engine_int8``: ``LocalEngine`` (KV-prefix cache, INT8, ``default_adapter="none"``: the
+  GGUF's own weights, as llama.cpp runs them, so that both decode the same tokens) through
+  the ``CompletionService`` the server uses, its early cut kept from the engine (as in
+  ``latency.py``);
 - ``engine_int8_compiled``: the same with ``compile_decode`` (``ds_engine.compiled``); its
   compilation, while loading, is timed apart;
 - ``llama_cpp``: one ``Llama`` on the same GGUF and the prompts the engine built (prefix
@@ -96,7 +98,7 @@ def _summary(samples: list[Sample]) -> dict[str, Any]:
 
 async def _engine_child(args: argparse.Namespace, compiled: bool) -> dict[str, Any]:
     started = time.perf_counter()
-    engine = LocalEngine(result_cache_entries=0, quantization="int8",
+    engine = LocalEngine(result_cache_entries=0, quantization="int8", default_adapter="none",
                          compile_decode=compiled)
     engine.load()
     load_s = time.perf_counter() - started
@@ -184,10 +186,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       **{k: v for k, v in raw[name].items()
                          if k in ("load_s", "compile_s", "compiled_steps")}}
     eager = samples["engine_int8"]
-    if "engine_int8_compiled" in samples:
-        rows["engine_int8_compiled"]["output_equals_eager"] = round(sum(
-            a.text == b.text for a, b in zip(samples["engine_int8_compiled"], eager,
-                                             strict=True)) / len(eager), 3)
+    for name in ("engine_int8_compiled", "llama_cpp"):
+        if name in samples:
+            rows[name]["output_equals_eager"] = round(sum(
+                a.text == b.text for a, b in zip(samples[name], eager, strict=True))
+                / len(eager), 3)
     targets: dict[str, Any] = {}
     if "llama_cpp" in rows:
         ll = rows["llama_cpp"]
@@ -228,8 +231,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"{report['model']}, {m['cpus']} CPUs ({m['threads']} threads), {r['keystrokes']} "
         f"keystrokes through {r['file']} lines {r['lines']} (the lines being written), "
-        f"{r['max_tokens']} tokens forced, greedy; each variant alone in its own process, "
-        "one after the other. Times in ms.",
+        f"{r['max_tokens']} tokens forced, greedy; the GGUF's own weights on both sides (no "
+        "adapter); each variant alone in its own process, one after the other. Times in ms.",
         "",
         "| variant | TTFT p50 | full p50 | full p95 | decode ms/token p50 | × llama.cpp decode "
         "| × llama.cpp full |",
@@ -249,6 +252,13 @@ def markdown(report: dict[str, Any]) -> str:
             f"{compiled['compiled_steps']} steps through it; output equal to the eager "
             f"engine's at {compiled['output_equals_eager']:.0%} of keystrokes (bfloat16 "
             "activations round differently in fused kernels).")
+    ll = report["variants"].get("llama_cpp")
+    if ll is not None:
+        lines.append(
+            "- Mean tokens: " + ", ".join(f"{n} {row['mean_tokens']}" for n, row in
+                                           report["variants"].items())
+            + f"; llama.cpp's output equal to the eager engine's (its 4-bit weights against "
+            f"the engine's INT8 from the same file): {ll['output_equals_eager']:.0%}.")
     t = report["targets"]
     if t:
         lines.append(

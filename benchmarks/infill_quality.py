@@ -8,7 +8,10 @@ Variants (each a ``LocalEngine`` behind the server's real ``CompletionService``,
   at load; an adapter with FIM metadata turns the template into an SPM fill-in-the-middle
   one, which does use the suffix;
 * ``int8+adapter``: ``quantization="int8"``, ``default_adapter=ADAPTER`` (merged into the
-  float weights, then quantized).
+  float weights, then quantized);
+* ``int8+adapter+compiled`` (only when ``--variants`` names it): the same with the compiled
+  decode step (``compile_decode``, ``ds_engine/compiled.py``); against ``int8+adapter``
+  the "loss" is what compiling changed, and the share of identical raw outputs is given.
 
 ``ADAPTER`` is ``--adapter``: ``auto`` (the default) is the adapter shipped in
 ``engine/ds_engine/default_adapter/`` for the embedded model, a folder path measures a
@@ -114,21 +117,35 @@ BLOCKS: tuple[type[ast.stmt], ...] = (
 T = TypeVar("T")
 
 
-def variant_args(adapter: str | None) -> dict[str, dict[str, str]]:
-    """How each variant's engine is built; without an adapter, raw and raw INT8."""
+def variant_args(adapter: str | None) -> dict[str, dict[str, Any]]:
+    """How each variant's engine is built; without an adapter, raw and raw INT8. The
+    ``+compiled`` variant (INT8 with ``compile_decode``) runs only when ``--variants``
+    names it."""
     raw = {"dtype": "float32", "default_adapter": "none"}
     if adapter is None:
-        return {"raw": raw, "int8": {"quantization": "int8", "default_adapter": "none"}}
+        int8 = {"quantization": "int8", "default_adapter": "none"}
+        return {"raw": raw, "int8": int8, "int8+compiled": {**int8, "compile_decode": True}}
+    int8 = {"quantization": "int8", "default_adapter": adapter}
     return {
         "raw": raw,
         "adapter": {"dtype": "float32", "default_adapter": adapter},
-        "int8+adapter": {"quantization": "int8", "default_adapter": adapter},
+        "int8+adapter": int8,
+        "int8+adapter+compiled": {**int8, "compile_decode": True},
     }
 
 
+def default_variants(engines: dict[str, Any]) -> list[str]:
+    return [v for v in engines if not v.endswith("+compiled")]
+
+
 def int8_pair(variants: Sequence[str]) -> tuple[str, str]:
-    """(reference, quantized): the two variants whose difference is the INT8 loss."""
-    return ("adapter", "int8+adapter") if "adapter" in variants else ("raw", "int8")
+    """(reference, variant): the two variants whose difference is reported as a loss:
+    the INT8 loss where both of a float and an INT8 variant run, else the first and the
+    last variant run (the compiled decode against eager INT8, say)."""
+    for pair in (("adapter", "int8+adapter"), ("raw", "int8")):
+        if set(pair) <= set(variants):
+            return pair
+    return variants[0], variants[-1]
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -374,7 +391,7 @@ class Job:
 
 
 async def run_variant(
-    variant: str, engine_args: dict[str, str], jobs: dict[str, list[Job]]
+    variant: str, engine_args: dict[str, Any], jobs: dict[str, list[Job]]
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
     """Every job of every task set on one engine variant: raw and final text, time."""
     from ds_engine.local import LocalEngine
@@ -644,7 +661,11 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {cell(loss['offered'])} | {cell(loss['parse_offered'])} | | |"
         )
     mem = result["model_memory_mb"]
+    same = result["int8_loss_points"].get("same_raw_output_percent", {})
     out += [
+        "",
+        f"Same raw single-line output from {ref} and {quant}: {cell(same.get('single'))}% "
+        "of the problems.",
         "",
         "Percent of problems or cursors (loss in points). Model memory: "
         + ", ".join(f"{v} {mem[v]} MB" for v in variants)
@@ -684,7 +705,13 @@ async def collect(args: argparse.Namespace) -> dict[str, Any]:
     adapter, note = resolve_adapter(args.adapter)
     log(f"  adapter: {adapter or 'none'} ({note})")
     engines = variant_args(adapter)
-    variants = list(engines)
+    variants = default_variants(engines)
+    if args.variants:
+        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+        unknown = [v for v in variants if v not in engines]
+        if unknown or len(set(variants)) < 2:
+            sys.exit(f"--variants: name two or more of {', '.join(engines)} "
+                     f"(unknown: {', '.join(unknown) or 'none'})")
     ref, quant = int8_pair(variants)
 
     problems = load_problems(args.problems)
@@ -809,6 +836,11 @@ async def collect(args: argparse.Namespace) -> dict[str, Any]:
     loss: dict[str, Any] = {
         "reference": ref,
         "variant": quant,
+        # Greedy: where the two engines should say the same thing, how often they do.
+        "same_raw_output_percent": {
+            "single": round(100 * statistics.mean(
+                r[ref]["raw_text"] == r[quant]["raw_text"] for r in single_rows), 1),
+        },
         "single": {
             k: {m: points(single_results[ref][k][m], single_results[quant][k][m]) for m in METRICS}
             for k in KINDS
@@ -896,6 +928,11 @@ def main() -> None:
         "--adapter",
         default="auto",
         help="adapter of the adapted variants: auto (the shipped one), none, or a folder",
+    )
+    parser.add_argument(
+        "--variants",
+        help="comma-separated variants to run (default: all but the +compiled one), e.g. "
+        "int8+adapter,int8+adapter+compiled",
     )
     parser.add_argument("--heldout-dir", help="unseen Python code: adds the heldout task set")
     parser.add_argument(

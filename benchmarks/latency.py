@@ -511,6 +511,12 @@ async def typing_run(args: argparse.Namespace, cache: str | None) -> dict[str, A
             return llama.complete(prompt, max_tokens)  # type: ignore[union-attr]
 
         variants["llama_cpp"] = Variant("llama_cpp", run_llama, info=llama.info)
+    if llama is not None and base.loaded.adapter is not None:
+        notes.append(
+            f"llama.cpp runs the GGUF without the adapter the engine merges into it "
+            f"({base.loaded.adapter.name}), so its model seldom stops before 16 tokens where "
+            "the engine's does: compare decode ms per token here, and full times in "
+            "decode_speed.md (both sides without an adapter, each alone in its process)")
     if notes:
         log("  " + "; ".join(notes))
 

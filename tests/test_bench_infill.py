@@ -204,13 +204,18 @@ def test_whole_file_parses_with_the_fill_at_the_cursor(iq):
 
 def test_variants_and_int8_pair(iq):
     with_adapter = iq.variant_args("/a")
-    assert list(with_adapter) == ["raw", "adapter", "int8+adapter"]
+    assert iq.default_variants(with_adapter) == ["raw", "adapter", "int8+adapter"]
     assert with_adapter["raw"] == {"dtype": "float32", "default_adapter": "none"}
     assert with_adapter["int8+adapter"] == {"quantization": "int8", "default_adapter": "/a"}
+    assert with_adapter["int8+adapter+compiled"] == {
+        "quantization": "int8", "default_adapter": "/a", "compile_decode": True}
     assert iq.int8_pair(list(with_adapter)) == ("adapter", "int8+adapter")
+    # Without a float variant, the first against the last: compiled against eager.
+    assert iq.int8_pair(["int8+adapter", "int8+adapter+compiled"]) == (
+        "int8+adapter", "int8+adapter+compiled")
     without = iq.variant_args(None)
-    assert list(without) == ["raw", "int8"]
-    assert iq.int8_pair(list(without)) == ("raw", "int8")
+    assert iq.default_variants(without) == ["raw", "int8"]
+    assert iq.int8_pair(iq.default_variants(without)) == ("raw", "int8")
 
 
 def test_quantile_and_points(iq):

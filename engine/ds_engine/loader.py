@@ -301,6 +301,26 @@ def _drop_gguf_quantizer(model: Any) -> None:
         del model.config.quantization_config
 
 
+def _flat_head(model: Any) -> None:
+    """Give the output projection its rows as a 2-D matrix.
+
+    A forward of several tokens that keeps one position's logits hands ``lm_head`` a
+    ``[1, 1, hidden]`` slice whose strides are those of the whole sequence; for such an
+    input ``F.linear`` goes through a batched matmul that copies the whole (transposed)
+    weight first: 94 ms instead of 2.4 ms for SmolLM2's 49152 x 576 bfloat16 head on 2
+    cores, paid by every prefill chunk (a 2-token prefill took 117 ms, a 1-token one 29).
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if type(head) is not torch.nn.Linear:
+        return
+
+    def forward(x: torch.Tensor, head: torch.nn.Linear = head) -> torch.Tensor:
+        rows = torch.nn.functional.linear(x.reshape(-1, x.shape[-1]), head.weight, head.bias)
+        return rows.reshape(*x.shape[:-1], rows.shape[-1])
+
+    head.forward = forward
+
+
 def _warm_up(model: Any, tokenizer: Any, device: torch.device) -> None:
     """One short forward pass so the first user request does not pay kernel set-up."""
     ids = tokenizer("def f(x):\n    return", return_tensors="pt").input_ids.to(device)
@@ -407,6 +427,7 @@ def load_model(
     if cpu_int8:
         _report(progress, "quantizing to int8", 0.85)
         quantize_int8_cpu(model).to(dt)
+    _flat_head(model)
     if warm_up:
         _report(progress, "warm-up", 0.9)
         _warm_up(model, tokenizer, dev)
