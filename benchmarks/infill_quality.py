@@ -75,7 +75,8 @@ markdown table per task set to ``<out-dir>/quality.md``.
 
     .venv/bin/python benchmarks/infill_quality.py [--problems 164] [--max-tokens 48]
         [--multi-max-tokens 128] [--adapter auto|none|FOLDER]
-        [--heldout-dir DIR [--heldout-cursors 200]] [--out-dir benchmarks/results]
+        [--heldout-dir DIR [--heldout-cursors 200]] [--variants V1,V2,...]
+        [--out-dir benchmarks/results] [--out-name quality]
 """
 
 from __future__ import annotations
@@ -941,6 +942,8 @@ def main() -> None:
     parser.add_argument(
         "--out-dir", default=str(ROOT / "benchmarks" / "results"), help="where to write results"
     )
+    parser.add_argument("--out-name", default="quality",
+                        help="file name of the results, without extension (quality)")
     args = parser.parse_args()
     if min(args.problems, args.max_tokens, args.multi_max_tokens, args.heldout_cursors) < 1:
         parser.error(
@@ -949,7 +952,7 @@ def main() -> None:
     if args.heldout_dir and not Path(args.heldout_dir).is_dir():
         parser.error(f"--heldout-dir {args.heldout_dir!r} is not a folder")
     result = asyncio.run(collect(args))
-    publish(result, markdown(result), args.out_dir, "quality")
+    publish(result, markdown(result), args.out_dir, args.out_name)
 
 
 if __name__ == "__main__":

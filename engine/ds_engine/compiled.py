@@ -13,7 +13,9 @@ window) bound both the shapes and the attention work: a 700-token prompt decodes
 1,024 positions, not the 8,192 of the window. One graph is compiled per bucket, all at
 warm-up (:meth:`StaticDecoder.warm`), so that no user request waits for a compilation;
 inductor keeps what it generated in ``TORCHINDUCTOR_CACHE_DIR`` (by default a folder of
-the engine's model cache), so a restart reuses it.
+the engine's model cache), so a restart skips the C++ compilation (35 instead of 50 s a
+bucket on 2 cores). The graphs themselves are not cached, since the weights are frozen
+into them; without freezing a restart took 9 s a bucket, but every step 10 % longer.
 
 The decode batch (:mod:`ds_engine.batch`) *enters* the static cache when one request
 runs alone (its prefill KV copied in, once) and *leaves* it (the written positions
