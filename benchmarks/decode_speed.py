@@ -13,6 +13,8 @@ standard library's ``textwrap``, the lines being written), 16 greedy tokens forc
   GGUF's own weights, as llama.cpp runs them, so that both decode the same tokens) through
   the ``CompletionService`` the server uses, its early cut kept from the engine (as in
   ``latency.py``);
+- ``engine_int4`` and ``engine_int4_compiled``: the same with 4-bit weights
+  (``quantization="int4"``, groups of 32 as GGUF's Q4_1), eager and compiled;
 - ``engine_int8_compiled``: the same with ``compile_decode`` (``ds_engine.compiled``); its
   compilation, while loading, is timed apart;
 - ``llama_cpp``: one ``Llama`` on the same GGUF and the prompts the engine built (prefix
@@ -75,6 +77,8 @@ TARGET_FULL_VS_LLAMA = 1.0  # typing p50 at most llama.cpp's
 LABELS = {
     "engine_int8": "engine + KV-prefix cache + INT8, eager",
     "engine_int8_compiled": "engine + KV-prefix cache + INT8, compiled decode (static KV cache)",
+    "engine_int4": "engine + KV-prefix cache + INT4, eager",
+    "engine_int4_compiled": "engine + KV-prefix cache + INT4, compiled decode",
     "llama_cpp": "llama.cpp (llama-cpp-python, same GGUF, prefix KV reused)",
 }
 
@@ -119,10 +123,13 @@ def _summary(samples: list[Sample]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- a child
 
 
-async def _engine_child(args: argparse.Namespace, compiled: bool) -> dict[str, Any]:
+ENGINES = ("engine_int8", "engine_int8_compiled", "engine_int4", "engine_int4_compiled")
+
+
+async def _engine_child(args: argparse.Namespace, name: str) -> dict[str, Any]:
     started = time.perf_counter()
-    engine = LocalEngine(result_cache_entries=0, quantization="int8", default_adapter="none",
-                         compile_decode=compiled)
+    engine = LocalEngine(result_cache_entries=0, quantization=name.split("_")[1],
+                         default_adapter="none", compile_decode=name.endswith("_compiled"))
     engine.load()
     load_s = time.perf_counter() - started
     try:
@@ -166,7 +173,7 @@ def child(args: argparse.Namespace) -> None:
     if args.child == "llama_cpp":
         out = _llama_child(args)
     else:
-        out = asyncio.run(_engine_child(args, compiled=args.child == "engine_int8_compiled"))
+        out = asyncio.run(_engine_child(args, args.child))
     Path(args.result).write_text(json.dumps(out), encoding="utf-8")
 
 
@@ -192,9 +199,9 @@ def _run_child(name: str, args: argparse.Namespace, work: Path, **extra: str) ->
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="jds-decode-"))
     raw: dict[str, dict[str, Any]] = {}
-    raw["engine_int8"] = _run_child("engine_int8", args, work)
-    if not args.no_compile:
-        raw["engine_int8_compiled"] = _run_child("engine_int8_compiled", args, work)
+    for name in ENGINES:
+        if not (args.no_compile and name.endswith("_compiled")):
+            raw[name] = _run_child(name, args, work)
     notes = []
     source = resolve_model_source()
     if args.no_llama_cpp:
@@ -220,7 +227,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       **{k: v for k, v in raw[name].items()
                          if k in ("load_s", "compile_s", "compiled_steps")}}
     eager = samples["engine_int8"]
-    for name in ("engine_int8_compiled", "llama_cpp"):
+    for name in (*ENGINES[1:], "llama_cpp"):
         if name in samples:
             rows[name]["output_equals_eager"] = round(sum(
                 a.text == b.text for a, b in zip(samples[name], eager, strict=True))
@@ -228,7 +235,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     targets: dict[str, Any] = {}
     if "llama_cpp" in rows:
         ll = rows["llama_cpp"]
-        for name in ("engine_int8", "engine_int8_compiled"):
+        for name in ENGINES:
             if name in rows:
                 rows[name]["decode_over_llama_cpp"] = round(
                     rows[name]["decode_ms_per_token_p50"] / ll["decode_ms_per_token_p50"], 2)
@@ -236,7 +243,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     rows[name]["full_p50_ms"] / ll["full_p50_ms"], 2)
         best = min((n for n in rows if n != "llama_cpp"),
                    key=lambda n: rows[n]["decode_ms_per_token_p50"])
-        for name in ("engine_int8", "engine_int8_compiled"):
+        for name in ENGINES:
             if name in rows:
                 rows[name]["fresh"]["full_over_llama_cpp_prompt"] = round(
                     rows[name]["fresh"]["full_p50_ms"] / ll["fresh"]["ttft_p50_ms"], 2)
@@ -310,8 +317,10 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             "- Mean tokens: " + ", ".join(f"{n} {row['mean_tokens']}" for n, row in
                                            report["variants"].items())
-            + f"; llama.cpp's output equal to the eager engine's (its 4-bit weights against "
-            f"the engine's INT8 from the same file): {ll['output_equals_eager']:.0%}.")
+            + "; output equal to the INT8 eager engine's: " + ", ".join(
+                f"{n} {row['output_equals_eager']:.0%}" for n, row in report["variants"].items()
+                if "output_equals_eager" in row)
+            + " (llama.cpp: its own 4-bit kernels on the file's Q4_1 weights).")
     t = report["targets"]
     if t:
         lines.append(

@@ -9,6 +9,8 @@ Variants (each a ``LocalEngine`` behind the server's real ``CompletionService``,
   one, which does use the suffix;
 * ``int8+adapter``: ``quantization="int8"``, ``default_adapter=ADAPTER`` (merged into the
   float weights, then quantized);
+* ``int4+adapter`` and ``int4+adapter+compiled`` (only when ``--variants`` names them): 4-bit
+  weights in groups of 32 (``quantization="int4"``), eager and compiled;
 * ``int8+adapter+compiled`` (only when ``--variants`` names it): the same with the compiled
   decode step (``compile_decode``, ``ds_engine/compiled.py``); against ``int8+adapter``
   the "loss" is what compiling changed, and the share of identical raw outputs is given.
@@ -127,16 +129,19 @@ def variant_args(adapter: str | None) -> dict[str, dict[str, Any]]:
         int8 = {"quantization": "int8", "default_adapter": "none"}
         return {"raw": raw, "int8": int8, "int8+compiled": {**int8, "compile_decode": True}}
     int8 = {"quantization": "int8", "default_adapter": adapter}
+    int4 = {"quantization": "int4", "default_adapter": adapter}
     return {
         "raw": raw,
         "adapter": {"dtype": "float32", "default_adapter": adapter},
         "int8+adapter": int8,
         "int8+adapter+compiled": {**int8, "compile_decode": True},
+        "int4+adapter": int4,
+        "int4+adapter+compiled": {**int4, "compile_decode": True},
     }
 
 
 def default_variants(engines: dict[str, Any]) -> list[str]:
-    return [v for v in engines if not v.endswith("+compiled")]
+    return [v for v in engines if not v.endswith("+compiled") and not v.startswith("int4")]
 
 
 def int8_pair(variants: Sequence[str]) -> tuple[str, str]:

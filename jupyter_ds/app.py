@@ -130,13 +130,15 @@ class JupyterDsApp(ExtensionApp):
         ),
     )
     quantization = CaselessStrEnum(
-        ["auto", "none", "int8"],
+        ["auto", "none", "int8", "int4"],
         default_value="auto",
         config=True,
         help=(
             "int8: 8-bit weights for the Linear layers, one scale per output channel (CPU: "
             "weight-only, bfloat16 activations; CUDA: needs bitsandbytes). Embeddings, norms "
-            "and the output layer stay floating point. auto: int8 on CPU, none on GPUs."
+            "and the output layer stay floating point. int4 (CPU only): 4-bit weights in "
+            "groups of 32 inputs with a scale and an offset each, half int8's bytes a token. "
+            "auto: int8 on CPU, none on GPUs."
         ),
     )
     max_batch_size = Int(

@@ -111,7 +111,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
         "--default-adapter", default="auto",
         help="adapter merged into the weights at load: auto, none or a folder",
     )
-    serve.add_argument("--quantization", default="auto", help="auto, none or int8")
+    serve.add_argument("--quantization", default="auto", help="auto, none, int8 or int4 (CPU)")
     serve.add_argument("--max-batch-size", type=int, default=8,
                        help="requests decoded together at most")
     serve.add_argument("--max-queued", type=int, default=64,

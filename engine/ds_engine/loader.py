@@ -226,7 +226,7 @@ def resolve_dtype(
         dev = device if device is not None else resolve_device("auto")
         if dev.type == "cuda":
             return torch.bfloat16
-        return int8_cpu_dtype() if quantization == "int8" else torch.float32
+        return int8_cpu_dtype() if quantization in ("int8", "int4") else torch.float32
     if name not in _DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}: expected auto, {', '.join(_DTYPES)}")
     return _DTYPES[name]
@@ -347,7 +347,7 @@ def load_model(
     source = resolve_model_source(model_path)
     dev = resolve_device(device)
     quant = resolve_quantization(quantization, dev)
-    cpu_int8 = quant == "int8" and dev.type == "cpu"
+    cpu_int8 = quant in ("int8", "int4") and dev.type == "cpu"
     dt = resolve_dtype(dtype, dev, quant)
     check_quantization(quant, dev, dt)
     bnb = quant == "int8" and dev.type == "cuda"
@@ -425,8 +425,8 @@ def load_model(
         merge_adapter(model, merged)
         log.info("merged adapter %s (%s) into the weights", merged.name, adapter_dir)
     if cpu_int8:
-        _report(progress, "quantizing to int8", 0.85)
-        quantize_int8_cpu(model).to(dt)
+        _report(progress, f"quantizing to {quant}", 0.85)
+        quantize_int8_cpu(model, bits=4 if quant == "int4" else 8).to(dt)
     _flat_head(model)
     if warm_up:
         _report(progress, "warm-up", 0.9)

@@ -186,9 +186,9 @@ def test_int8_greedy_completion_close_to_fp32(fp32: LoadedModel, int8: LoadedMod
     assert same >= 0.6 * len(PROMPTS), same
 
 
-@pytest.mark.parametrize("bad", ["int4", "fp8", "yes"])
+@pytest.mark.parametrize("bad", ["int2", "fp8", "yes"])
 def test_bad_quantization_value_names_the_option(tiny_model_path: Path, bad: str) -> None:
-    with pytest.raises(ValueError, match=rf"quantization {bad!r}.*none, int8"):
+    with pytest.raises(ValueError, match=rf"quantization {bad!r}.*none, int8, int4"):
         load_model(tiny_model_path, device="cpu", quantization=bad)
     assert resolve_quantization(None) == "none"
     assert resolve_quantization("auto", torch.device("cpu")) == "int8"  # the CPU default
@@ -220,7 +220,7 @@ def test_int8_on_cuda_without_bitsandbytes_is_a_clear_error(monkeypatch) -> None
 
 
 def test_engine_load_failure_reports_bad_quantization(tiny_model_path: Path) -> None:
-    engine = LocalEngine(model_path=tiny_model_path, device="cpu", quantization="int4")
+    engine = LocalEngine(model_path=tiny_model_path, device="cpu", quantization="int3")
     try:
         with pytest.raises(ValueError, match="quantization"):
             engine.load()
@@ -269,3 +269,72 @@ async def test_int8_engine_streams_and_cancels(int8_engine: LocalEngine, wait_id
     tokens = int8_engine.info().counters.tokens_generated_total
     await asyncio.sleep(0.2)
     assert int8_engine.info().counters.tokens_generated_total == tokens
+
+
+# ----------------------------------------------------------------------------- int4
+
+
+@pytest.fixture(scope="module")
+def int4(tiny_model_path: Path) -> LoadedModel:
+    return load_model(tiny_model_path, device="cpu", dtype="float32", quantization="int4")
+
+
+def test_int4_layer_matches_a_float_matmul_by_its_dequantized_weight() -> None:
+    """The int4 kernel computes x @ dequantized(W).T + b for one row, a few and a prefill
+    chunk, and each weight is within half a step of its group."""
+    from ds_engine.quantize import INT4_GROUP, Int4Linear
+
+    gen = torch.Generator().manual_seed(2)
+    linear = nn.Linear(96, 48, bias=True)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(48, 96, generator=gen))
+        linear.bias.copy_(torch.randn(48, generator=gen))
+    layer = Int4Linear(linear)
+    groups = linear.weight.detach().reshape(48, -1, INT4_GROUP)
+    step = (groups.amax(-1) - groups.amin(-1)) / 15
+    err = (layer.dequantized() - linear.weight.detach()).reshape(48, -1, INT4_GROUP).abs()
+    # half a step, plus the bfloat16 rounding of the scale and offset
+    assert (err <= 0.5 * step[..., None] + groups.abs() * 2**-7 + 2**-7 * step[..., None]
+            + 1e-3).all()
+    assert (err.amax() > 0.1 * step.mean())  # 4 bits: not exact (the check can fail)
+    for shape in ((1, 96), (3, 5, 96), (2, DEQUANTIZE_ROWS, 96)):
+        x = torch.randn(shape, generator=gen)
+        ref = x.bfloat16().float() @ layer.dequantized().T + linear.bias
+        out = layer(x)
+        assert out.shape == (*shape[:-1], 48) and out.dtype == torch.float32
+        assert torch.allclose(out, ref, rtol=2e-2, atol=1e-1), (out - ref).abs().max()
+    wrong = layer.dequantized().roll(1, dims=0)
+    assert not torch.allclose(layer(x), x.bfloat16().float() @ wrong.T + linear.bias, atol=1e-1)
+    assert not Int4Linear.fits(nn.Linear(96, 40)) and not Int4Linear.fits(nn.Linear(40, 48))
+
+
+def test_int4_model_quantizes_every_projection_and_stays_close(
+        fp32: LoadedModel, int4: LoadedModel) -> None:
+    from ds_engine.quantize import Int4Linear
+
+    model = int4.model
+    layers = [m for m in model.modules() if isinstance(m, Int4Linear)]
+    assert len(layers) == 7 * model.config.num_hidden_layers
+    assert int4.quantization == "int4"
+    assert linear_weight_bytes(model) <= 0.2 * linear_weight_bytes(fp32.model)
+    cosines, _ = _closeness(fp32, model)
+    assert min(cosines) >= 0.95, cosines
+
+
+async def test_int4_engine_generates(tiny_model_path: Path) -> None:
+    engine = LocalEngine(model_path=tiny_model_path, device="cpu", quantization="int4",
+                         warmup=False)
+    engine.load()
+    try:
+        result = await engine.generate(GenerationRequest("def add(a, b):\n    return",
+                                                         max_tokens=8))
+        assert result.token_count == 8 and engine.info().quantization == "int4"
+    finally:
+        engine.close()
+
+
+def test_int4_is_refused_off_cpu() -> None:
+    with pytest.raises(ValueError, match=r"int4.*cpu only"):
+        check_quantization("int4", torch.device("cuda"), torch.bfloat16)
+    with pytest.raises(ValueError, match=r"int4.*float16"):
+        check_quantization("int4", torch.device("cpu"), torch.float16)
