@@ -61,6 +61,7 @@ from latency import (
     LlamaCpp,
     Sample,
     engine_runner,
+    llama_cpp_skipped,
     llama_cpp_version,
     log,
     percentile,
@@ -203,13 +204,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not (args.no_compile and name.endswith("_compiled")):
             raw[name] = _run_child(name, args, work)
     notes = []
-    source = resolve_model_source()
-    if args.no_llama_cpp:
-        notes.append("llama.cpp skipped (--no-llama-cpp)")
-    elif llama_cpp_version() is None:
-        notes.append("llama.cpp skipped: llama-cpp-python is not installed (the bench extra)")
-    elif source.kind != "gguf":
-        notes.append(f"llama.cpp skipped: the engine's model is not a GGUF ({source.path})")
+    skipped = llama_cpp_skipped(args.no_llama_cpp, resolve_model_source())
+    if skipped is not None:
+        notes.append(skipped)
     else:
         prompts = work / "prompts.json"
         prompts.write_text(json.dumps({"typing": raw["engine_int8"]["prompts"],

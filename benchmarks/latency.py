@@ -403,6 +403,17 @@ class LlamaCpp:
         }
 
 
+def llama_cpp_skipped(not_wanted: bool, source: Any) -> str | None:
+    """Why the llama.cpp row is left out (a note for the report), or None to run it."""
+    if not_wanted:
+        return "llama.cpp skipped (--no-llama-cpp)"
+    if llama_cpp_version() is None:
+        return "llama.cpp skipped: llama-cpp-python is not installed (the bench extra)"
+    if source.kind != "gguf":
+        return f"llama.cpp skipped: the engine's model is not a GGUF ({source.path})"
+    return None
+
+
 def llama_cpp_version() -> str | None:
     try:
         return importlib.metadata.version("llama-cpp-python")
@@ -492,12 +503,9 @@ async def typing_run(args: argparse.Namespace, cache: str | None) -> dict[str, A
     notes: list[str] = []
     source_model = resolve_model_source()
     llama: LlamaCpp | None = None
-    if args.no_llama_cpp:
-        notes.append("llama.cpp skipped (--no-llama-cpp)")
-    elif llama_cpp_version() is None:
-        notes.append("llama.cpp skipped: llama-cpp-python is not installed (the bench extra)")
-    elif source_model.kind != "gguf":
-        notes.append(f"llama.cpp skipped: the engine's model is not a GGUF ({source_model.path})")
+    skipped = llama_cpp_skipped(args.no_llama_cpp, source_model)
+    if skipped is not None:
+        notes.append(skipped)
     else:
         if source_model.path != base.loaded.source:
             raise SystemExit(f"llama.cpp would load {source_model.path}, the engine loaded "

@@ -39,7 +39,7 @@ from ds_engine.quantize import (
     check_quantization,
     int8_cpu_dtype,
     model_memory_bytes,
-    quantize_int8_cpu,
+    quantize_cpu,
     resolve_quantization,
 )
 from ds_engine.templates import PromptTemplate, detect_template, special_strings
@@ -347,12 +347,12 @@ def load_model(
     source = resolve_model_source(model_path)
     dev = resolve_device(device)
     quant = resolve_quantization(quantization, dev)
-    cpu_int8 = quant in ("int8", "int4") and dev.type == "cpu"
+    cpu_quantized = quant in ("int8", "int4") and dev.type == "cpu"
     dt = resolve_dtype(dtype, dev, quant)
     check_quantization(quant, dev, dt)
     bnb = quant == "int8" and dev.type == "cuda"
     # int8 scales are taken from the float32 weights; the rest is cast to dt afterwards.
-    load_dt = torch.float32 if cpu_int8 else dt
+    load_dt = torch.float32 if cpu_quantized else dt
     log.info(
         "model source: %s (%s, from %s); device %s, dtype %s, quantization %s",
         source.path,
@@ -424,9 +424,9 @@ def load_model(
         check_base(merged, source.name)
         merge_adapter(model, merged)
         log.info("merged adapter %s (%s) into the weights", merged.name, adapter_dir)
-    if cpu_int8:
+    if cpu_quantized:
         _report(progress, f"quantizing to {quant}", 0.85)
-        quantize_int8_cpu(model, bits=4 if quant == "int4" else 8).to(dt)
+        quantize_cpu(model, bits=4 if quant == "int4" else 8).to(dt)
     _flat_head(model)
     if warm_up:
         _report(progress, "warm-up", 0.9)

@@ -258,7 +258,7 @@ class Int4Linear(nn.Module):
                 f"int4 (groups of {INT4_GROUP})")
 
 
-def quantize_int8_cpu(model: nn.Module, bits: int = 8) -> nn.Module:
+def quantize_cpu(model: nn.Module, bits: int = 8) -> nn.Module:
     """Replace the decoder's Linear layers by :class:`Int8Linear` (``bits`` 8) or
     :class:`Int4Linear` (``bits`` 4; a layer whose shape the int4 kernel does not take
     stays int8), in place."""
